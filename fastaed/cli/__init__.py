@@ -1,0 +1,1 @@
+"""Thin command-line layer: flags -> dataclasses -> one library call per subcommand."""
