@@ -1,0 +1,28 @@
+"""`fastaed bench NAME`: benchmarks that print a table, write JSON and compare with their anchors."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+
+# name -> module providing add_arguments(parser) and main(args)
+BENCHMARKS = {
+    "index": ("fastaed.bench.index", "metadata index: build 1M manifest lines, reload from cache"),
+    "features": ("fastaed.bench.features", "log-mel feature extraction and audio reading speed (xRT)"),
+}
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="run a benchmark")
+    bsub = p.add_subparsers(dest="bench_name", metavar="BENCHMARK")
+    bsub.required = True
+    for name, (module, help_text) in BENCHMARKS.items():
+        mod = importlib.import_module(module)
+        b = bsub.add_parser(
+            name,
+            help=help_text,
+            description=mod.__doc__,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        mod.add_arguments(b)
+        b.set_defaults(func=mod.main)
