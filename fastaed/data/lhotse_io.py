@@ -49,8 +49,13 @@ def _cut_to_utterance(cut, path: str, line: int) -> Utterance:
     sups = list(cut.supervisions)
     text = " ".join((s.text or "").strip() for s in sups).strip()
     if not text:
-        raise BadInputError(E.EMPTY_TEXT, f"cut {cut.id!r} has no supervision text", path=path, line=line,
-                            field="supervisions")
+        raise BadInputError(
+            E.EMPTY_TEXT,
+            f"cut {cut.id!r} has no supervision text",
+            path=path,
+            line=line,
+            field="supervisions",
+        )
     lang = (sups[0].language or "en") if sups else "en"
     custom = (sups[0].custom or {}) if sups else {}
     target_lang = custom.get("target_lang", lang)

@@ -1,0 +1,62 @@
+# Two commands do all set-up on a fresh Debian machine:
+#   make demo   run the main job on the built-in default data
+#   make test   lint + the test suite
+# Everything below is resumable: finished stages are skipped on a re-run.
+
+SHELL := /bin/bash
+PY := .venv/bin/python
+FASTAED := .venv/bin/fastaed
+DATA ?= data
+PRESET ?= default
+VOCAB ?= 1024
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+# torch: the 2.13.0 CPU wheel on this project's machines; any newer torch elsewhere (override TORCH=...).
+TORCH ?= torch==2.13.0
+
+APT_PACKAGES := espeak-ng flite festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts sox \
+	wordnet-base fortunes fortunes-min fortunes-de fortunes-es bible-kjv bible-kjv-text
+
+.PHONY: demo test lint format apt venv clean-demo
+
+apt: .apt.stamp
+.apt.stamp:
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages: $$missing"; \
+		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing >/dev/null; \
+	fi
+	@touch $@
+
+venv: .venv/.installed
+.venv/.installed: pyproject.toml
+	test -x $(PY) || python3 -m venv .venv
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH)" || $(PY) -m pip install -q "torch>=2.4"
+	$(PY) -m pip install -q -e ".[dev,lhotse]"
+	@touch $@
+
+lint: venv
+	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
+
+format: venv
+	.venv/bin/ruff check --fix .
+	.venv/bin/ruff format .
+
+test: apt venv lint
+	.venv/bin/pytest
+
+# ---- demo: corpus -> tokenizer -> metadata index + audio validation -> summary ----------------------
+demo: apt venv $(DATA)/$(PRESET)/card.json $(DATA)/tokenizer/tokenizer.json
+	$(FASTAED) data index $(DATA)/$(PRESET)/train.jsonl $(DATA)/$(PRESET)/dev.jsonl \
+		$(DATA)/$(PRESET)/test.jsonl $(DATA)/$(PRESET)/test_unseen_voice.jsonl \
+		--tokenizer $(DATA)/tokenizer --validate-audio --json $(DATA)/index_summary.json
+
+$(DATA)/$(PRESET)/card.json:
+	$(FASTAED) synth --preset $(PRESET) --out $(DATA)/$(PRESET)
+
+$(DATA)/tokenizer/tokenizer.json: $(DATA)/$(PRESET)/card.json
+	$(FASTAED) tokenizer train $(DATA)/$(PRESET)/train.jsonl --vocab-size $(VOCAB) --out $(DATA)/tokenizer
+
+clean-demo:
+	rm -rf $(DATA)/$(PRESET) $(DATA)/tokenizer $(DATA)/index_summary.json
