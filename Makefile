@@ -14,7 +14,10 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 TORCH ?= torch==2.13.0
 
 APT_PACKAGES := espeak-ng flite festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts sox \
-	wordnet-base fortunes fortunes-min fortunes-de fortunes-es bible-kjv bible-kjv-text
+	wordnet-base fortunes fortunes-min fortunes-de fortunes-es bible-kjv bible-kjv-text \
+	asterisk-core-sounds-fr
+
+MANIFESTS := train.jsonl dev.jsonl test.jsonl test_unseen_voice.jsonl train_multilingual.jsonl test_multilingual.jsonl
 
 .PHONY: demo test lint format apt venv clean-demo
 
@@ -48,15 +51,15 @@ test: apt venv lint
 
 # ---- demo: corpus -> tokenizer -> metadata index + audio validation -> summary ----------------------
 demo: apt venv $(DATA)/$(PRESET)/card.json $(DATA)/tokenizer/tokenizer.json
-	$(FASTAED) data index $(DATA)/$(PRESET)/train.jsonl $(DATA)/$(PRESET)/dev.jsonl \
-		$(DATA)/$(PRESET)/test.jsonl $(DATA)/$(PRESET)/test_unseen_voice.jsonl \
+	$(FASTAED) data index $(addprefix $(DATA)/$(PRESET)/,$(MANIFESTS)) \
 		--tokenizer $(DATA)/tokenizer --validate-audio --json $(DATA)/index_summary.json
 
 $(DATA)/$(PRESET)/card.json:
 	$(FASTAED) synth --preset $(PRESET) --out $(DATA)/$(PRESET)
 
 $(DATA)/tokenizer/tokenizer.json: $(DATA)/$(PRESET)/card.json
-	$(FASTAED) tokenizer train $(DATA)/$(PRESET)/train.jsonl --vocab-size $(VOCAB) --out $(DATA)/tokenizer
+	$(FASTAED) tokenizer train $(DATA)/$(PRESET)/train.jsonl $(DATA)/$(PRESET)/train_multilingual.jsonl \
+		--vocab-size $(VOCAB) --out $(DATA)/tokenizer
 
 clean-demo:
 	rm -rf $(DATA)/$(PRESET) $(DATA)/tokenizer $(DATA)/index_summary.json

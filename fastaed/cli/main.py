@@ -25,6 +25,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from fastaed.data.errors import BadInputError
+
     args = build_parser().parse_args(argv)
-    rc = args.func(args)
+    try:
+        rc = args.func(args)
+    except (BadInputError, FileNotFoundError) as err:
+        # Expected user-facing failures: the message already names file, line and field; no traceback.
+        hint = (
+            " (or pass --on-bad-input skip to leave it out and count it)"
+            if isinstance(err, BadInputError)
+            else ""
+        )
+        print(f"fastaed {args.command}: error: {err}{hint}", file=sys.stderr)
+        rc = 2
     sys.exit(rc or 0)

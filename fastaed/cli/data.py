@@ -1,0 +1,147 @@
+"""`fastaed data ...`: data preparation and checks. Each action is a sub-subcommand of `data`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from fastaed.data.errors import ON_BAD_INPUT_CHOICES, BadInputReport
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("data", help="prepare and check data")
+    dsub = p.add_subparsers(dest="data_command", metavar="ACTION")
+    dsub.required = True
+
+    rc = dsub.add_parser(
+        "real-check",
+        help="real transcribed recordings (pocketsphinx sdist) as a test manifest",
+        description="Download (once, cached in OUT/cache) the pocketsphinx 5.1.1 source archive and write "
+        "its transcribed recordings as 16 kHz wavs and OUT/real_check.jsonl.",
+    )
+    rc.add_argument("--out", type=Path, required=True, help="output folder")
+    rc.add_argument("--archive", type=Path, default=None, help="use this pocketsphinx-5.1.1.tar.gz")
+    rc.add_argument("--index-url", default=None, help="simple index URL (default: $PIP_INDEX_URL or PyPI)")
+    rc.add_argument("--timeout", type=float, default=60.0, help="network timeout in seconds")
+    rc.set_defaults(func=real_check_cmd)
+    add_index_commands(dsub)
+
+
+def real_check_cmd(args: argparse.Namespace) -> int:
+    from fastaed.data.realcheck import DownloadError, prepare_real_check
+
+    try:
+        result = prepare_real_check(
+            args.out, archive=args.archive, index_url=args.index_url, timeout=args.timeout
+        )
+    except DownloadError as e:
+        print(f"fastaed data real-check: {e}", file=sys.stderr)
+        return 2
+    by_corpus: dict[str, list[float]] = {}
+    for e in result.entries:
+        by_corpus.setdefault(e["corpus"], []).append(e["duration"])
+    print(f"wrote {result.manifest}: {len(result.entries)} clips, {result.seconds:.1f} s of real speech")
+    for corpus, durations in by_corpus.items():
+        print(f"  {corpus:10s} {len(durations):3d} clips {sum(durations):6.1f} s")
+    print(f"  archive: {result.archive}")
+    print(f"  {result.report.summary()}")
+    return 0
+
+
+def add_index_commands(dsub: argparse._SubParsersAction) -> None:
+    p = dsub.add_parser("index", help="build (or reload) the metadata index; print a summary")
+    p.add_argument("manifests", nargs="+", help="NeMo JSONL manifests (PATH or PATH:WEIGHT)")
+    p.add_argument("--tokenizer", type=Path, required=True, help="tokenizer directory")
+    p.add_argument(
+        "--on-bad-input",
+        choices=ON_BAD_INPUT_CHOICES,
+        default="error",
+        help="error: stop at the first bad line/file; skip: leave it out, count it, report it",
+    )
+    p.add_argument(
+        "--validate-audio",
+        action="store_true",
+        help="also decode every audio file (exists, readable, finite, duration matches)",
+    )
+    p.add_argument("--duration-tolerance", type=float, default=0.1, help="seconds (with --validate-audio)")
+    p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    p.add_argument("--no-cache", action="store_true", help="rebuild the index even if cached")
+    p.add_argument("--json", type=Path, default=None, help="write the summary (and bad-input report) here")
+    p.set_defaults(func=index_cmd)
+
+    c = dsub.add_parser(
+        "from-lhotse", help="convert a Lhotse cut manifest to NeMo JSONL (needs fastaed[lhotse])"
+    )
+    c.add_argument("cuts", type=Path)
+    c.add_argument("--out", type=Path, required=True)
+    c.add_argument("--on-bad-input", choices=ON_BAD_INPUT_CHOICES, default="error")
+    c.set_defaults(func=from_lhotse_cmd)
+
+
+def index_cmd(args: argparse.Namespace) -> int:
+    from fastaed.data.index import build_index
+    from fastaed.data.manifest import ManifestSpec
+    from fastaed.data.tokenizer import Tokenizer
+
+    tok = Tokenizer.load(args.tokenizer)
+    specs = [ManifestSpec.parse(m) for m in args.manifests]
+    index = build_index(
+        specs,
+        tok,
+        on_bad_input=args.on_bad_input,
+        use_cache=not args.no_cache,
+        num_workers=args.workers,
+        progress=True,
+    )
+    summary = index.summary()
+    summary["from_cache"] = index.from_cache
+    report = index.report
+    if args.validate_audio:
+        from fastaed.data.validate import validate_audio
+
+        result = validate_audio(
+            index,
+            on_bad_input=args.on_bad_input,
+            duration_tolerance=args.duration_tolerance,
+            num_workers=args.workers,
+            progress=True,
+        )
+        report = result.report
+        summary["audio_checked"] = result.checked
+        summary["audio_hours_decoded"] = result.audio_seconds / 3600
+        summary["bad_input"] = report.to_dict()
+    print(_format_summary(summary))
+    print(report.summary())
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(summary, indent=2) + "\n")
+        print(f"wrote {args.json}")
+    return 0
+
+
+def _format_summary(s: dict) -> str:
+    lines = [
+        f"{s['utterances']:,} utterances, {s['hours']:.2f} h ({'cached' if s.get('from_cache') else 'built'})"
+    ]
+    if s["utterances"]:
+        lines.append(f"{'':14}{'min':>9}{'mean':>9}{'median':>9}{'max':>9}")
+        for key, label in (
+            ("duration_s", "duration (s)"),
+            ("out_length", "U (tokens)"),
+            ("tokens_per_s", "U / s"),
+        ):
+            st = s[key]
+            lines.append(f"{label:14}{st['min']:9.2f}{st['mean']:9.2f}{st['p50']:9.2f}{st['max']:9.2f}")
+    return "\n".join(lines)
+
+
+def from_lhotse_cmd(args: argparse.Namespace) -> int:
+    from fastaed.data.lhotse_io import lhotse_to_nemo
+
+    report = BadInputReport()
+    n = lhotse_to_nemo(args.cuts, args.out, on_bad_input=args.on_bad_input, report=report)
+    print(f"wrote {n:,} utterances to {args.out}")
+    print(report.summary())
+    return 0

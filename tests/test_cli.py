@@ -1,0 +1,115 @@
+"""CLI: every command parses --help; tokenizer -> index -> validate works end to end, with a counted skip."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from fastaed.cli.main import build_parser, main
+from fastaed.testing import write_tiny_corpus
+
+COMMANDS = [
+    ["synth"],
+    ["tokenizer", "train"],
+    ["tokenizer", "encode"],
+    ["data", "index"],
+    ["data", "real-check"],
+    ["data", "from-lhotse"],
+    ["bench", "index"],
+    ["bench", "features"],
+]
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=" ".join)
+def test_every_command_has_help(command, capsys):
+    with pytest.raises(SystemExit) as info:
+        main([*command, "--help"])
+    assert info.value.code == 0
+    assert "usage: fastaed" in capsys.readouterr().out
+
+
+def test_python_dash_m_entry_point():
+    out = subprocess.run(
+        [sys.executable, "-m", "fastaed", "--help"], capture_output=True, text=True, check=True
+    )
+    assert "synth" in out.stdout and "tokenizer" in out.stdout
+
+
+def test_tokenizer_index_validate_end_to_end_with_counted_skip(tmp_path, capsys):
+    m = write_tiny_corpus(tmp_path / "c", num=6)
+    lines = m.read_text().splitlines()
+    broken = json.loads(lines[2])
+    broken["audio_filepath"] = "audio/gone.wav"
+    m.write_text("\n".join([*lines[:2], json.dumps(broken), *lines[3:], "{not json"]) + "\n")
+
+    with pytest.raises(SystemExit) as info:
+        main(
+            [
+                "tokenizer",
+                "train",
+                str(m),
+                "--vocab-size",
+                "64",
+                "--out",
+                str(tmp_path / "tok"),
+                "--on-bad-input",
+                "skip",
+            ]
+        )
+    assert info.value.code == 0
+    assert (tmp_path / "tok" / "tokenizer.model").is_file()
+
+    summary_path = tmp_path / "summary.json"
+    with pytest.raises(SystemExit):
+        main(
+            [
+                "data",
+                "index",
+                str(m),
+                "--tokenizer",
+                str(tmp_path / "tok"),
+                "--on-bad-input",
+                "skip",
+                "--validate-audio",
+                "--workers",
+                "1",
+                "--json",
+                str(summary_path),
+            ]
+        )
+    out = capsys.readouterr().out
+    summary = json.loads(summary_path.read_text())
+    assert (
+        summary["utterances"] == 6
+    )  # the malformed line is not an utterance; the missing file is found later
+    assert summary["audio_checked"] == 6
+    assert summary["bad_input"]["by_reason"] == {"malformed_json": 1, "missing_audio": 1}
+    assert "bad input: 2 skipped" in out and "gone.wav" in out
+
+
+def test_index_error_policy_names_the_line(tmp_path, capsys):
+    m = write_tiny_corpus(tmp_path / "c", num=2)
+    m.write_text(m.read_text() + '{"audio_filepath": "x.wav", "duration": 1, "text": ""}\n')
+    main_args = [
+        "tokenizer",
+        "train",
+        str(m),
+        "--vocab-size",
+        "64",
+        "--out",
+        str(tmp_path / "tok"),
+        "--on-bad-input",
+        "skip",
+    ]
+    with pytest.raises(SystemExit):
+        main(main_args)
+    with pytest.raises(SystemExit) as info:
+        main(["data", "index", str(m), "--tokenizer", str(tmp_path / "tok")])
+    assert info.value.code == 2
+    assert "train.jsonl:3: field 'text': empty target text" in capsys.readouterr().err
+
+
+def test_parser_lists_subcommands_in_pipeline_order():
+    text = build_parser().format_help()
+    assert text.index("synth") < text.index("tokenizer") < text.index("bench")
