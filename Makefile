@@ -49,9 +49,9 @@ format: venv
 test: apt venv lint
 	.venv/bin/pytest
 
-# ---- demo: corpus -> tokenizer -> metadata index + audio validation -> summary ----------------------
-demo: apt venv $(DATA)/$(PRESET)/card.json $(DATA)/tokenizer/tokenizer.json
-	$(FASTAED) data index $(addprefix $(DATA)/$(PRESET)/,$(MANIFESTS)) \
+# ---- demo: corpus + real clips -> tokenizer -> metadata index + audio validation -> summary ----------------------
+demo: apt venv $(DATA)/$(PRESET)/card.json $(DATA)/tokenizer/tokenizer.json $(DATA)/real/real_check.jsonl
+	$(FASTAED) data index $(addprefix $(DATA)/$(PRESET)/,$(MANIFESTS)) $(DATA)/real/real_check.jsonl \
 		--tokenizer $(DATA)/tokenizer --validate-audio --json $(DATA)/index_summary.json
 
 $(DATA)/$(PRESET)/card.json:
@@ -60,6 +60,10 @@ $(DATA)/$(PRESET)/card.json:
 $(DATA)/tokenizer/tokenizer.json: $(DATA)/$(PRESET)/card.json
 	$(FASTAED) tokenizer train $(DATA)/$(PRESET)/train.jsonl $(DATA)/$(PRESET)/train_multilingual.jsonl \
 		--vocab-size $(VOCAB) --out $(DATA)/tokenizer
+
+# ~12 real recordings with transcripts (pocketsphinx sdist from PyPI, cached) as an honest real-speech check.
+$(DATA)/real/real_check.jsonl:
+	$(FASTAED) data real-check --out $(DATA)/real
 
 clean-demo:
 	rm -rf $(DATA)/$(PRESET) $(DATA)/tokenizer $(DATA)/index_summary.json
