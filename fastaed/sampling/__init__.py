@@ -5,12 +5,26 @@ from fastaed.sampling.bins import Bins, estimate_bins, plot_bins
 from fastaed.sampling.budget import batch_sizes_from_budget, resolve_batch_sizes
 from fastaed.sampling.sampler import BucketingSampler, epoch_seed
 from fastaed.sampling.stats import padding_stats, synthetic_lengths
+from fastaed.sampling.streaming import (
+    CallableShard,
+    JsonlShard,
+    ShardError,
+    StreamingBucketingSampler,
+    StreamingConfig,
+    StreamItem,
+)
 
 __all__ = [
     "REJECT_REASONS",
     "Assignment",
     "Bins",
     "BucketingSampler",
+    "CallableShard",
+    "JsonlShard",
+    "ShardError",
+    "StreamItem",
+    "StreamingBucketingSampler",
+    "StreamingConfig",
     "assign_buckets",
     "batch_sizes_from_budget",
     "epoch_seed",
