@@ -9,6 +9,7 @@ import importlib
 BENCHMARKS = {
     "index": ("fastaed.bench.index", "metadata index: build 1M manifest lines, reload from cache"),
     "features": ("fastaed.bench.features", "log-mel feature extraction and audio reading speed (xRT)"),
+    "sampler": ("fastaed.bench.sampler", "sampler padding, speed, plan and resume vs Lhotse 1.33"),
 }
 
 

@@ -11,6 +11,7 @@ SUBCOMMAND_MODULES = (
     "fastaed.cli.synth",
     "fastaed.cli.data",
     "fastaed.cli.tokenizer",
+    "fastaed.cli.sampling",
     "fastaed.cli.bench",
 )
 
