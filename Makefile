@@ -49,10 +49,14 @@ format: venv
 test: apt venv lint
 	.venv/bin/pytest
 
-# ---- demo: corpus + real clips -> tokenizer -> metadata index + audio validation -> summary ----------------------
+# ---- demo: corpus + real clips -> tokenizer -> index + audio validation -> 2D bins -> padding report ----------------------
 demo: apt venv $(DATA)/$(PRESET)/card.json $(DATA)/tokenizer/tokenizer.json $(DATA)/real/real_check.jsonl
 	$(FASTAED) data index $(addprefix $(DATA)/$(PRESET)/,$(MANIFESTS)) $(DATA)/real/real_check.jsonl \
 		--tokenizer $(DATA)/tokenizer --validate-audio --json $(DATA)/index_summary.json
+	$(FASTAED) bins $(DATA)/$(PRESET)/train.jsonl --tokenizer $(DATA)/tokenizer --num-buckets 30 \
+		--num-subbuckets 4 --method min_padding --out $(DATA)/bins.json --png $(DATA)/bins.png
+	$(FASTAED) padding $(DATA)/$(PRESET)/train.jsonl --tokenizer $(DATA)/tokenizer --bins $(DATA)/bins.json \
+		--max-duration 600 --json $(DATA)/padding.json --png $(DATA)/padding.png
 
 $(DATA)/$(PRESET)/card.json:
 	$(FASTAED) synth --preset $(PRESET) --out $(DATA)/$(PRESET)
@@ -66,4 +70,4 @@ $(DATA)/real/real_check.jsonl:
 	$(FASTAED) data real-check --out $(DATA)/real
 
 clean-demo:
-	rm -rf $(DATA)/$(PRESET) $(DATA)/tokenizer $(DATA)/index_summary.json
+	rm -rf $(DATA)/$(PRESET) $(DATA)/tokenizer $(DATA)/real $(DATA)/index_summary.json $(DATA)/bins.* $(DATA)/padding.*
