@@ -16,16 +16,37 @@ COMMANDS = [
     ["data", "index"],
     ["data", "real-check"],
     ["data", "from-lhotse"],
+    ["bins"],
+    ["padding"],
     ["bench", "index"],
     ["bench", "features"],
+    ["bench", "sampler"],
 ]
+
+
+def run(argv: list[str]) -> int:
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    return info.value.code
+
+
+def train_tokenizer_args(manifest, out) -> list[str]:
+    return [
+        "tokenizer",
+        "train",
+        str(manifest),
+        "--vocab-size",
+        "64",
+        "--out",
+        str(out),
+        "--on-bad-input",
+        "skip",
+    ]
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=" ".join)
 def test_every_command_has_help(command, capsys):
-    with pytest.raises(SystemExit) as info:
-        main([*command, "--help"])
-    assert info.value.code == 0
+    assert run([*command, "--help"]) == 0
     assert "usage: fastaed" in capsys.readouterr().out
 
 
@@ -43,46 +64,16 @@ def test_tokenizer_index_validate_end_to_end_with_counted_skip(tmp_path, capsys)
     broken["audio_filepath"] = "audio/gone.wav"
     m.write_text("\n".join([*lines[:2], json.dumps(broken), *lines[3:], "{not json"]) + "\n")
 
-    with pytest.raises(SystemExit) as info:
-        main(
-            [
-                "tokenizer",
-                "train",
-                str(m),
-                "--vocab-size",
-                "64",
-                "--out",
-                str(tmp_path / "tok"),
-                "--on-bad-input",
-                "skip",
-            ]
-        )
-    assert info.value.code == 0
+    assert run(train_tokenizer_args(m, tmp_path / "tok")) == 0
     assert (tmp_path / "tok" / "tokenizer.model").is_file()
 
     summary_path = tmp_path / "summary.json"
-    with pytest.raises(SystemExit):
-        main(
-            [
-                "data",
-                "index",
-                str(m),
-                "--tokenizer",
-                str(tmp_path / "tok"),
-                "--on-bad-input",
-                "skip",
-                "--validate-audio",
-                "--workers",
-                "1",
-                "--json",
-                str(summary_path),
-            ]
-        )
+    index_args = ["data", "index", str(m), "--tokenizer", str(tmp_path / "tok"), "--on-bad-input", "skip"]
+    assert run([*index_args, "--validate-audio", "--workers", "1", "--json", str(summary_path)]) == 0
     out = capsys.readouterr().out
     summary = json.loads(summary_path.read_text())
-    assert (
-        summary["utterances"] == 6
-    )  # the malformed line is not an utterance; the missing file is found later
+    # The malformed line is not an utterance; the missing file is found by the audio validation.
+    assert summary["utterances"] == 6
     assert summary["audio_checked"] == 6
     assert summary["bad_input"]["by_reason"] == {"malformed_json": 1, "missing_audio": 1}
     assert "bad input: 2 skipped" in out and "gone.wav" in out
@@ -91,22 +82,8 @@ def test_tokenizer_index_validate_end_to_end_with_counted_skip(tmp_path, capsys)
 def test_index_error_policy_names_the_line(tmp_path, capsys):
     m = write_tiny_corpus(tmp_path / "c", num=2)
     m.write_text(m.read_text() + '{"audio_filepath": "x.wav", "duration": 1, "text": ""}\n')
-    main_args = [
-        "tokenizer",
-        "train",
-        str(m),
-        "--vocab-size",
-        "64",
-        "--out",
-        str(tmp_path / "tok"),
-        "--on-bad-input",
-        "skip",
-    ]
-    with pytest.raises(SystemExit):
-        main(main_args)
-    with pytest.raises(SystemExit) as info:
-        main(["data", "index", str(m), "--tokenizer", str(tmp_path / "tok")])
-    assert info.value.code == 2
+    run(train_tokenizer_args(m, tmp_path / "tok"))
+    assert run(["data", "index", str(m), "--tokenizer", str(tmp_path / "tok")]) == 2
     assert "train.jsonl:3: field 'text': empty target text" in capsys.readouterr().err
 
 

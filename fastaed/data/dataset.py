@@ -33,6 +33,7 @@ from fastaed.data.audio import load_audio
 from fastaed.data.errors import BadInputError, BadInputReport, OnBadInput
 from fastaed.data.features import FeatureConfig, LogMelFeatures
 from fastaed.data.index import MetadataIndex
+from fastaed.data.manifest import Utterance
 from fastaed.data.tokenizer import PROMPT_LENGTH, Tokenizer
 
 
@@ -109,6 +110,24 @@ def pad_1d(seqs: list[torch.Tensor], value: float | int = 0) -> tuple[torch.Tens
     return out, lens
 
 
+def load_utterance_audio(utt: Utterance, duration_tolerance: float = 0.1) -> torch.Tensor:
+    """(N,) waveform of one manifest entry; errors carry the manifest file and line.
+
+    A whole-file entry (offset 0) is checked against the file's length; a segment (offset > 0) against the
+    slice it asks for, since its file is legitimately longer.
+    """
+    try:
+        return load_audio(
+            utt.audio_filepath,
+            offset=utt.offset,
+            duration=utt.duration if utt.offset > 0 else None,
+            expected_duration=utt.duration,
+            duration_tolerance=duration_tolerance,
+        )
+    except BadInputError as err:
+        raise err.with_location(utt.manifest, utt.line) from None
+
+
 class AEDDataset(torch.utils.data.Dataset):
     """Map-style dataset over a :class:`MetadataIndex`: ``ds[i]`` loads one utterance, ``collate`` pads.
 
@@ -146,18 +165,7 @@ class AEDDataset(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> Example | Skipped:
         utt = self.index.utterance(i)
         try:
-            try:
-                # A whole-file entry (offset 0) is checked against the file's length; a segment
-                # (offset > 0) against the slice it asks for, since its file is legitimately longer.
-                audio = load_audio(
-                    utt.audio_filepath,
-                    offset=utt.offset,
-                    duration=utt.duration if utt.offset > 0 else None,
-                    expected_duration=utt.duration,
-                    duration_tolerance=self.duration_tolerance,
-                )
-            except BadInputError as err:
-                raise err.with_location(utt.manifest, utt.line) from None
+            audio = load_utterance_audio(utt, self.duration_tolerance)
             tokens = self.tokenizer.sequence(utt)
         except BadInputError as err:
             if self.on_bad_input == "error":

@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass
 
 from fastaed.constants import SAMPLE_RATE
-from fastaed.data.audio import load_audio
+from fastaed.data.dataset import load_utterance_audio
 from fastaed.data.errors import BadInputError, BadInputReport, OnBadInput
 from fastaed.data.index import MetadataIndex
 
@@ -39,15 +39,9 @@ def _init(index: MetadataIndex, tolerance: float) -> None:
 def _check(i: int) -> tuple[float, BadInputError | None]:
     utt = _INDEX.utterance(i)
     try:
-        audio = load_audio(
-            utt.audio_filepath,
-            offset=utt.offset,
-            duration=utt.duration if utt.offset > 0 else None,
-            expected_duration=utt.duration,
-            duration_tolerance=_TOLERANCE,
-        )
+        audio = load_utterance_audio(utt, _TOLERANCE)
     except BadInputError as err:
-        return 0.0, err.with_location(utt.manifest, utt.line)
+        return 0.0, err
     return len(audio) / SAMPLE_RATE, None
 
 
