@@ -17,6 +17,8 @@ COMMANDS = [
     ["data", "real-check"],
     ["data", "from-lhotse"],
     ["bins"],
+    ["model", "info"],
+    ["model", "list"],
     ["padding"],
     ["bench", "index"],
     ["bench", "features"],
@@ -90,3 +92,19 @@ def test_index_error_policy_names_the_line(tmp_path, capsys):
 def test_parser_lists_subcommands_in_pipeline_order():
     text = build_parser().format_help()
     assert text.index("synth") < text.index("tokenizer") < text.index("bench")
+
+
+def test_model_info_json_for_a_preset_and_a_checkpoint(tmp_path, capsys):
+    from fastaed.model import build_model, save_model
+
+    assert run(["model", "info", "tiny-flash", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    for key in ("params", "encoder_params", "decoder_params", "encoder_layers", "decoder_layers"):
+        assert isinstance(info[key], int)
+    assert info["decoder_layers"] == 2
+    model = build_model("test", vocab_size=50)
+    save_model(model, tmp_path / "ckpt", tokenizer_identity="abc")
+    assert run(["model", "info", str(tmp_path / "ckpt"), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["params"] == sum(p.numel() for p in model.parameters())
+    assert info["tokenizer_identity"] == "abc" and info["vocab_size"] == 50

@@ -12,6 +12,7 @@ SUBCOMMAND_MODULES = (
     "fastaed.cli.data",
     "fastaed.cli.tokenizer",
     "fastaed.cli.sampling",
+    "fastaed.cli.model",
     "fastaed.cli.bench",
 )
 

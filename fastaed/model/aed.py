@@ -135,8 +135,8 @@ def build_model(config: ModelConfig | str, vocab_size: int | None = None) -> Enc
     return EncoderDecoderModel(config)
 
 
-def preset_info(name: str, vocab_size: int | None = None) -> dict[str, int | str]:
-    """Size summary of a preset, computed on the ``meta`` device (exact, allocates nothing).
+def preset_info(name: str | ModelConfig, vocab_size: int | None = None) -> dict[str, int | str]:
+    """Size summary of a preset (or a config), computed on the ``meta`` device (exact, allocates nothing).
 
     Keys: ``name``, ``params``, ``encoder_params``, ``decoder_params``, ``other_params``, ``encoder_layers``,
     ``decoder_layers``, ``d_model`` (encoder width), ``decoder_d_model``, ``vocab_size``.
@@ -146,7 +146,7 @@ def preset_info(name: str, vocab_size: int | None = None) -> dict[str, int | str
     cfg = model.config
     counts = model.num_params()
     return {
-        "name": name,
+        "name": cfg.name,
         "params": counts["total"],
         "encoder_params": counts["encoder"],
         "decoder_params": counts["decoder"],
