@@ -1,0 +1,212 @@
+"""Atomic resume checkpoints and the RNG state that makes a resumed run repeat the uninterrupted one.
+
+Layout of a run directory::
+
+    out_dir/
+      ckpt-1500/                 one resume checkpoint
+        model.safetensors        weights  } a self-describing model (``fastaed.model.save_model``):
+        config.json              config   } ``load_model(out_dir / "ckpt-1500")`` needs no flags
+        trainer_state.pt         optimizer, step, epoch, sampler state, RNG states, counters
+      latest                     "ckpt-1500": the newest complete checkpoint
+
+A checkpoint is written into a hidden temporary directory next to its final name and moved into place with
+one ``os.replace``, and ``latest`` is replaced the same way afterwards: a process killed at any moment leaves
+either the previous checkpoint or the new one, never a half-written one under a real name. Only the last
+``keep`` checkpoints are kept.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import re
+import shutil
+import struct
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from fastaed.model import save_model
+from fastaed.model.checkpoint import CONFIG_FILE, WEIGHTS_FILE
+
+PREFIX = "ckpt-"
+LATEST_FILE = "latest"
+STATE_FILE = "trainer_state.pt"
+STATE_VERSION = 1
+_CKPT_NAME = re.compile(rf"^{PREFIX}(\d+)$")
+
+
+def derive_seed(*parts: int) -> int:
+    """A 63-bit seed from integers (seed, step, rank, ...): a hash, so neighbouring tuples are unrelated."""
+    h = hashlib.blake2b(struct.pack(f"<{len(parts)}q", *parts), digest_size=8, person=b"fastaed-train")
+    return int.from_bytes(h.digest(), "little") >> 1
+
+
+# ---- RNG state ---------------------------------------------------------------------------------------------
+
+
+def capture_rng_state() -> dict[str, Any]:
+    """Python, numpy, torch CPU and (if initialised) CUDA generator states, ``weights_only``-safe."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": {
+            "kind": kind,
+            "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "gauss": float(gauss),
+        },
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(_as_tuple(state["python"]))
+    n = state["numpy"]
+    keys = n["keys"].numpy().astype(np.uint32)
+    np.random.set_state((n["kind"], keys, n["pos"], n["has_gauss"], n["gauss"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _as_tuple(obj: Any) -> Any:
+    # random.setstate needs tuples all the way down; a serialised state may come back with lists.
+    return tuple(_as_tuple(x) for x in obj) if isinstance(obj, list | tuple) else obj
+
+
+# ---- writing -----------------------------------------------------------------------------------------------
+
+
+def save_checkpoint(
+    out_dir: str | os.PathLike[str],
+    step: int,
+    model: torch.nn.Module,
+    trainer_state: dict[str, Any],
+    *,
+    tokenizer_identity: str | None,
+    keep: int = 3,
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """Write ``out_dir/ckpt-{step}`` atomically, point ``latest`` at it and prune old ones; returns its path.
+
+    Call on one process only (rank 0): the directory is shared by every rank.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in out.glob(f".{PREFIX}*"):  # temp dirs of a save that was killed half-way
+        shutil.rmtree(stale, ignore_errors=True)
+    final = out / f"{PREFIX}{step}"
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=out))
+    try:
+        save_model(model, tmp, tokenizer_identity=tokenizer_identity, extra={"step": step, **(extra or {})})
+        state_path = tmp / STATE_FILE
+        torch.save({"version": STATE_VERSION, **trainer_state}, state_path)
+        _fsync(state_path)
+        if final.exists():  # the same step saved again (a resumed run that ends where it started)
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _write_atomic(out / LATEST_FILE, final.name + "\n")
+    _fsync(out)
+    for _, old in list_checkpoints(out)[:-keep]:
+        if old != final:
+            shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(name, path)
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file or directory entry to disk (a rename is only durable once its directory is synced)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some filesystems refuse fsync on directories; atomicity does not depend on it
+    finally:
+        os.close(fd)
+
+
+# ---- reading -----------------------------------------------------------------------------------------------
+
+
+def is_complete(path: Path) -> bool:
+    return all((path / name).is_file() for name in (STATE_FILE, CONFIG_FILE, WEIGHTS_FILE))
+
+
+def list_checkpoints(out_dir: str | os.PathLike[str]) -> list[tuple[int, Path]]:
+    """(step, path) of the complete checkpoints in ``out_dir``, oldest first."""
+    out = Path(out_dir)
+    if not out.is_dir():
+        return []
+    found = []
+    for p in out.iterdir():
+        m = _CKPT_NAME.match(p.name)
+        if m and p.is_dir() and is_complete(p):
+            found.append((int(m.group(1)), p))
+    return sorted(found)
+
+
+def find_latest(out_dir: str | os.PathLike[str]) -> Path | None:
+    """The checkpoint ``latest`` names, else the newest complete ``ckpt-*``; None if there is none."""
+    out = Path(out_dir)
+    pointer = out / LATEST_FILE
+    if pointer.is_file():
+        named = out / pointer.read_text().strip()
+        if named.is_dir() and is_complete(named):
+            return named
+    found = list_checkpoints(out)
+    return found[-1][1] if found else None
+
+
+def resolve_resume(resume: str | os.PathLike[str] | None, out_dir: str | os.PathLike[str]) -> Path | None:
+    """``"auto"``: ``out_dir``'s latest checkpoint or None; ``"none"``/None: None; else that checkpoint."""
+    if resume is None or str(resume) == "none":
+        return None
+    if str(resume) == "auto":
+        return find_latest(out_dir)
+    path = Path(resume)
+    if not is_complete(path):
+        raise FileNotFoundError(f"--resume {path}: not a complete checkpoint directory")
+    return path
+
+
+def load_trainer_state(ckpt_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    path = Path(ckpt_dir) / STATE_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{ckpt_dir}: no {STATE_FILE}; not a fastaed resume checkpoint")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if state.get("version") != STATE_VERSION:
+        raise ValueError(f"{path}: trainer state version {state.get('version')} != {STATE_VERSION}")
+    return state
+
+
+def load_weights_(model: torch.nn.Module, ckpt_dir: str | os.PathLike[str]) -> None:
+    """Copy a checkpoint's weights into ``model`` (its config must match; checked by ``load_model``)."""
+    from fastaed.model import load_model
+
+    saved = load_model(ckpt_dir)
+    if saved.config != getattr(model, "config", saved.config):
+        raise ValueError(f"{ckpt_dir}: saved model config differs from the configured model: {saved.config}")
+    model.load_state_dict(saved.state_dict())
