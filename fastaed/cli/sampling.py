@@ -7,7 +7,6 @@ Both read lengths from the metadata index of NeMo manifests (U with the given to
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
@@ -118,6 +117,7 @@ def bins_cmd(args: argparse.Namespace) -> int:
 
 def padding_cmd(args: argparse.Namespace) -> int:
     from fastaed.sampling.bins import Bins
+    from fastaed.sampling.budget import load_profile
     from fastaed.sampling.padding import STRATEGIES, Budget, padding_report
 
     strategies = [s.strip() for s in args.strategy.split(",") if s.strip()]
@@ -127,13 +127,11 @@ def padding_cmd(args: argparse.Namespace) -> int:
     bins = Bins.load(args.bins) if args.bins else None
     batch_sizes = None
     if args.profile:
-        profile = json.loads(args.profile.read_text())
-        if "batch_sizes" not in profile:
-            raise SystemExit(f"{args.profile}: no 'batch_sizes' in the profile")
-        batch_sizes = np.asarray(profile["batch_sizes"], dtype=np.int64)
-        if profile.get("bins") is not None:
-            doc = profile["bins"]
-            bins = Bins.from_json(doc if isinstance(doc, str) else json.dumps(doc))
+        try:
+            batch_sizes, profile_bins = load_profile(args.profile)
+        except ValueError as err:
+            raise SystemExit(str(err)) from None
+        bins = profile_bins if profile_bins is not None else bins
         if bins is None:
             raise SystemExit("a profile needs bins: put them in the profile or pass --bins")
     explicit_budget = args.max_duration is not None or args.max_tokens is not None

@@ -2,7 +2,7 @@
 
 from fastaed.sampling.assign import REJECT_REASONS, Assignment, assign_buckets
 from fastaed.sampling.bins import Bins, estimate_bins, plot_bins
-from fastaed.sampling.budget import batch_sizes_from_budget, resolve_batch_sizes
+from fastaed.sampling.budget import batch_sizes_from_budget, load_profile, resolve_batch_sizes
 from fastaed.sampling.sampler import BucketingSampler, epoch_seed
 from fastaed.sampling.stats import padding_stats, synthetic_lengths
 from fastaed.sampling.streaming import (
@@ -29,6 +29,7 @@ __all__ = [
     "batch_sizes_from_budget",
     "epoch_seed",
     "estimate_bins",
+    "load_profile",
     "padding_stats",
     "plot_bins",
     "resolve_batch_sizes",

@@ -17,7 +17,9 @@ index slice by arithmetic alone (see ``sampler.py``); greedy packing by the batc
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
@@ -103,3 +105,18 @@ def resolve_batch_sizes(
         raise ValueError("batch_sizes must be integers >= 1")
     profile = profile.astype(np.int64)
     return profile if budget is None else np.minimum(profile, budget)
+
+
+def load_profile(path: str | Path) -> tuple[np.ndarray, Bins | None]:
+    """Per-bucket batch sizes (and the bins they were made for, if stored) from a profile JSON file.
+
+    The file holds ``"batch_sizes"``: one size per flattened bucket, and optionally ``"bins"`` (a Bins JSON
+    document or its string form). Raises ``ValueError`` naming the file when the sizes are missing.
+    """
+    profile = json.loads(Path(path).read_text())
+    if "batch_sizes" not in profile:
+        raise ValueError(f"{path}: no 'batch_sizes' in the profile")
+    batch_sizes = np.asarray(profile["batch_sizes"], dtype=np.int64)
+    doc = profile.get("bins")
+    bins = Bins.from_json(doc if isinstance(doc, str) else json.dumps(doc)) if doc is not None else None
+    return batch_sizes, bins

@@ -45,7 +45,7 @@ from fastaed.data.index import MetadataIndex, build_index
 from fastaed.data.manifest import ManifestSpec
 from fastaed.data.tokenizer import Tokenizer
 from fastaed.model import EncoderDecoderModel, build_model, cross_entropy_loss, ctc_loss
-from fastaed.sampling import Bins, BucketingSampler, estimate_bins
+from fastaed.sampling import Bins, BucketingSampler, estimate_bins, load_profile
 from fastaed.train import checkpoint as ckpt
 from fastaed.train import distributed as D
 from fastaed.train.config import LossConfig, TrainConfig
@@ -91,13 +91,8 @@ def make_sampler_factory(cfg: TrainConfig, index: MetadataIndex, info: D.DistInf
     batch_sizes = None
     bins = Bins.load(s.bins) if s.bins else None
     if s.profile:
-        profile = json.loads(Path(s.profile).read_text())
-        if "batch_sizes" not in profile:
-            raise ValueError(f"{s.profile}: no 'batch_sizes' in the profile")
-        batch_sizes = np.asarray(profile["batch_sizes"], dtype=np.int64)
-        if profile.get("bins") is not None:
-            doc = profile["bins"]
-            bins = Bins.from_json(doc if isinstance(doc, str) else json.dumps(doc))
+        batch_sizes, profile_bins = load_profile(s.profile)
+        bins = profile_bins if profile_bins is not None else bins
     if bins is None:
         bins = estimate_bins(
             index.durations, index.out_lengths, s.num_buckets, s.num_subbuckets, method=s.method
