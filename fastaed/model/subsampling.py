@@ -60,6 +60,20 @@ class DwStridingSubsampling(nn.Module):
         self.convs = nn.ModuleList(layers)
         out_freq = conv_output_length(n_mels, stages)
         self.out = nn.Linear(channels * out_freq, d_model)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """He (fan-in, ReLU gain) weights and zero biases.
+
+        PyTorch's default init shrinks the signal at every stage, so at init the output was dominated by the
+        biases (mean-vector norm 0.69 vs per-frame signal 0.10) and the encoder saw almost the same vector at
+        every frame. Measured with a CTC-only probe (tiny-flash encoder, 1,600 short utterances, batch 16,
+        no dropout): CTC loss 3.21 after 800 steps with this init, 4.16 with the default one.
+        """
+        for module in self.modules():
+            if isinstance(module, (nn.Conv2d, nn.Linear)):
+                nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+                nn.init.zeros_(module.bias)
 
     def forward(self, feats: Tensor, feat_lens: Tensor) -> tuple[Tensor, Tensor]:
         """feats: (B, T, F); feat_lens: (B,) int64 valid frames. Returns (B, T', D) and (B,) lengths."""
