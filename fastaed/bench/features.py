@@ -29,6 +29,7 @@ import torch
 from fastaed.constants import SAMPLE_RATE
 from fastaed.data.audio import load_audio, resample
 from fastaed.data.features import FeatureConfig, LogMelFeatures
+from fastaed.sampling.padding import format_table as aligned_table
 
 TARGET_XRT_PER_CORE = 500
 BATCH_SIZES = (1, 16)
@@ -214,18 +215,11 @@ def format_table(result: dict) -> str:
         )
         for r in result["rows"]
     ]
-    widths = [max(len(row[i]) for row in [header, *body]) for i in range(len(header))]
-
-    def line(cells: tuple[str, ...]) -> str:
-        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
-
     verdict = "PASS" if result["pass"] else "FAIL"
     lines = [
         f"features benchmark: {result['num_utts']} x {result['seconds_per_utt']} s, "
         f"device {result['device']}, {result['threads']} thread(s)",
-        line(header),
-        line(tuple("-" * w for w in widths)),
-        *(line(row) for row in body),
+        aligned_table(header, body),
         f"target: features >= {result['target_xrt_per_core']} xRT per core -> {verdict}",
     ]
     return "\n".join(lines)

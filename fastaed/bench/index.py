@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from fastaed.sampling.padding import format_table
+
 TARGET_BUILD_S = 30.0
 TARGET_RELOAD_S = 1.0
 
@@ -99,7 +101,7 @@ def bench_index(num_lines: int = 1_000_000, workers: int | None = None, json_out
         ("build rate", f"{num_lines / build_s:,.0f} lines/s", ""),
         ("reload from cache (incl. content hash)", f"{reload_s:.3f} s", f"target <= {TARGET_RELOAD_S} s"),
     ]
-    print(_table(("metric", "value", "anchor"), rows))
+    print(format_table(("metric", "value", "anchor"), rows))
     if json_out:
         Path(json_out).write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result))
@@ -110,13 +112,6 @@ def _cpu_count() -> int:
     import os
 
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
-def _table(header, rows) -> str:
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
-    lines = [fmt.format(*header), fmt.format(*("-" * w for w in widths))]
-    return "\n".join(lines + [fmt.format(*r) for r in rows])
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
