@@ -10,6 +10,7 @@ BENCHMARKS = {
     "index": ("fastaed.bench.index", "metadata index: build 1M manifest lines, reload from cache"),
     "features": ("fastaed.bench.features", "log-mel feature extraction and audio reading speed (xRT)"),
     "sampler": ("fastaed.bench.sampler", "sampler padding, speed, plan and resume vs Lhotse 1.33"),
+    "rtfx": ("fastaed.bench.rtfx", "inference RTFx: flash vs balanced, K/V-cached vs NeMo-style decoder"),
 }
 
 

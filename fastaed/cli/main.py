@@ -14,6 +14,7 @@ SUBCOMMAND_MODULES = (
     "fastaed.cli.sampling",
     "fastaed.cli.model",
     "fastaed.cli.train",
+    "fastaed.cli.decode",
     "fastaed.cli.bench",
 )
 

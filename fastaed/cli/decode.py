@@ -1,0 +1,155 @@
+"""`fastaed transcribe` and `fastaed eval`: run a checkpoint on audio files or a manifest.
+
+fastaed transcribe runs/tiny-flash/latest_ckpt a.wav b.flac --lang en --pnc yes --out hyps.jsonl
+fastaed transcribe CKPT --manifest data/default/test.jsonl --beam-size 4 --out hyps.jsonl
+fastaed eval CKPT --manifest data/default/test.jsonl --json eval.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _decode_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoint", type=Path, help="checkpoint folder (or a run folder: its latest checkpoint)")
+    p.add_argument("--tokenizer", type=Path, default=None, help="tokenizer folder (default: found from CKPT)")
+    p.add_argument("--batch-size", type=int, default=32, help="utterances per batch (sorted by duration)")
+    p.add_argument("--beam-size", type=int, default=1, help="1 = greedy (default)")
+    p.add_argument("--length-penalty", type=float, default=1.0, help="GNMT alpha for beam search")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp32"], help="auto: bf16 on GPU")
+    p.add_argument("--num-workers", type=int, default=0, help="audio-reading worker processes")
+    p.add_argument("--on-bad-input", choices=["error", "skip"], default="error")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    t = sub.add_parser("transcribe", help="transcribe (or translate) audio files or a manifest")
+    _decode_args(t)
+    t.add_argument("audio", nargs="*", type=Path, help="audio files (or use --manifest)")
+    t.add_argument("--manifest", type=Path, default=None, help="NeMo JSONL: each entry's own prompt is used")
+    t.add_argument("--lang", default="en", help="source language of the audio files")
+    t.add_argument("--target-lang", default=None, help="output language (default: --lang)")
+    t.add_argument("--task", choices=["transcribe", "translate"], default="transcribe")
+    t.add_argument("--pnc", choices=["yes", "no"], default="yes", help="punctuation and casing in the output")
+    t.add_argument("--nbest", type=int, default=1, help="keep this many hypotheses per input (beam search)")
+    t.add_argument("--out", type=Path, required=True, help="JSONL of hypotheses, one line per input")
+    t.set_defaults(func=transcribe_cmd)
+
+    e = sub.add_parser("eval", help="WER/CER (transcribe), BLEU (translate) and RTFx on a manifest")
+    _decode_args(e)
+    e.add_argument("--manifest", type=Path, required=True, action="append", help="repeat for several sets")
+    e.add_argument("--hyps", type=Path, default=None, help="also write the hypotheses (JSONL; one set only)")
+    e.add_argument("--json", type=Path, default=None, help="write the results as JSON")
+    e.set_defaults(func=eval_cmd)
+
+
+def _checkpoint(path: Path) -> Path:
+    """A run folder stands for its latest checkpoint."""
+    latest = path / "latest"
+    if latest.is_file():
+        return path / latest.read_text().strip()
+    return path
+
+
+def _transcriber(args: argparse.Namespace, nbest: int = 1):
+    from fastaed.decode.transcribe import DecodeConfig, Transcriber
+
+    config = DecodeConfig(
+        batch_size=args.batch_size, beam_size=args.beam_size, length_penalty=args.length_penalty,
+        nbest=nbest, device=args.device, dtype=args.dtype, num_workers=args.num_workers,
+        progress=not args.no_progress,
+    )  # fmt: skip
+    return Transcriber(_checkpoint(args.checkpoint), config, args.tokenizer)
+
+
+def _report_skips(report, where: str) -> None:
+    if report.total:
+        print(f"{where}: {report.summary()}", file=sys.stderr)
+
+
+def transcribe_cmd(args: argparse.Namespace) -> int:
+    from fastaed.data.errors import BadInputReport
+    from fastaed.decode.transcribe import utterances_from_audio, utterances_from_manifest, write_jsonl
+
+    if bool(args.audio) == bool(args.manifest):
+        print("fastaed transcribe: give audio files or --manifest (not both)", file=sys.stderr)
+        return 2
+    report = BadInputReport()
+    if args.manifest:
+        utts = utterances_from_manifest(args.manifest, args.on_bad_input, report)
+    else:
+        utts = utterances_from_audio(
+            args.audio, source_lang=args.lang, target_lang=args.target_lang or args.lang, task=args.task,
+            pnc=args.pnc == "yes",
+        )  # fmt: skip
+    transcriber = _transcriber(args, nbest=args.nbest)
+    result = transcriber.run(utts, on_bad_input=args.on_bad_input)
+    write_jsonl(result.transcripts, args.out)
+    _report_skips(report, str(args.manifest))
+    _report_skips(result.skipped, "audio")
+    print(
+        f"wrote {len(result.transcripts)} transcripts to {args.out}: {result.audio_seconds:.1f} s of audio "
+        f"in {result.wall_seconds:.2f} s (RTFx {result.rtfx:.1f}, batch {args.batch_size}, "
+        f"{transcriber.device.type} {str(transcriber.dtype).removeprefix('torch.')}, beam {args.beam_size})"
+    )
+    return 0
+
+
+def eval_cmd(args: argparse.Namespace) -> int:
+    from fastaed.data.errors import BadInputReport
+    from fastaed.decode.scoring import score
+    from fastaed.decode.transcribe import utterances_from_manifest, write_jsonl
+    from fastaed.sampling.padding import format_table
+
+    if args.hyps is not None and len(args.manifest) > 1:
+        print("fastaed eval: --hyps needs a single --manifest", file=sys.stderr)
+        return 2
+    transcriber = _transcriber(args)
+    rows, results = [], {}
+    for manifest in args.manifest:
+        report = BadInputReport()
+        utts = utterances_from_manifest(manifest, args.on_bad_input, report)
+        result = transcriber.run(utts, on_bad_input=args.on_bad_input)
+        _report_skips(report, str(manifest))
+        _report_skips(result.skipped, f"audio of {manifest}")
+        if args.hyps is not None:
+            write_jsonl(result.transcripts, args.hyps)
+        scores = score(result.transcripts)
+        report.merge(result.skipped)
+        results[str(manifest)] = {
+            **scores, "rtfx": result.rtfx, "audio_seconds": result.audio_seconds,
+            "wall_seconds": result.wall_seconds, "bad_input": report.to_dict(),
+        }  # fmt: skip
+        for name, g in scores["groups"].items():
+            rows.append([
+                manifest.name, name, g["utterances"],
+                _pct(g["wer"]), _pct(g["cer"]), "-" if g["bleu"] is None else f"{g['bleu']:.1f}",
+                f"{result.rtfx:.1f}",
+            ])  # fmt: skip
+    doc = {
+        "checkpoint": str(_checkpoint(args.checkpoint)),
+        "device": transcriber.device.type,
+        "dtype": str(transcriber.dtype).removeprefix("torch."),
+        "batch_size": args.batch_size,
+        "beam_size": args.beam_size,
+        "length_penalty": args.length_penalty if args.beam_size > 1 else None,
+        "rtfx_timer": "audio reading + features + encoder + decoder, warm-up batch excluded",
+        "normaliser": "fastaed.data.text.strip_pnc (lower case, punctuation removed) on both sides",
+        "sets": results,
+    }
+    print(format_table(["manifest", "task/lang", "utts", "WER", "CER", "BLEU", "RTFx"], rows))
+    print(f"({doc['device']} {doc['dtype']}, batch {args.batch_size}, beam {args.beam_size}; WER/CER after "
+          "lower-casing and removing punctuation; RTFx includes audio reading and features)")  # fmt: skip
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(doc, indent=2) + "\n")
+        print(f"wrote {args.json}")
+    return 0
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.2f}%"

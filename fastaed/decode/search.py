@@ -1,0 +1,194 @@
+"""Batched greedy and beam search over the cached decoder (``fastaed.decode.incremental``).
+
+Dimensions: B utterances, K beams, T' encoder frames, De encoder width, P prompt tokens, V vocabulary.
+
+Both searches start from the encoder output and a (B, P) prompt (any mix of tasks/languages; the prompt
+length is fixed), pre-fill the prompt in one call, then add one token per step. A row stops at EOS or at its
+length limit: as many new tokens as it has encoder frames (80 ms each, far above any speaking rate; it bounds
+a looping decoder), capped by the decoder's ``max_len``. Done rows leave the cache at once (compaction).
+
+Beam search scores a finished hypothesis with the GNMT length penalty (Wu et al. 2016):
+``score = log P(y) / lp(|y|)``, ``lp(n) = ((5 + n) / 6) ** alpha``, where ``|y|`` counts the generated
+tokens including EOS (the prompt excluded). ``alpha = 0`` ranks by plain log-probability; larger ``alpha``
+favours longer outputs. An utterance is done once it has K finished hypotheses and no live beam can still
+beat the worst of them (a live beam's log-probability only falls, and its penalty is at most lp(limit)).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from fastaed.decode import incremental
+from fastaed.model import EncoderDecoderModel
+
+
+@dataclass(frozen=True)
+class Hypothesis:
+    """One output: generated ids (no prompt, no EOS), log-probability, length-normalised score."""
+
+    tokens: list[int]
+    logprob: float
+    score: float  # logprob / lp(len(tokens) + ended) for beam search; = logprob for greedy
+    ended: bool  # True if it ended with EOS (False: cut at the length limit)
+
+
+def length_penalty(length: int | Tensor, alpha: float) -> float | Tensor:
+    """GNMT length penalty ((5 + length) / 6) ** alpha."""
+    return ((5 + length) / 6) ** alpha
+
+
+def row_limits(model: EncoderDecoderModel, enc_lens: Tensor, prompt_len: int) -> Tensor:
+    """(B,) most new tokens per row: its encoder frames, capped by the decoder's positions left."""
+    cap = max(model.config.decoder.max_len - prompt_len, 1)
+    return enc_lens.clamp(min=1, max=cap)
+
+
+@torch.inference_mode()
+def greedy_search(
+    model: EncoderDecoderModel,
+    enc: Tensor,
+    enc_lens: Tensor,
+    prompts: Tensor,
+    eos_id: int,
+    *,
+    force_lengths: Tensor | None = None,
+) -> list[Hypothesis]:
+    """Batched greedy decoding with the K/V cache.
+
+    enc: (B, T', De); enc_lens: (B,); prompts: (B, P). ``force_lengths`` (B,) makes row b emit exactly that
+    many tokens before EOS (within its limit) — for timing random-weight models at realistic output
+    lengths. Returns one :class:`Hypothesis` per row, in input order.
+    """
+    b, p = prompts.shape
+    device = prompts.device
+    limit = row_limits(model, enc_lens, p)
+    if force_lengths is not None:
+        limit = torch.minimum(limit, force_lengths.to(limit) + 1)  # + 1: the EOS
+    steps = int(limit.max())
+    cache = incremental.start(model, enc, enc_lens, p + steps)
+    logits = incremental.step(model, cache, prompts)
+    # State of the live rows only (compacted together with the cache); results land in ``out`` as rows end.
+    rows = torch.arange(b, device=device)  # original row of each live row
+    seqs = torch.zeros(b, steps, dtype=torch.long, device=device)
+    logprob = torch.zeros(b, dtype=torch.float32, device=device)
+    live_limit = limit.clone()
+    forced = force_lengths.to(device) if force_lengths is not None else None
+    out: list[Hypothesis | None] = [None] * b
+
+    def emit(live: Tensor, t: int, is_eos: Tensor) -> None:
+        for i in live.tolist():
+            e = bool(is_eos[i])
+            ids = seqs[i, : t if e else t + 1].tolist()
+            out[int(rows[i])] = Hypothesis(ids, float(logprob[i]), float(logprob[i]), e)
+
+    for t in range(steps):
+        logp = torch.log_softmax(logits.float(), dim=-1)  # (B', V)
+        if forced is not None:
+            logp[t < forced, eos_id] = -torch.inf  # no EOS before the forced length, only EOS at it
+            at_length = t >= forced
+            logp[at_length] = -torch.inf
+            logp[at_length, eos_id] = 0.0
+        best, next_id = logp.max(dim=-1)  # (B',)
+        seqs[:, t] = next_id
+        logprob += best
+        is_eos = next_id == eos_id
+        done = is_eos | (live_limit <= t + 1)
+        if bool(done.any()):
+            emit(done.nonzero().squeeze(1), t, is_eos)
+            if bool(done.all()):
+                break
+            keep = (~done).nonzero().squeeze(1)  # compaction: done rows cost nothing from here on
+            cache, rows, next_id = cache.select(keep), rows[keep], next_id[keep]
+            seqs, logprob, live_limit = seqs[keep], logprob[keep], live_limit[keep]
+            forced = forced[keep] if forced is not None else None
+        logits = incremental.step(model, cache, next_id[:, None])
+    assert all(h is not None for h in out)  # the last step ends every row (its limit)
+    return out  # type: ignore[return-value]
+
+
+@torch.inference_mode()
+def beam_search(
+    model: EncoderDecoderModel,
+    enc: Tensor,
+    enc_lens: Tensor,
+    prompts: Tensor,
+    eos_id: int,
+    *,
+    beam_size: int = 4,
+    alpha: float = 1.0,
+    nbest: int | None = None,
+) -> list[list[Hypothesis]]:
+    """Batched beam search with the K/V cache and the GNMT length penalty.
+
+    enc: (B, T', De); enc_lens: (B,); prompts: (B, P). Returns per utterance its ``nbest`` (default
+    ``beam_size``) best hypotheses, best first, ranked by ``score``.
+    """
+    k = beam_size
+    if k < 1:
+        raise ValueError(f"beam_size must be >= 1, got {k}")
+    nbest = k if nbest is None else min(nbest, k)
+    b, p = prompts.shape
+    device = prompts.device
+    limit = row_limits(model, enc_lens, p)  # (B,)
+    cache = incremental.start(model, enc, enc_lens, p + int(limit.max()))
+    logits = incremental.step(model, cache, prompts)  # (B, V): pre-fill once per utterance, then expand
+    beam_rows = torch.arange(b, device=device).repeat_interleave(k)
+    cache, logits = cache.select(beam_rows), logits[beam_rows]
+    items = torch.arange(b, device=device)  # original utterance of each live item (k cache rows each)
+    scores = torch.full((b, k), -torch.inf, dtype=torch.float64, device=device)
+    scores[:, 0] = 0.0  # all beams start equal: keep one, or the first step would pick K copies
+    history = torch.zeros(b * k, 0, dtype=torch.long, device=device)
+    finished: list[list[Hypothesis]] = [[] for _ in range(b)]
+
+    def finish(item: int, ids: list[int], logprob: float, ended: bool) -> None:
+        n = len(ids) + int(ended)
+        finished[item].append(Hypothesis(ids, logprob, logprob / float(length_penalty(n, alpha)), ended))
+
+    for t in range(int(limit.max())):
+        n_items = len(items)
+        logp = torch.log_softmax(logits.float(), dim=-1).double().view(n_items, k, -1)  # (B', K, V)
+        vocab = logp.shape[-1]
+        cand = (scores[:, :, None] + logp).view(n_items, k * vocab)
+        top, idx = cand.topk(min(2 * k, k * vocab), dim=1)  # (B', 2K): enough for K live + some EOS
+        parent, token = idx // vocab, idx % vocab
+        is_eos = token == eos_id
+        # EOS among the top K ends a hypothesis (a lower-ranked EOS could not make the top K anyway).
+        rank = torch.arange(top.shape[1], device=device)[None]
+        for i, j in (is_eos & (rank < k) & torch.isfinite(top)).nonzero().tolist():
+            item, row = int(items[i]), i * k + int(parent[i, j])
+            finish(item, history[row].tolist(), float(top[i, j]), True)
+        # The K best non-EOS candidates live on.
+        live_scores, order = top.masked_fill(is_eos, -torch.inf).topk(k, dim=1)  # (B', K)
+        parent_rows = (torch.arange(n_items, device=device)[:, None] * k + parent.gather(1, order)).view(-1)
+        new_tokens = token.gather(1, order).view(-1)  # (B' K,)
+        history = torch.cat([history[parent_rows], new_tokens[:, None]], dim=1)
+        scores = live_scores
+
+        # Which utterances are done: at their limit (live beams end there, unfinished), or no live beam
+        # can still beat the worst of K finished hypotheses.
+        at_limit = t + 1 >= limit[items]
+        done = torch.zeros(n_items, dtype=torch.bool, device=device)
+        best_live = scores.max(dim=1).values  # (B',)
+        for i in range(n_items):
+            item = int(items[i])
+            if bool(at_limit[i]):
+                for j in range(k):
+                    if torch.isfinite(scores[i, j]):
+                        finish(item, history[i * k + j].tolist(), float(scores[i, j]), False)
+                done[i] = True
+            elif len(finished[item]) >= k:
+                worst = sorted(h.score for h in finished[item])[-k]
+                bound = float(best_live[i]) / float(length_penalty(int(limit[item]), alpha))
+                done[i] = not torch.isfinite(best_live[i]) or bound <= worst
+        if bool(done.all()):
+            break
+        keep_items = (~done).nonzero().squeeze(1)
+        keep_rows = (keep_items[:, None] * k + torch.arange(k, device=device)[None]).view(-1)
+        rows = parent_rows[keep_rows]  # cache rows: parents of the surviving beams
+        cache = cache.select(rows)
+        items, scores, history = items[keep_items], scores[keep_items], history[keep_rows]
+        logits = incremental.step(model, cache, new_tokens[keep_rows][:, None])
+    return [sorted(f, key=lambda h: -h.score)[:nbest] for f in finished]

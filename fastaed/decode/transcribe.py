@@ -1,0 +1,317 @@
+"""Transcription: a checkpoint + tokenizer, audio in, text out, batched by duration, timed as RTFx.
+
+Dimensions: B utterances per batch, N samples, T feature frames, F mel bins, T' encoder frames.
+
+Inputs are sorted by duration (longest first, so the first batch is also the most memory-hungry and any
+out-of-memory shows at once) and cut into batches of ``batch_size`` utterances. Each utterance carries its own
+prompt (source/target language, task, pnc), so one batch may mix tasks. Audio reading, resampling and
+feature extraction run inside the timer (the SPEC's default RTFx protocol): RTFx = audio seconds / wall
+seconds, after one untimed warm-up batch, with the device synchronised before the clock is read.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from fastaed.data import errors as E
+from fastaed.data.audio import audio_info
+from fastaed.data.dataset import load_utterance_audio, pad_1d
+from fastaed.data.features import FeatureConfig, LogMelFeatures
+from fastaed.data.manifest import Utterance, read_manifest
+from fastaed.data.tokenizer import Tokenizer
+from fastaed.decode.search import Hypothesis, beam_search, greedy_search
+from fastaed.model import EncoderDecoderModel, load_model, read_checkpoint_meta
+
+TOKENIZER_DIR = "tokenizer"  # a checkpoint's own copy of its tokenizer (written by the trainer)
+
+
+@dataclass
+class DecodeConfig:
+    """How to decode. ``beam_size`` 1 is greedy; ``length_penalty`` is the GNMT alpha (beam search only)."""
+
+    batch_size: int = 32
+    beam_size: int = 1
+    length_penalty: float = 1.0
+    nbest: int = 1
+    device: str = "auto"  # auto: cuda if available, else cpu
+    dtype: str = "auto"  # auto: bf16 on cuda, fp32 on cpu
+    num_workers: int = 0  # audio-reading processes (0: in the main process)
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1 or self.beam_size < 1 or self.nbest < 1:
+            raise ValueError("batch_size, beam_size and nbest must be >= 1")
+        if self.dtype not in ("auto", "bf16", "fp32"):
+            raise ValueError(f"dtype must be auto, bf16 or fp32, got {self.dtype!r}")
+
+
+@dataclass
+class Transcript:
+    """One decoded utterance (the input entry, its best text and the n-best list)."""
+
+    utterance: Utterance
+    text: str
+    score: float
+    nbest: list[tuple[str, float]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        u = self.utterance
+        out = {
+            "audio_filepath": u.audio_filepath, "offset": u.offset, "duration": u.duration, "text": self.text,
+            "score": self.score, "source_lang": u.source_lang, "target_lang": u.target_lang, "task": u.task,
+            "pnc": "yes" if u.pnc else "no",
+        }  # fmt: skip
+        if u.manifest:
+            out |= {"reference": u.target_text, "manifest": u.manifest, "line": u.line}
+        if len(self.nbest) > 1:
+            out["nbest"] = [{"text": t, "score": s} for t, s in self.nbest]
+        return out
+
+
+@dataclass
+class TranscribeResult:
+    transcripts: list[Transcript]  # in input order
+    audio_seconds: float
+    wall_seconds: float  # timed part: warm-up excluded
+    skipped: E.BadInputReport
+
+    @property
+    def rtfx(self) -> float:
+        return self.audio_seconds / max(self.wall_seconds, 1e-9)
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def find_tokenizer(checkpoint: str | Path, tokenizer_dir: str | Path | None = None) -> Tokenizer:
+    """The tokenizer a checkpoint was trained with, checked against the identity it recorded.
+
+    Looks in order at: ``tokenizer_dir`` if given, ``CHECKPOINT/tokenizer``, the run directory above the
+    checkpoint, and the ``data.tokenizer`` path of the training config stored in the checkpoint.
+    """
+    ckpt = Path(checkpoint)
+    meta = read_checkpoint_meta(ckpt)
+    want = meta.get("tokenizer_identity")
+    train_cfg = (meta.get("extra") or {}).get("train_config") or {}
+    candidates = (
+        [Path(tokenizer_dir)]
+        if tokenizer_dir is not None
+        else [ckpt / TOKENIZER_DIR, ckpt.parent / TOKENIZER_DIR, ckpt.parent]
+        + ([Path(train_cfg["data"]["tokenizer"])] if train_cfg.get("data", {}).get("tokenizer") else [])
+    )
+    for cand in candidates:
+        if (cand / "tokenizer.model").is_file() and (cand / "tokenizer.json").is_file():
+            tok = Tokenizer.load(cand)
+            if want is not None and tok.identity != want:
+                if tokenizer_dir is not None:
+                    raise ValueError(
+                        f"{cand}: tokenizer identity {tok.identity} differs from the {want} that {ckpt} was "
+                        "trained with"
+                    )
+                continue
+            return tok
+    tried = ", ".join(str(c) for c in candidates)
+    raise FileNotFoundError(
+        f"no tokenizer with identity {want} for {ckpt} (looked in: {tried}); pass --tokenizer DIR"
+    )
+
+
+def load_for_inference(
+    checkpoint: str | Path, tokenizer_dir: str | Path | None = None, device: str = "auto", dtype: str = "auto"
+) -> tuple[EncoderDecoderModel, Tokenizer, torch.device, torch.dtype]:
+    """Model (eval mode, on the device, in the inference dtype) and its tokenizer."""
+    dev = resolve_device(device)
+    tokenizer = find_tokenizer(checkpoint, tokenizer_dir)
+    model = load_model(checkpoint, map_location=dev)
+    use_bf16 = dtype == "bf16" or (dtype == "auto" and dev.type == "cuda")
+    torch_dtype = torch.bfloat16 if use_bf16 else torch.float32
+    return model.to(torch_dtype).eval(), tokenizer, dev, torch_dtype
+
+
+def utterances_from_audio(
+    paths: Sequence[str | Path], *, source_lang: str, target_lang: str, task: str, pnc: bool
+) -> list[Utterance]:
+    """Whole audio files as utterances with one prompt for all (durations from the file headers)."""
+    out = []
+    for p in paths:
+        frames, sample_rate, _ = audio_info(p)
+        out.append(
+            Utterance(
+                audio_filepath=str(p),
+                duration=frames / sample_rate,
+                text="",
+                source_lang=source_lang,
+                target_lang=target_lang,
+                task=task,
+                pnc=pnc,
+            )  # fmt: skip
+        )
+    return out
+
+
+def utterances_from_manifest(
+    path: str | Path, on_bad_input: str, report: E.BadInputReport
+) -> list[Utterance]:
+    return list(read_manifest(path, on_bad_input=on_bad_input, report=report))  # type: ignore[arg-type]
+
+
+class _AudioSet(torch.utils.data.Dataset):
+    """Waveforms of utterances; a bad file becomes ``None`` with its error (the caller applies the policy)."""
+
+    def __init__(self, utterances: Sequence[Utterance]):
+        self.utterances = utterances
+
+    def __len__(self) -> int:
+        return len(self.utterances)
+
+    def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None, E.BadInputError | None]:
+        try:
+            return i, load_utterance_audio(self.utterances[i]), None
+        except E.BadInputError as err:
+            return i, None, err
+
+
+def _collate(items: list) -> list:
+    return items
+
+
+class Transcriber:
+    """Holds a model, its tokenizer and the feature front end; :meth:`run` transcribes utterances."""
+
+    def __init__(
+        self,
+        checkpoint: str | Path,
+        config: DecodeConfig | None = None,
+        tokenizer_dir: str | Path | None = None,
+    ):
+        self.config = config or DecodeConfig()
+        self.model, self.tokenizer, self.device, self.dtype = load_for_inference(
+            checkpoint, tokenizer_dir, self.config.device, self.config.dtype
+        )
+        self.frontend = LogMelFeatures(FeatureConfig(dither=0.0)).to(self.device).eval()
+
+    @classmethod
+    def from_model(
+        cls, model: EncoderDecoderModel, tokenizer: Tokenizer, config: DecodeConfig | None = None
+    ) -> Transcriber:
+        """Wrap an in-memory model (benchmarks, tests): same device and dtype as its parameters."""
+        self = cls.__new__(cls)
+        self.config = config or DecodeConfig()
+        self.model, self.tokenizer = model.eval(), tokenizer
+        param = next(model.parameters())
+        self.device, self.dtype = param.device, param.dtype
+        self.frontend = LogMelFeatures(FeatureConfig(dither=0.0)).to(self.device).eval()
+        return self
+
+    def _batches(self, utterances: Sequence[Utterance]) -> list[list[int]]:
+        order = sorted(range(len(utterances)), key=lambda i: -utterances[i].duration)
+        size = self.config.batch_size
+        return [order[i : i + size] for i in range(0, len(order), size)]
+
+    def prompts(self, utterances: Sequence[Utterance]) -> torch.Tensor:
+        """(B, P) prompt ids, one row per utterance from its own language/task/pnc fields."""
+        rows = [self.tokenizer.utterance_prompt(u) for u in utterances]
+        return torch.tensor(rows, dtype=torch.long, device=self.device)
+
+    @torch.no_grad()
+    def decode_waveforms(
+        self,
+        waves: list[torch.Tensor],
+        utterances: Sequence[Utterance],
+        force_lengths: torch.Tensor | None = None,
+    ) -> list[list[Hypothesis]]:
+        """Features -> encoder -> search for one batch; returns the n-best of each row, best first."""
+        audio, audio_lens = pad_1d(waves)
+        audio, audio_lens = audio.to(self.device), audio_lens.to(self.device)
+        feats, feat_lens = self.frontend(audio, audio_lens)
+        enc, enc_lens = self.model.encode(feats.to(self.dtype), feat_lens)
+        prompts = self.prompts(utterances)
+        eos = self.tokenizer.eos_id
+        c = self.config
+        if c.beam_size == 1:
+            hyps = greedy_search(self.model, enc, enc_lens, prompts, eos, force_lengths=force_lengths)
+            return [[h] for h in hyps]
+        return beam_search(
+            self.model, enc, enc_lens, prompts, eos,
+            beam_size=c.beam_size, alpha=c.length_penalty, nbest=c.nbest,
+        )  # fmt: skip
+
+    def run(
+        self,
+        utterances: Sequence[Utterance],
+        *,
+        on_bad_input: str = "error",
+        force_lengths: Callable[[Utterance], int] | None = None,
+        warmup: bool = True,
+    ) -> TranscribeResult:
+        """Transcribe ``utterances``; results in input order, the bad ones skipped (counted) or raised."""
+        report = E.BadInputReport()
+        batches = self._batches(utterances)
+        if warmup and batches:  # untimed: first-call allocations, kernel selection, thread-pool start
+            loaded = [_AudioSet(utterances)[i] for i in batches[0]]
+            kept = [(utterances[i], w) for i, w, err in loaded if err is None]  # bad ones: counted below
+            if kept:
+                first = [u for u, _ in kept]
+                self.decode_waveforms([w for _, w in kept], first, self._forced(first, force_lengths))
+        loader = torch.utils.data.DataLoader(
+            _AudioSet(utterances), batch_sampler=batches, collate_fn=_collate,
+            num_workers=self.config.num_workers,
+        )  # fmt: skip
+        results: dict[int, Transcript] = {}
+        audio_seconds = 0.0
+        bar = tqdm(total=len(utterances), desc="transcribe", unit="utt", disable=not self.config.progress)
+        self._sync()
+        t0 = time.perf_counter()
+        for items in loader:
+            kept = []
+            for i, wave, err in items:
+                if err is not None:
+                    E.handle(err, on_bad_input, report)  # type: ignore[arg-type]
+                else:
+                    kept.append((i, wave))
+            bar.update(len(items))
+            if not kept:
+                continue
+            batch_utts = [utterances[i] for i, _ in kept]
+            forced = self._forced(batch_utts, force_lengths)
+            nbests = self.decode_waveforms([w for _, w in kept], batch_utts, forced)
+            for (i, wave), hyps in zip(kept, nbests, strict=True):
+                audio_seconds += len(wave) / self.frontend.config.sample_rate
+                texts = [(self.tokenizer.decode(h.tokens), h.score) for h in hyps]
+                results[i] = Transcript(utterances[i], texts[0][0], texts[0][1], texts)
+        self._sync()
+        wall = time.perf_counter() - t0
+        bar.close()
+        ordered = [results[i] for i in sorted(results)]
+        return TranscribeResult(ordered, audio_seconds, wall, report)
+
+    def _forced(
+        self, utts: Sequence[Utterance], fn: Callable[[Utterance], int] | None
+    ) -> torch.Tensor | None:
+        if fn is None:
+            return None
+        return torch.tensor([fn(u) for u in utts], dtype=torch.long, device=self.device)
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+
+def write_jsonl(transcripts: Sequence[Transcript], path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        for t in transcripts:
+            f.write(json.dumps(t.to_dict(), ensure_ascii=False) + "\n")
+    return path
