@@ -8,7 +8,11 @@ PY := .venv/bin/python
 FASTAED := .venv/bin/fastaed
 DATA ?= data
 PRESET ?= default
-VOCAB ?= 1024
+VOCAB ?= 256
+# Training stage: tiny-flash on the default corpus for a wall-clock budget (seconds; 2520 = 42 min + final eval).
+TRAIN_CONFIG ?= configs/train_tiny_flash.yaml
+TRAIN_BUDGET_S ?= 2520
+RUN ?= runs/tiny-flash
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # torch: the 2.13.0 CPU wheel on this project's machines; any newer torch elsewhere (override TORCH=...).
 TORCH ?= torch==2.13.0
@@ -19,7 +23,7 @@ APT_PACKAGES := espeak-ng flite festival festvox-kallpc16k festvox-kdlpc16k fest
 
 MANIFESTS := train.jsonl dev.jsonl test.jsonl test_unseen_voice.jsonl train_multilingual.jsonl test_multilingual.jsonl
 
-.PHONY: demo test lint format apt venv clean-demo
+.PHONY: demo test lint format apt venv clean-demo clean-run
 
 apt: .apt.stamp
 .apt.stamp:
@@ -49,7 +53,7 @@ format: venv
 test: apt venv lint
 	.venv/bin/pytest
 
-# ---- demo: corpus + real clips -> tokenizer -> index + audio validation -> 2D bins -> padding report ----------------------
+# ---- demo: corpus + real clips -> tokenizer -> index + audio validation -> 2D bins -> padding -> training -> eval
 demo: apt venv $(DATA)/$(PRESET)/card.json $(DATA)/tokenizer/tokenizer.json $(DATA)/real/real_check.jsonl
 	$(FASTAED) data index $(addprefix $(DATA)/$(PRESET)/,$(MANIFESTS)) $(DATA)/real/real_check.jsonl \
 		--tokenizer $(DATA)/tokenizer --validate-audio --json $(DATA)/index_summary.json
@@ -57,6 +61,16 @@ demo: apt venv $(DATA)/$(PRESET)/card.json $(DATA)/tokenizer/tokenizer.json $(DA
 		--num-subbuckets 4 --method min_padding --out $(DATA)/bins.json --png $(DATA)/bins.png
 	$(FASTAED) padding $(DATA)/$(PRESET)/train.jsonl --tokenizer $(DATA)/tokenizer --bins $(DATA)/bins.json \
 		--max-duration 600 --json $(DATA)/padding.json --png $(DATA)/padding.png
+	@if [ -f $(RUN)/summary.txt ]; then echo "training already finished ($(RUN)/summary.txt; make clean-run to redo it):"; \
+		cat $(RUN)/summary.txt; \
+	else $(FASTAED) train --config $(TRAIN_CONFIG) runtime.out_dir=$(RUN) runtime.time_budget_s=$(TRAIN_BUDGET_S) \
+		data.tokenizer=$(DATA)/tokenizer data.train_manifests=[$(DATA)/$(PRESET)/train.jsonl] \
+		data.dev_manifest=$(DATA)/$(PRESET)/dev.jsonl; fi
+	@set -o pipefail; if [ -f $(RUN)/eval.txt ]; then echo; cat $(RUN)/eval.txt; \
+	else echo; echo "evaluating $(RUN): in-domain test, unseen voice, real speech"; \
+		$(FASTAED) eval $(RUN) --manifest $(DATA)/$(PRESET)/test.jsonl \
+		--manifest $(DATA)/$(PRESET)/test_unseen_voice.jsonl --manifest $(DATA)/real/real_check.jsonl \
+		--json $(RUN)/eval.json | tee $(RUN)/eval.tmp && mv $(RUN)/eval.tmp $(RUN)/eval.txt; fi
 
 $(DATA)/$(PRESET)/card.json:
 	$(FASTAED) synth --preset $(PRESET) --out $(DATA)/$(PRESET)
@@ -69,5 +83,8 @@ $(DATA)/tokenizer/tokenizer.json: $(DATA)/$(PRESET)/card.json
 $(DATA)/real/real_check.jsonl:
 	$(FASTAED) data real-check --out $(DATA)/real
 
-clean-demo:
+clean-run:  # the trained model only (a killed run resumes by itself: just re-run make demo)
+	rm -rf $(RUN)
+
+clean-demo: clean-run
 	rm -rf $(DATA)/$(PRESET) $(DATA)/tokenizer $(DATA)/real $(DATA)/index_summary.json $(DATA)/bins.* $(DATA)/padding.*

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from fastaed.data.tokenizer import Tokenizer
 from fastaed.model import save_model
 from fastaed.model.checkpoint import CONFIG_FILE, WEIGHTS_FILE
 
@@ -95,8 +96,12 @@ def save_checkpoint(
     tokenizer_identity: str | None,
     keep: int = 3,
     extra: dict[str, Any] | None = None,
+    tokenizer: Tokenizer | None = None,
 ) -> Path:
     """Write ``out_dir/ckpt-{step}`` atomically, point ``latest`` at it and prune old ones; returns its path.
+
+    With ``tokenizer`` the checkpoint carries a copy in ``tokenizer/`` (a few hundred KB), so
+    ``fastaed transcribe CKPT`` needs nothing else.
 
     Call on one process only (rank 0): the directory is shared by every rank.
     """
@@ -108,6 +113,8 @@ def save_checkpoint(
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=out))
     try:
         save_model(model, tmp, tokenizer_identity=tokenizer_identity, extra={"step": step, **(extra or {})})
+        if tokenizer is not None:
+            tokenizer.save(tmp / "tokenizer")
         state_path = tmp / STATE_FILE
         torch.save({"version": STATE_VERSION, **trainer_state}, state_path)
         _fsync(state_path)

@@ -67,10 +67,12 @@ from fastaed.train.metrics import (
     peak_memory_mb,
     plot_learning_curve,
     step_telemetry,
+    summary_table,
 )
 from fastaed.train.schedule import lr_at
 
 SUMMARY_FILE = "summary.json"
+SUMMARY_TEXT_FILE = "summary.txt"
 
 
 @dataclass
@@ -80,6 +82,7 @@ class Position:
     step: int = 0  # optimizer steps done
     epoch: int = 0  # epoch of the last trained batch
     batches_in_epoch: int = 0  # batches of that epoch trained: what the sampler resumes from
+    elapsed_s: float = 0.0  # run wall time up to the checkpoint this process resumed from (0 if fresh)
 
 
 # ---- setup helpers -----------------------------------------------------------------------------------------
@@ -308,6 +311,12 @@ def train(cfg: TrainConfig, resume: str | Path | None = "auto") -> dict[str, Any
         f"fastaed train: {cfg.model.preset} ({n_params / 1e6:.2f}M params), {len(train_index)} train utts, "
         f"{device}, {'bf16' if use_bf16 else 'fp32'}, world size {info.world_size}, out_dir {out_dir}"
     )
+    if rt.time_budget_s is not None:
+        left = max(rt.time_budget_s - pos.elapsed_s, 0.0)
+        D.print0(
+            f"time budget {rt.time_budget_s / 60:.1f} min of training (runtime.time_budget_s), "
+            f"{left / 60:.1f} min left; then a final evaluation and checkpoint"
+        )
 
     def run_eval() -> dict[str, Any]:
         result: dict[str, Any] = {}
@@ -331,9 +340,10 @@ def train(cfg: TrainConfig, resume: str | Path | None = "auto") -> dict[str, Any
     def save(sampler: BucketingSampler) -> Path:
         rng_states = D.all_gather_objects(ckpt.capture_rng_state())
         if info.is_main:
+            run_elapsed = pos.elapsed_s + time.perf_counter() - t_start
             state = {
                 "optimizer": optimizer.state_dict(),
-                "position": dataclasses.asdict(pos),
+                "position": {**dataclasses.asdict(pos), "elapsed_s": run_elapsed},
                 "totals": dataclasses.asdict(run),
                 "guard": guard.state_dict(),
                 "sampler": sampler.state_dict(steps_done=pos.batches_in_epoch),  # trained, not prefetched
@@ -342,7 +352,7 @@ def train(cfg: TrainConfig, resume: str | Path | None = "auto") -> dict[str, Any
             extra = {"epoch": pos.epoch, "train_config": cfg.to_dict()}
             ckpt.save_checkpoint(
                 out_dir, pos.step, model, state, tokenizer_identity=tokenizer.identity,
-                keep=rt.keep_checkpoints, extra=extra,
+                keep=rt.keep_checkpoints, extra=extra, tokenizer=tokenizer,
             )  # fmt: skip
         D.barrier()  # no rank runs ahead (or exits) before the checkpoint is complete
         return out_dir / f"{ckpt.PREFIX}{pos.step}"
@@ -408,7 +418,9 @@ def train(cfg: TrainConfig, resume: str | Path | None = "auto") -> dict[str, Any
             parts = torch.stack(kept).sum(0).double().cpu() if kept else torch.zeros(2, dtype=torch.float64)
 
             # 4. ranks agree on the loss, on skipping and on stopping; then sum gradients, clip, update
-            over_budget = rt.time_budget_s is not None and time.perf_counter() - t_start > rt.time_budget_s
+            # The budget covers the whole run: a resumed run gets what the killed one had left.
+            elapsed = pos.elapsed_s + time.perf_counter() - t_start
+            over_budget = rt.time_budget_s is not None and elapsed > rt.time_budget_s
             nonfinite = not bool(torch.isfinite(parts).all())
             status = torch.cat([parts, torch.tensor([nonfinite, over_budget, splits], dtype=torch.float64)])
             ce, ctc_part, n_nonfinite, n_stop, n_splits = D.all_reduce_sum_(status).tolist()
@@ -467,7 +479,7 @@ def train(cfg: TrainConfig, resume: str | Path | None = "auto") -> dict[str, Any
             last_ckpt = save(sampler)
         summary = {
             "steps": pos.step, "epoch": pos.epoch, "stopped_by": stopped_by,
-            "wall_time_s": time.perf_counter() - t_start,
+            "wall_time_s": pos.elapsed_s + time.perf_counter() - t_start,
             "final_train_loss": float(np.mean(recent_losses)) if recent_losses else None,
             **{k: last_eval.get(k) for k in ("dev_loss", "wer", "cer", "wer_utts", "examples")},
             **run.summary(batches_per_step=cfg.optim.accumulation * info.world_size),
@@ -489,7 +501,9 @@ def train(cfg: TrainConfig, resume: str | Path | None = "auto") -> dict[str, Any
             plot_learning_curve(
                 out_dir / METRICS_FILE, out_dir / CURVE_FILE, title=f"{cfg.model.preset}: {out_dir}"
             )
-            D.print0(json.dumps({k: v for k, v in summary.items() if k not in ("examples", "bad_input")}))
+            table = summary_table(summary)
+            (out_dir / SUMMARY_TEXT_FILE).write_text(table + "\n")
+            D.print0(table)
         return summary
     finally:
         stream.close()  # stops this epoch's DataLoader workers

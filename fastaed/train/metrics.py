@@ -258,3 +258,31 @@ def _smooth(values: tuple[float, ...], alpha: float = 0.05) -> list[float]:
         avg = (1 - alpha) * avg + alpha * v
         out.append(avg / (1 - (1 - alpha) ** i))
     return out
+
+
+def summary_table(summary: dict[str, Any]) -> str:
+    """The run summary a person reads at the end of training (also written to ``summary.txt``)."""
+    from fastaed.sampling.padding import format_table
+
+    def pct(x: float | None) -> str:
+        return "-" if x is None else f"{100 * x:.1f}%"
+
+    wall = summary.get("wall_time_s") or 0.0
+    rows = [
+        ["model", f"{summary.get('model')} ({(summary.get('params') or 0) / 1e6:.2f}M params)"],
+        ["device / dtype / ranks", "{device} / {dtype} / {world_size}".format_map(summary)],
+        ["steps (epoch)", f"{summary.get('steps')} ({summary.get('epoch')})"],
+        ["stopped by", summary.get("stopped_by")],
+        ["wall time", f"{wall / 60:.1f} min"],
+        ["dev WER / CER", f"{pct(summary.get('wer'))} / {pct(summary.get('cer'))}"],
+        ["dev utterances decoded", summary.get("wer_utts")],
+        ["dev loss", f"{summary['dev_loss']:.3f}" if summary.get("dev_loss") is not None else "-"],
+        ["audio seen", f"{summary.get('audio_hours_seen', 0.0):.2f} h"],
+        ["audio seconds per second", f"{summary.get('audio_s_per_s', 0.0):.1f}"],
+        ["tokens per second", f"{summary.get('tokens_per_s', 0.0):.0f}"],
+        ["mean batch size", f"{summary.get('mean_batch_size', 0.0):.1f}"],
+        ["padding in / out", f"{pct(summary.get('input_padding'))} / {pct(summary.get('output_padding'))}"],
+        ["OOM splits / non-finite skips", "{oom_splits} / {nonfinite_skipped}".format_map(summary)],
+        ["checkpoint", summary.get("checkpoint")],
+    ]
+    return format_table(["run summary", ""], rows)

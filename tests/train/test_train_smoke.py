@@ -35,7 +35,8 @@ def test_cli_run_leaves_a_complete_run_directory(data, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main([*argv, "runtime.eval_every=6", "runtime.ckpt_every=0", "optim.max_steps=8"])
     assert exit_info.value.code == 0
-    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])  # the last stdout line is JSON
+    summary = json.loads((out / "summary.json").read_text())
+    assert "dev WER / CER" in capsys.readouterr().out  # the human summary ends the run's output
     assert summary["steps"] == 8 and summary["stopped_by"] == "max_steps"
     assert 0 <= summary["input_padding"] < 1 and 0 <= summary["output_padding"] < 1
     assert summary["wer"] is not None and summary["cer"] is not None and summary["wer_utts"] == 4
@@ -48,10 +49,11 @@ def test_cli_run_leaves_a_complete_run_directory(data, tmp_path, capsys):
     assert [r["step"] for r in evals] == [6, 8] and all(EVAL_FIELDS <= r.keys() for r in evals)
     assert summary["dev_loss"] == evals[-1]["dev_loss"]
 
-    for name in ("summary.json", "config.yaml", "learning_curve.png", "latest"):
+    for name in ("summary.json", "summary.txt", "config.yaml", "learning_curve.png", "latest"):
         assert (out / name).is_file(), name
     assert (out / "latest").read_text().strip() == "ckpt-8"
-    model = load_model(out / "ckpt-8")  # self-describing: no flags
+    model = load_model(out / "ckpt-8")  # self-describing: no flags, and the tokenizer travels with it
+    assert (out / "ckpt-8" / "tokenizer" / "tokenizer.model").is_file()
     assert model.config.name == "test" and model.config.ctc_weight == 0.3
 
 
@@ -74,6 +76,19 @@ def test_time_budget_stops_cleanly_with_a_checkpoint(data, tmp_path):
     summary = train(cfg, resume="none")
     assert summary["stopped_by"] == "time_budget" and summary["steps"] == 1
     assert (tmp_path / "run" / "ckpt-1").is_dir() and (tmp_path / "run" / "summary.json").is_file()
+
+
+def test_time_budget_covers_the_whole_run_across_resumes(data, tmp_path):
+    manifest, tok_dir = data
+    first = train(make_config(manifest, tok_dir, tmp_path / "run", "optim.max_steps=3"), resume="none")
+    spent = first["wall_time_s"]
+    state = torch.load(tmp_path / "run" / "ckpt-3" / "trainer_state.pt", weights_only=False)
+    assert 0 < state["position"]["elapsed_s"] <= spent
+    # Resumed with a budget the first run already used up: one step, then it stops.
+    overrides = (f"runtime.time_budget_s={spent}", "optim.max_steps=50")
+    second = train(make_config(manifest, tok_dir, tmp_path / "run", *overrides), resume="auto")
+    assert second["stopped_by"] == "time_budget" and second["steps"] == 4
+    assert second["wall_time_s"] > state["position"]["elapsed_s"]
 
 
 def test_gradient_accumulation_counts_all_batches(data, tmp_path):
