@@ -11,6 +11,7 @@ BENCHMARKS = {
     "features": ("fastaed.bench.features", "log-mel feature extraction and audio reading speed (xRT)"),
     "sampler": ("fastaed.bench.sampler", "sampler padding, speed, plan and resume vs Lhotse 1.33"),
     "rtfx": ("fastaed.bench.rtfx", "inference RTFx: flash vs balanced, K/V-cached vs NeMo-style decoder"),
+    "convergence": ("fastaed.bench.convergence", "two training runs: dev WER / loss against steps (+ PNG)"),
 }
 
 

@@ -1,0 +1,136 @@
+"""Convergence of two training runs on the same data: dev WER / CER / loss against optimizer steps.
+
+Reads the ``eval`` records of each run's ``metrics.jsonl`` (written by ``fastaed train``) and its
+``summary.json``, prints a table at the steps both runs evaluated, plots dev WER and dev loss against steps
+(PNG) and writes JSON. The comparison the paper makes (claim 4): a deep-encoder / shallow-decoder model
+reaches the accuracy of a balanced one with the same parameters, data and number of steps. Target: the
+flash run's final dev WER within 10% (relative) of the balanced run's.
+
+    fastaed bench convergence runs/tiny-flash runs/tiny-balanced --json bench_results/convergence.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from fastaed.sampling.padding import format_table
+
+TARGET_RELATIVE_WER = 0.10
+
+
+def read_run(run_dir: Path) -> dict[str, Any]:
+    """Eval records by step, and the run summary, of one run folder."""
+    metrics = run_dir / "metrics.jsonl"
+    if not metrics.is_file():
+        raise FileNotFoundError(f"{metrics}: not a fastaed training run (no metrics.jsonl)")
+    evals: dict[int, dict[str, Any]] = {}
+    for line in metrics.read_text().splitlines():
+        record = json.loads(line)
+        if record.get("type") == "eval":
+            evals[int(record["step"])] = record  # a resumed run may repeat a step: the last one counts
+    summary_path = run_dir / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    return {"dir": str(run_dir), "evals": evals, "summary": summary}
+
+
+def compare(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """Rows at the common eval steps and the final-step relative WER difference (a vs b)."""
+    common = sorted(set(a["evals"]) & set(b["evals"]))
+    rows = []
+    for step in common:
+        ea, eb = a["evals"][step], b["evals"][step]
+        rows.append({
+            "step": step, "a_wer": ea.get("wer"), "b_wer": eb.get("wer"), "a_cer": ea.get("cer"),
+            "b_cer": eb.get("cer"), "a_dev_loss": ea.get("dev_loss"), "b_dev_loss": eb.get("dev_loss"),
+        })  # fmt: skip
+    final = rows[-1] if rows else None
+    rel = None
+    if final and final["a_wer"] is not None and final["b_wer"]:
+        rel = (final["a_wer"] - final["b_wer"]) / final["b_wer"]
+    return {"rows": rows, "final_step": final["step"] if final else None, "relative_wer_a_vs_b": rel}
+
+
+def plot(a: dict[str, Any], b: dict[str, Any], names: tuple[str, str], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_wer, ax_loss) = plt.subplots(1, 2, figsize=(11, 4))
+    for run, name in zip((a, b), names):
+        steps = sorted(run["evals"])
+        ax_wer.plot(
+            steps, [100 * (run["evals"][s].get("wer") or float("nan")) for s in steps], "o-", label=name
+        )
+        ax_loss.plot(steps, [run["evals"][s].get("dev_loss") for s in steps], "o-", label=name)
+    ax_wer.set(xlabel="optimizer step", ylabel="dev WER (%)", title="dev WER (greedy)")
+    ax_loss.set(xlabel="optimizer step", ylabel="dev loss (nats/token)", title="dev loss")
+    for ax in (ax_wer, ax_loss):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run_a", type=Path, help="run folder, e.g. runs/tiny-flash")
+    parser.add_argument("run_b", type=Path, help="run folder to compare against, e.g. runs/tiny-balanced")
+    parser.add_argument("--json", type=Path, default=None, help="write the comparison here")
+    parser.add_argument("--png", type=Path, default=None, help="plot (default: next to --json)")
+
+
+def main(args: argparse.Namespace) -> int:
+    a, b = read_run(args.run_a), read_run(args.run_b)
+    names = (
+        a["summary"].get("model") or args.run_a.name,
+        b["summary"].get("model") or args.run_b.name,
+    )
+    result = compare(a, b)
+
+    def pct(x: float | None) -> str:
+        return "-" if x is None else f"{100 * x:.1f}%"
+
+    rows = [
+        [r["step"], pct(r["a_wer"]), pct(r["b_wer"]), pct(r["a_cer"]), pct(r["b_cer"]),
+         f"{r['a_dev_loss']:.3f}", f"{r['b_dev_loss']:.3f}"]
+        for r in result["rows"]
+    ]  # fmt: skip
+    header = ["step", f"WER {names[0]}", f"WER {names[1]}", f"CER {names[0]}", f"CER {names[1]}",
+              f"loss {names[0]}", f"loss {names[1]}"]  # fmt: skip
+    print(format_table(header, rows))
+    for run, name in zip((a, b), names):
+        s = run["summary"]
+        if s:
+            print(f"{name}: {s.get('steps')} steps, {s.get('wall_time_s', 0) / 60:.1f} min, "
+                  f"{s.get('audio_s_per_s', 0):.1f} audio s/s, "
+                  f"{s.get('params', 0) / 1e6:.2f}M params")  # fmt: skip
+    rel = result["relative_wer_a_vs_b"]
+    if rel is not None:
+        verdict = "PASS" if rel <= TARGET_RELATIVE_WER else "FAIL"
+        print(f"final step {result['final_step']}: {names[0]} WER {rel:+.1%} relative to {names[1]} "
+              f"(target <= +{TARGET_RELATIVE_WER:.0%}: {verdict})")  # fmt: skip
+    doc = {
+        "runs": {names[0]: {"dir": a["dir"], "summary": _brief(a["summary"])},
+                 names[1]: {"dir": b["dir"], "summary": _brief(b["summary"])}},
+        "names": list(names), **result, "target_relative_wer": TARGET_RELATIVE_WER,
+    }  # fmt: skip
+    png = args.png or (args.json.with_suffix(".png") if args.json else None)
+    if png is not None:
+        print(f"wrote {plot(a, b, names, png)}")
+        doc["png"] = str(png)
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(doc, indent=2) + "\n")
+        print(f"wrote {args.json}")
+    return 0
+
+
+def _brief(summary: dict[str, Any]) -> dict[str, Any]:
+    keys = ("model", "params", "steps", "wall_time_s", "wer", "cer", "dev_loss", "audio_s_per_s", "device")
+    return {k: summary.get(k) for k in keys}
