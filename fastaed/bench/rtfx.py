@@ -127,9 +127,9 @@ def time_transcription(
     tokens_per_second: float | None,
 ) -> dict[str, Any]:
     """RTFx of transcribing ``utts`` (forced lengths when ``tokens_per_second`` is given)."""
-    transcriber = Transcriber.from_model(
-        model, tokenizer, DecodeConfig(batch_size=batch_size, progress=False)
-    )
+    text = model.config.vocab_size == tokenizer.vocab_size  # else ids only: the tokenizer cannot spell them
+    config = DecodeConfig(batch_size=batch_size, progress=False, decode_text=text)
+    transcriber = Transcriber.from_model(model, tokenizer, config)
     force = None if tokens_per_second is None else (lambda u: max(1, round(tokens_per_second * u.duration)))
     result = transcriber.run(utts, force_lengths=force)
     tokens = sum(len(tokenizer.encode_text(t.text)) for t in result.transcripts) if force is None else None
@@ -192,11 +192,16 @@ def _tokenizer(path: Path | None, workdir: Path) -> Tokenizer:
     return train_tiny_tokenizer(workdir / "tokenizer", vocab_size=128)
 
 
-def _model(spec: str, tokenizer: Tokenizer, device: torch.device, dtype: torch.dtype) -> EncoderDecoderModel:
+def _model(
+    spec: str, vocab_size: int | None, device: torch.device, dtype: torch.dtype
+) -> EncoderDecoderModel:
+    """A checkpoint, or a preset with random weights (``vocab_size`` None: the preset's own vocabulary)."""
     if Path(spec).is_dir():
         return load_model(spec, map_location=device).to(dtype).eval()
     torch.manual_seed(0)
-    return build_model(spec, vocab_size=tokenizer.vocab_size).to(device=device, dtype=dtype).eval()
+    with torch.device(device):  # initialised where it runs: a 1B model is not built on the host first
+        model = build_model(spec, vocab_size=vocab_size)
+    return model.to(dtype).eval()
 
 
 def bench_rtfx(args: argparse.Namespace) -> dict[str, Any]:
@@ -215,13 +220,14 @@ def bench_rtfx(args: argparse.Namespace) -> dict[str, Any]:
         tokenizer = _tokenizer(args.tokenizer, workdir)
         utts = make_utterances(workdir, args.num_utts, args.min_seconds, args.max_seconds, args.seed)
         for role, spec in (("flash", flash_spec), ("balanced", balanced_spec)):
-            model = _model(spec, tokenizer, device, dtype)
+            vocab = None if args.preset_vocab else tokenizer.vocab_size
+            model = _model(spec, vocab, device, dtype)
             info = model.num_params()
             for bs in args.batch_sizes:
                 row = time_transcription(model, tokenizer, utts, bs, tps)
                 row |= {
                     "role": role, "model": model.config.name, "params": info["total"],
-                    "encoder_layers": model.config.encoder.n_layers,
+                    "encoder_layers": model.config.encoder.n_layers, "vocab_size": model.config.vocab_size,
                     "decoder_layers": model.config.decoder.n_layers,
                     "device": str(device), "dtype": str(dtype).removeprefix("torch."),
                 }  # fmt: skip
@@ -251,7 +257,7 @@ def bench_rtfx(args: argparse.Namespace) -> dict[str, Any]:
             "min_seconds": args.min_seconds,
             "max_seconds": args.max_seconds,
         },
-        "vocab_size": tokenizer.vocab_size,
+        "vocab_size": configs[0]["vocab_size"],
         "machine": f"{platform.machine()} {torch.get_num_threads()} threads"
         + (f", {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""),
         "configs": configs,
@@ -296,6 +302,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--balanced", default=None, help="preset or checkpoint (default: tiny-balanced)")
     parser.add_argument("--gpu-presets", action="store_true", help="canary-1b-flash vs canary-1b")
     parser.add_argument("--tokenizer", type=Path, default=None, help="default: a small one made on the spot")
+    parser.add_argument(
+        "--preset-vocab", action="store_true",
+        help="presets keep their own vocabulary (Canary: 4,096 + specials), not the tokenizer's",
+    )  # fmt: skip
     parser.add_argument("--num-utts", type=int, default=48)
     parser.add_argument("--min-seconds", type=float, default=2.0)
     parser.add_argument("--max-seconds", type=float, default=20.0)

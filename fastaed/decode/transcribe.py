@@ -45,6 +45,7 @@ class DecodeConfig:
     dtype: str = "auto"  # auto: bf16 on cuda, fp32 on cpu
     num_workers: int = 0  # audio-reading processes (0: in the main process)
     progress: bool = True
+    decode_text: bool = True  # False: ids only (timing random weights over a vocabulary the tokenizer lacks)
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.beam_size < 1 or self.nbest < 1:
@@ -288,13 +289,16 @@ class Transcriber:
             nbests = self.decode_waveforms([w for _, w in kept], batch_utts, forced)
             for (i, wave), hyps in zip(kept, nbests, strict=True):
                 audio_seconds += len(wave) / self.frontend.config.sample_rate
-                texts = [(self.tokenizer.decode(h.tokens), h.score) for h in hyps]
+                texts = [(self._text(h.tokens), h.score) for h in hyps]
                 results[i] = Transcript(utterances[i], texts[0][0], texts[0][1], texts)
         self._sync()
         wall = time.perf_counter() - t0
         bar.close()
         ordered = [results[i] for i in sorted(results)]
         return TranscribeResult(ordered, audio_seconds, wall, report)
+
+    def _text(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids) if self.config.decode_text else ""
 
     def _forced(
         self, utts: Sequence[Utterance], fn: Callable[[Utterance], int] | None
