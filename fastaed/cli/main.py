@@ -13,6 +13,7 @@ SUBCOMMAND_MODULES = (
     "fastaed.cli.tokenizer",
     "fastaed.cli.sampling",
     "fastaed.cli.model",
+    "fastaed.cli.batch_sizes",
     "fastaed.cli.train",
     "fastaed.cli.decode",
     "fastaed.cli.bench",

@@ -64,7 +64,8 @@ class SamplerConfig:
     max_duration: float | None = 90.0  # padded seconds per batch and rank (a strict cap)
     max_tokens: int | None = None  # padded output tokens per batch and rank (a strict cap)
     quadratic_duration: float | None = None  # charge d + d²/q seconds per utterance (NeMo's quadratic term)
-    profile: str | None = None  # JSON with "batch_sizes" (one per bucket, e.g. from the OOM search)
+    profile: str | None = None  # JSON with "batch_sizes" (one per bucket, e.g. from `fastaed batch-sizes`)
+    force_profile: bool = False  # use a profile made for another model/device/dtype/tokenizer anyway
     seed: int = 0  # shuffling seed; also seeds model init, dither, SpecAugment and dropout
     short_first_epoch: bool = True  # epoch 0 unshuffled: buckets in ascending order, short utterances first
     drop_last: bool = False  # drop each bucket's incomplete final step

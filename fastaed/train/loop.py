@@ -88,12 +88,20 @@ class Position:
 # ---- setup helpers -----------------------------------------------------------------------------------------
 
 
-def make_sampler_factory(cfg: TrainConfig, index: MetadataIndex, info: D.DistInfo):
-    """A cached ``sampler(shuffle)``: bins from file / profile / estimation, sizes from profile and budget."""
+def make_sampler_factory(cfg: TrainConfig, index: MetadataIndex, info: D.DistInfo, identity: Any = None):
+    """A cached ``sampler(shuffle)``: bins from file / profile / estimation, sizes from profile and budget.
+
+    identity: the run's ``ProfileIdentity``; a profile made for another model, device, dtype or tokenizer is
+    refused (``ProfileMismatchError``) unless ``sampler.force_profile``."""
     s = cfg.sampler
     batch_sizes = None
     bins = Bins.load(s.bins) if s.bins else None
     if s.profile:
+        if identity is not None:
+            from fastaed.train.profile.profile import check_profile  # lazy: train/profile imports this module
+
+            if diffs := check_profile(s.profile, identity, force=s.force_profile):
+                D.print0(f"note: using batch-size profile {s.profile} despite: {'; '.join(diffs)}")
         batch_sizes, profile_bins = load_profile(s.profile)
         bins = profile_bins if profile_bins is not None else bins
     if bins is None:
@@ -259,7 +267,13 @@ def train(cfg: TrainConfig, resume: str | Path | None = "auto") -> dict[str, Any
         )
     train_set = AEDDataset(train_index, tokenizer, on_bad_input="skip")
     dev_set = AEDDataset(dev_index, tokenizer, on_bad_input="skip") if dev_index is not None else None
-    sampler_for = make_sampler_factory(cfg, train_index, info)
+    identity = None
+    if cfg.sampler.profile:  # checked against the profile: it must have been made for this very run
+        from fastaed.train.profile.profile import ProfileIdentity
+
+        model_cfg, dtype = cfg.model.model_config(tokenizer.vocab_size), "bf16" if use_bf16 else "fp32"
+        identity = ProfileIdentity.for_run(model_cfg, device, dtype, tokenizer.identity)
+    sampler_for = make_sampler_factory(cfg, train_index, info, identity)
 
     # ---- setup: model, front end, optimizer ----------------------------------------------------------------
     torch.manual_seed(seed)  # the same initial weights on every rank (and broadcast from rank 0 to be sure)

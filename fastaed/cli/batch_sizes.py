@@ -1,0 +1,192 @@
+"""`fastaed batch-sizes`: a per-bucket batch-size profile for a model, device and memory budget.
+
+    fastaed batch-sizes --model canary-1b-flash --bins bins.json --out profile.json        # GPU, bf16
+    fastaed batch-sizes --config configs/train_tiny_flash.yaml --bins data/bins.json \\
+        --memory-budget 2 --out runs/profile.json                                           # CPU, exact bytes
+
+Then train with ``sampler.profile=profile.json`` (the trainer checks the profile's model, device, dtype and
+tokenizer against the run). See ``fastaed.train.profile`` for the method and the safety margin.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from fastaed.train.profile.run import DDP_OVERHEAD_BYTES, SAFETY_MARGIN
+    from fastaed.train.profile.search import MAX_BATCH_SIZE, START_BATCH_SIZE, THRESHOLD
+
+    p = sub.add_parser(
+        "batch-sizes",
+        help="per-bucket batch sizes that fill memory (memory model + OOM search) as a profile file",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--model", help="preset name (fastaed model list) or checkpoint directory")
+    what.add_argument("--config", type=Path, help="training YAML: its model, tokenizer, loss, device, dtype")
+    p.add_argument("--tokenizer", type=Path, default=None, help="with a preset: size it for this tokenizer")
+    p.add_argument("--ctc-weight", type=float, default=None, help="with a preset: as model.ctc_weight")
+    p.add_argument("--bins", type=Path, default=None, help="bins JSON (default: the SPEC's 30x4 bins)")
+    p.add_argument(
+        "--out", type=Path, required=True, help="profile JSON to write (a PNG is written beside it)"
+    )
+    p.add_argument("--png", type=Path, default=None, help="batch size and memory fill per bucket")
+    p.add_argument("--memory-budget", default="auto", help="GiB the run may use; auto: the GPU's memory")
+    p.add_argument("--dtype", choices=("auto", "bf16", "fp32"), default="auto", help="auto: bf16 on CUDA")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument(
+        "--ddp-overhead",
+        nargs="?",
+        type=float,
+        const=DDP_OVERHEAD_BYTES / 2**30,
+        default=0.0,
+        metavar="GIB",
+        help="keep this much resident for data-parallel buffers (flag alone: "
+        f"{DDP_OVERHEAD_BYTES / 2**30:.2f} GiB = a 64 MiB all-reduce bucket + 512 MiB for NCCL)",
+    )
+    p.add_argument(
+        "--safety-margin",
+        type=float,
+        default=SAFETY_MARGIN,
+        help=f"share of the budget kept free for fragmentation and extras (default {SAFETY_MARGIN})",
+    )
+    p.add_argument("--method", choices=("model", "search"), default="model", help="model: fit + verify")
+    p.add_argument("--compare-search", type=int, default=0, metavar="K", help="also search K buckets")
+    p.add_argument("--start-batch-size", type=int, default=START_BATCH_SIZE)
+    p.add_argument("--threshold", type=float, default=THRESHOLD, help="search stop: gap / min_fail")
+    p.add_argument("--max-batch-size", type=int, default=MAX_BATCH_SIZE)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", type=Path, default=None, help="also write the summary JSON here")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=batch_sizes_cmd)
+
+
+def batch_sizes_cmd(args: argparse.Namespace) -> int:
+    import torch
+
+    from fastaed.sampling.bins import Bins
+    from fastaed.train.config import ConfigError, LossConfig, TrainConfig
+    from fastaed.train.distributed import enable_expandable_segments, resolve_device
+    from fastaed.train.profile import (
+        NoBatchFitsError,
+        ProfileIdentity,
+        make_meter,
+        make_profile,
+        plot_profile,
+    )
+    from fastaed.train.profile.run import (
+        ProfileSettings,
+        build_step,
+        cap_allocator,
+        default_bins,
+        resolve_budget,
+        resolve_model,
+    )
+
+    if torch.cuda.is_available():
+        enable_expandable_segments()  # the trainer's allocator set-up; before the first CUDA allocation
+    loss_cfg, specaugment, bins_path = LossConfig(), True, args.bins
+    device_choice, dtype = args.device, args.dtype
+    try:
+        if args.config is not None:
+            cfg = TrainConfig.from_yaml(args.config)
+            config, tokenizer_id = resolve_model(cfg.model.preset, cfg.data.tokenizer)
+            config = cfg.model.model_config(config.vocab_size)
+            loss_cfg, specaugment = cfg.loss, cfg.specaugment.enabled
+            device_choice = cfg.runtime.device if args.device == "auto" else args.device
+            dtype = cfg.runtime.dtype if args.dtype == "auto" else args.dtype
+            bins_path = bins_path or (Path(cfg.sampler.bins) if cfg.sampler.bins else None)
+        else:
+            tok = str(args.tokenizer) if args.tokenizer else None
+            config, tokenizer_id = resolve_model(args.model, tok, args.ctc_weight)
+        device = resolve_device(device_choice)
+        use_bf16 = device.type == "cuda" and dtype in ("auto", "bf16")
+        if dtype == "bf16" and not use_bf16:
+            raise ValueError("bf16 is the CUDA precision; CPU trains in fp32 (use --dtype fp32 or a GPU)")
+        budget = resolve_budget(args.memory_budget, device)
+        settings = ProfileSettings(
+            budget_bytes=budget, safety_margin=args.safety_margin, method=args.method,
+            compare_search=args.compare_search, start_batch_size=args.start_batch_size,
+            threshold=args.threshold, max_batch_size=args.max_batch_size,
+            ddp_overhead_bytes=int(args.ddp_overhead * 2**30),
+        )  # fmt: skip
+    except (ConfigError, ValueError) as err:
+        print(f"fastaed batch-sizes: error: {err}", file=sys.stderr)
+        return 2
+    bins = Bins.load(bins_path) if bins_path else default_bins(args.seed)
+    identity = ProfileIdentity.for_run(config, device, "bf16" if use_bf16 else "fp32", tokenizer_id)
+    print(
+        f"fastaed batch-sizes: {config.name} on {identity.device}, {identity.dtype}, "
+        f"{bins.num_buckets} buckets, budget {budget / 2**30:.2f} GiB, margin {settings.safety_margin:.0%}"
+        f" -> target {settings.target_bytes / 2**30:.2f} GiB, method {settings.method}",
+        file=sys.stderr,
+    )
+    cap_allocator(device, budget)
+    step = build_step(config, device, use_bf16, loss_cfg, specaugment, args.seed)
+    meter = make_meter(step, settings.ddp_overhead_bytes)
+    try:
+        profile = make_profile(meter, bins, identity, settings, progress=not args.no_progress)
+    except NoBatchFitsError as err:
+        print(f"fastaed batch-sizes: error: {err} within {budget / 2**30:.2f} GiB", file=sys.stderr)
+        return 2
+    profile.meta["command"] = " ".join(["fastaed", *sys.argv[1:]]) if sys.argv else None
+    profile.save(args.out)
+    try:
+        png = plot_profile(profile, args.png or args.out.with_suffix(".png"))
+    except ImportError:  # matplotlib is optional on a bare GPU box
+        png = "none (matplotlib is not installed)"
+    summary = summarize(profile)
+    print(profile_table(profile))
+    print(f"profile: {args.out}  plot: {png}")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(summary, indent=2) + "\n")
+    print(json.dumps(summary))
+    return 0
+
+
+def summarize(profile) -> dict:
+    """Totals of a profile: fills, batch sizes vs the heuristic, trials and time."""
+    import numpy as np
+
+    b = np.array(profile.batch_sizes, dtype=np.float64)
+    fills = [x.fill for x in profile.buckets if x.fill is not None]
+    h = np.array([x.heuristic_batch_size or 0 for x in profile.buckets], dtype=np.float64)
+    hfill = [x.heuristic_fill for x in profile.buckets if x.heuristic_fill is not None]
+    ident = profile.identity
+    return {
+        "model": ident.model_name, "device": ident.device, "dtype": ident.dtype, "buckets": len(b),
+        "budget_gib": profile.budget_bytes / 2**30, "target_gib": profile.target_bytes / 2**30,
+        "safety_margin": profile.safety_margin, "method": profile.method,
+        "min_fill": min(fills) if fills else None, "mean_fill": float(np.mean(fills)) if fills else None,
+        "heuristic_min_fill": min(hfill) if hfill else None,
+        "heuristic_max_fill": max(hfill) if hfill else None,
+        "mean_batch_size_per_bucket": float(b.mean()),
+        "heuristic_mean_batch_size_per_bucket": float(h.mean()),
+        "ratio_per_bucket_mean": float(np.mean(b / np.maximum(h, 1))),
+        "memory_model_rms_rel_error": (profile.memory_model or {}).get("rms_rel_error"),
+        "trials": profile.meta.get("trials"), "seconds": profile.meta.get("seconds"),
+    }  # fmt: skip
+
+
+def profile_table(profile) -> str:
+    from fastaed.sampling.padding import format_table
+
+    def gib(x: float | None) -> str:
+        return "-" if x is None else f"{x / 2**30:.3f}"
+
+    def pct(x: float | None) -> str:
+        return "-" if x is None else f"{100 * x:.1f}%"
+
+    rows = []
+    for b in profile.buckets:
+        rows.append([b.bucket, f"{b.max_duration:g}", b.max_u, b.batch_size, b.heuristic_batch_size])
+        rows[-1] += [gib(b.predicted_bytes), gib(b.measured_bytes), pct(b.fill), pct(b.heuristic_fill)]
+        rows[-1] += [b.trials, b.search_batch_size or "-"]
+    header = "bucket|max d (s)|max U|B|heuristic B|predicted GiB|measured GiB|fill|heuristic fill|trials"
+    return format_table([*header.split("|"), "search B"], rows)

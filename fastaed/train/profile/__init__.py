@@ -1,0 +1,63 @@
+"""Per-bucket batch sizes that fill memory without running out: search, memory model, profile file.
+
+- ``search.py``: NeMo's OOMptimizer search against any ``fits(batch_size)`` oracle (pure Python);
+- ``memory.py``: the trainer's step on synthetic worst-case batches, measured on CUDA or counted exactly on
+  CPU, and the fitted memory model static + B·(aT + bT² + cU + dU² + eTU);
+- ``run.py``: ``make_profile`` (model + verification, or the search on every bucket) and the safety margin;
+- ``profile.py``: the profile file with its run identity (the trainer refuses a mismatch), and its PNG;
+- ``heuristic.py``: the NeMo Canary-1B baseline (1D, 20 buckets, 360 s, quadratic 15);
+- ``throughput.py``: a short synthetic training run for audio seconds per second.
+
+``fastaed batch-sizes`` (``cli/batch_sizes.py``) makes a profile; ``sampler.profile`` in a training config
+uses it; ``fastaed bench batch-sizes`` compares it with the heuristic.
+"""
+
+from fastaed.train.profile.heuristic import heuristic_batch_sizes, heuristic_bins
+from fastaed.train.profile.memory import (
+    CpuMeter,
+    CudaMeter,
+    Measurement,
+    MemoryModel,
+    Shape,
+    SyntheticStep,
+    fit_memory_model,
+    make_meter,
+)
+from fastaed.train.profile.profile import (
+    BatchSizeProfile,
+    BucketResult,
+    ProfileIdentity,
+    ProfileMismatchError,
+    check_profile,
+    model_config_hash,
+    plot_profile,
+)
+from fastaed.train.profile.run import SAFETY_MARGIN, ProfileSettings, make_profile
+from fastaed.train.profile.search import NoBatchFitsError, SearchResult, search_batch_size, search_buckets
+
+__all__ = [
+    "SAFETY_MARGIN",
+    "BatchSizeProfile",
+    "BucketResult",
+    "CpuMeter",
+    "CudaMeter",
+    "Measurement",
+    "MemoryModel",
+    "NoBatchFitsError",
+    "ProfileIdentity",
+    "ProfileMismatchError",
+    "ProfileSettings",
+    "SearchResult",
+    "Shape",
+    "SyntheticStep",
+    "check_profile",
+    "fit_memory_model",
+    "heuristic_batch_sizes",
+    "heuristic_bins",
+    "make_meter",
+    "make_profile",
+    "model_config_hash",
+    "plot_profile",
+    "search_batch_size",
+    "search_buckets",
+]

@@ -1,0 +1,458 @@
+"""Memory of one synthetic worst-case training step, measured on CUDA or counted exactly on CPU, and a
+fitted memory model that predicts it for any bucket.
+
+**The step** (:class:`SyntheticStep`) is the trainer's own: ``piece_forward`` from ``loop.py`` (log-mel front
+end, SpecAugment, bf16 autocast on CUDA, label-smoothed CE + CTC when the model has a CTC head), backward,
+gradient clipping, an AdamW step with the trainer's parameter groups (fused on CUDA), gradients freed. The
+batch is a bucket's worst case: B utterances of the bucket's max duration (random noise audio, every row
+full length) and its max output length U (random token ids, prompt length 5, no padding). A warm-up step at
+B = 1 creates the optimizer state first, so every trial measures the steady state (NeMo's OOMptimizer leaves
+that to its first trial, which then measures something else).
+
+**Measuring** (:class:`CudaMeter`, :class:`CpuMeter`) returns the peak bytes of one step:
+
+- CUDA: ``torch.cuda.max_memory_allocated`` after ``reset_peak_memory_stats``; an out-of-memory error (or
+  cuFFT's "internal error", which is how the STFT of a huge batch fails) is a failed trial. The cache is not
+  emptied between trials (as in NeMo: the search then sees a fragmented allocator, as training does).
+- CPU: nothing runs out of memory, so the bytes are counted: every distinct storage alive at the end of the
+  backward pass if autograd freed nothing, i.e. parameters + gradients + optimizer state + the tensors
+  autograd saved for backward (``saved_tensors_hooks``, deduplicated by storage) + the batch's audio and
+  features. Deterministic to the byte. Every term is either independent of B or proportional to it, so
+  bytes(B) is exactly linear in B for a fixed shape: trials above B = 3 are computed from real steps at
+  B = 2 and 3 (tested against direct counts), which keeps a CPU search cheap at any batch size.
+
+**The memory model** (:class:`MemoryModel`): peak(B, T, U) = static + B · (a·T + b·T² + c·U + d·U² + e·T·U),
+T in seconds, U in tokens: activations grow linearly in both lengths (convolutions, feed-forwards, logits),
+quadratically in T (encoder self-attention), in U (decoder self-attention) and in T·U (cross-attention).
+Fitted by least squares on relative error from a few probes (:func:`probe_plan`), it predicts every
+bucket's largest batch size without a trial per candidate.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import math
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from fastaed.constants import SAMPLE_RATE
+from fastaed.data.dataset import Batch
+from fastaed.data.features import FeatureConfig, LogMelFeatures, SpecAugment, SpecAugmentConfig
+from fastaed.data.tokenizer import PROMPT_LENGTH
+from fastaed.model import EncoderDecoderModel
+from fastaed.train.config import DebugConfig, LossConfig
+from fastaed.train.faults import FaultInjector, is_oom
+from fastaed.train.loop import piece_forward
+from fastaed.train.metrics import batch_stats
+from fastaed.train.profile.search import NoBatchFitsError
+
+GiB = 1 << 30
+CPU_LINE_POINTS = (2, 3)  # CPU: bytes(B) for B > 3 come from the exact line through these two counts
+
+
+@dataclass(frozen=True, order=True)
+class Shape:
+    """The worst case of a bucket: every utterance ``duration`` seconds long with ``out_len`` tokens."""
+
+    duration: float  # seconds (T of the memory model)
+    out_len: int  # U: prompt + text + EOS
+
+    @property
+    def num_samples(self) -> int:
+        return max(1, round(self.duration * SAMPLE_RATE))
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """One trial: a full training step of ``batch_size`` utterances of ``shape``."""
+
+    batch_size: int
+    shape: Shape
+    peak_bytes: int | None  # CUDA: peak allocated; CPU: counted bytes; None after an out-of-memory error
+    reserved_bytes: int | None = None  # CUDA: peak reserved by the caching allocator
+    oom: bool = False
+    seconds: float = 0.0  # wall time of the trial
+    extrapolated: bool = False  # CPU: from the exact line through B = 2 and 3 (see the module docstring)
+
+    def fits(self, target_bytes: float) -> bool:
+        return not self.oom and self.peak_bytes is not None and self.peak_bytes <= target_bytes
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["shape"] = [self.shape.duration, self.shape.out_len]
+        return d
+
+
+# ---- the step ------------------------------------------------------------------------------------------
+
+
+class SyntheticStep:
+    """The trainer's training step on synthetic worst-case batches (see the module docstring).
+
+    model: built as the trainer builds it (``build_model``), moved to ``device`` here.
+    use_bf16: bf16 autocast (CUDA only, as in the trainer).
+    """
+
+    def __init__(
+        self,
+        model: EncoderDecoderModel,
+        device: torch.device | str,
+        *,
+        use_bf16: bool = False,
+        loss_cfg: LossConfig | None = None,
+        specaugment: bool = True,
+        seed: int = 0,
+    ):
+        self.device = torch.device(device)
+        if use_bf16 and self.device.type != "cuda":
+            raise ValueError("bf16 autocast is used on CUDA only (the trainer trains in fp32 on CPU)")
+        self.use_bf16 = use_bf16
+        self.model = model.to(self.device).train()
+        self.loss_cfg = loss_cfg or LossConfig()
+        self.vocab_size = model.config.vocab_size
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        # As train() builds it; lr 1e-7 (as NeMo's OOMptimizer) so random batches barely move the weights.
+        groups = [
+            {"params": [p for p in params if p.ndim >= 2], "weight_decay": 1e-3},
+            {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+        ]
+        fused = True if self.device.type == "cuda" else None
+        self.params = params
+        self.optimizer = torch.optim.AdamW(groups, lr=1e-7, fused=fused)
+        self.frontend = LogMelFeatures(FeatureConfig()).to(self.device).train()
+        self.specaug = SpecAugment(SpecAugmentConfig()).train() if specaugment else None
+        self.injector = FaultInjector(DebugConfig())
+        self.generator = torch.Generator(device=self.device).manual_seed(seed)
+        self.steps = 0
+
+    def autocast(self) -> torch.autocast:
+        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.use_bf16)
+
+    def batch(self, batch_size: int, shape: Shape) -> Batch:
+        """B utterances of exactly ``shape`` (no padding anywhere), on the device."""
+        return self.batch_for([shape.duration] * batch_size, [shape.out_len] * batch_size)
+
+    def batch_for(self, durations: Sequence[float], out_lens: Sequence[int]) -> Batch:
+        """A right-padded batch of random audio and token ids with these durations (s) and lengths U."""
+        if min(out_lens) < PROMPT_LENGTH + 1:
+            raise ValueError(f"output length {min(out_lens)} is shorter than the prompt + EOS")
+        dev = self.device
+        audio_lens = torch.tensor([max(1, round(d * SAMPLE_RATE)) for d in durations], device=dev)
+        token_lens = torch.tensor([int(u) for u in out_lens], device=dev)
+        b, n, u = len(durations), int(audio_lens.max()), int(token_lens.max())
+        audio = 0.1 * torch.randn(b, n, device=dev, generator=self.generator)
+        tokens = torch.randint(1, self.vocab_size, (b, u), device=dev, generator=self.generator)
+        tokens.masked_fill_(torch.arange(u, device=dev)[None, :] >= token_lens[:, None], 0)
+        return Batch(
+            indices=list(range(b)),
+            audio=audio,
+            audio_lens=audio_lens,
+            tokens=tokens,
+            token_lens=token_lens,
+            prompt_lens=torch.full((b,), PROMPT_LENGTH, dtype=torch.int64, device=dev),
+            pad_id=0,
+        )
+
+    def norm(self, batch: Batch) -> torch.Tensor:
+        """(2,) the CE and CTC token counts that normalise the loss of ``batch`` (and of its pieces)."""
+        norm = batch_stats(batch, self.loss_cfg.mask_prompt)[:2].clamp(min=1)
+        return norm.to(device=self.device, dtype=torch.float32)
+
+    def forward(self, batch: Batch, norm: torch.Tensor | None = None) -> torch.Tensor:
+        """Features and forward of ``batch`` as the trainer runs a piece; returns the loss to differentiate.
+
+        norm: the whole step's token counts when ``batch`` is a piece of it (default: its own)."""
+        norm = self.norm(batch) if norm is None else norm
+        loss, _ = piece_forward(
+            batch, model=self.model, frontend=self.frontend, specaug=self.specaug, generator=self.generator,
+            norm=norm, loss_cfg=self.loss_cfg,
+            ctc_weight=self.model.config.ctc_weight, injector=self.injector, step=self.steps + 1,
+            autocast=self.autocast,
+        )  # fmt: skip
+        return loss
+
+    def update(self) -> None:
+        """Clip, AdamW step, free the gradients (the trainer's ``zero_grad(set_to_none=True)``)."""
+        torch.nn.utils.clip_grad_norm_(self.params, 1.0)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.steps += 1
+
+    def __call__(self, batch: Batch) -> None:
+        self.forward(batch).backward()
+        self.update()
+
+    def warm_up(self, shape: Shape) -> None:
+        """One step at B = 1: creates the optimizer state, so later trials measure the steady state."""
+        self(self.batch(1, shape))
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+
+# ---- meters --------------------------------------------------------------------------------------------
+
+
+class Meter:
+    """Measures a step of B utterances of a shape; ``extra_bytes`` is resident on top (DDP buffers)."""
+
+    device_name: str
+
+    def __init__(self, step: SyntheticStep, extra_bytes: int = 0):
+        self.step = step
+        self.extra_bytes = int(extra_bytes)
+        self.trials = 0
+
+    def measure(self, batch_size: int, shape: Shape) -> Measurement:
+        raise NotImplementedError
+
+
+class CudaMeter(Meter):
+    """Real trials on a CUDA device: peak allocated bytes, or an out-of-memory failure."""
+
+    def __init__(self, step: SyntheticStep, extra_bytes: int = 0):
+        super().__init__(step, extra_bytes)
+        self.device = step.device
+        self.device_name = torch.cuda.get_device_name(self.device)
+        # A resident stand-in for the data-parallel buffers (NeMo keeps a second model copy for this).
+        self._extra = (
+            torch.empty(self.extra_bytes, dtype=torch.uint8, device=self.device) if extra_bytes else None
+        )
+
+    def measure(self, batch_size: int, shape: Shape) -> Measurement:
+        self.trials += 1
+        step = self.step
+        torch.cuda.synchronize(self.device)
+        torch.cuda.reset_peak_memory_stats(self.device)
+        t0 = time.perf_counter()
+        oom = False
+        try:
+            step(step.batch(batch_size, shape))
+            torch.cuda.synchronize(self.device)
+        except Exception as err:  # noqa: BLE001 (only out-of-memory errors are swallowed)
+            if not is_oom(err):
+                raise
+            oom = True
+        seconds = time.perf_counter() - t0
+        if oom:
+            # Outside the except block, so the traceback's frames (and their activations) are gone. No
+            # empty_cache(): like NeMo, keep the allocator as fragmented as a long training run makes it.
+            step.optimizer.zero_grad(set_to_none=True)
+            gc.collect()
+        peak = None if oom else torch.cuda.max_memory_allocated(self.device)
+        reserved = torch.cuda.max_memory_reserved(self.device)
+        return Measurement(batch_size, shape, peak, reserved, oom=oom, seconds=seconds)
+
+
+class CpuMeter(Meter):
+    """Exact byte counts on CPU (see the module docstring); B > 3 from the exact line through B = 2, 3."""
+
+    device_name = "cpu"
+
+    def __init__(self, step: SyntheticStep, extra_bytes: int = 0):
+        super().__init__(step, extra_bytes)
+        self._lines: dict[Shape, tuple[int, int]] = {}
+
+    def count(self, batch_size: int, shape: Shape) -> int:
+        """Bytes of one real step at ``batch_size`` (see the module docstring for what is counted).
+
+        Each group is deduplicated by storage address among tensors alive together: the saved tensors and
+        the batch at the end of forward; the gradients after backward (they may reuse the addresses of saved
+        tensors that backward freed, so the groups are summed, never merged).
+        """
+        self.trials += 1
+        step = self.step
+        params = {p.untyped_storage().data_ptr() for p in step.params}
+
+        def storages(
+            tensors: Iterable[torch.Tensor | None], into: dict[int, int] | None = None
+        ) -> dict[int, int]:
+            out = {} if into is None else into
+            for t in tensors:
+                if t is not None and t.untyped_storage().nbytes():
+                    out[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+            return out
+
+        saved: dict[int, int] = {}
+
+        def pack(t: torch.Tensor) -> torch.Tensor:
+            if t.untyped_storage().data_ptr() not in params:  # weights saved for backward are counted once
+                storages([t], saved)
+            return t
+
+        batch = step.batch(batch_size, shape)
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            loss = step.forward(batch)
+        activations = storages([batch.audio, batch.feats, batch.tokens], saved)
+        loss.backward()
+        grads = storages(p.grad for p in step.params)
+        step.update()  # the optimizer state exists since warm_up(): this step allocates nothing new
+        state = storages(
+            v for s in step.optimizer.state.values() for v in s.values() if isinstance(v, torch.Tensor)
+        )
+        weights = storages(step.params)
+        groups = (activations, grads, state, weights)
+        return sum(sum(g.values()) for g in groups) + self.extra_bytes
+
+    def measure(self, batch_size: int, shape: Shape) -> Measurement:
+        t0 = time.perf_counter()
+        lo, hi = CPU_LINE_POINTS
+        if batch_size <= hi:
+            peak, extrapolated = self.count(batch_size, shape), False
+        else:
+            if shape not in self._lines:
+                self._lines[shape] = (self.count(lo, shape), self.count(hi, shape))
+            b_lo, b_hi = self._lines[shape]
+            peak, extrapolated = b_lo + (batch_size - lo) * (b_hi - b_lo) // (hi - lo), True
+        return Measurement(
+            batch_size, shape, peak, seconds=time.perf_counter() - t0, extrapolated=extrapolated
+        )
+
+
+def make_meter(step: SyntheticStep, extra_bytes: int = 0) -> Meter:
+    return CudaMeter(step, extra_bytes) if step.device.type == "cuda" else CpuMeter(step, extra_bytes)
+
+
+# ---- the memory model ----------------------------------------------------------------------------------
+
+TERMS = ("T", "T^2", "U", "U^2", "T*U")  # per-utterance terms, T in seconds and U in tokens
+
+
+def _terms(duration: np.ndarray | float, out_len: np.ndarray | float) -> np.ndarray:
+    t, u = np.asarray(duration, dtype=np.float64), np.asarray(out_len, dtype=np.float64)
+    return np.stack(np.broadcast_arrays(t, t * t, u, u * u, t * u), axis=-1)
+
+
+@dataclass(frozen=True)
+class MemoryModel:
+    """peak(B, T, U) = static + B · (a·T + b·T² + c·U + d·U² + e·T·U) bytes."""
+
+    static: float  # bytes independent of B: weights, gradients, optimizer state, workspaces
+    coef: tuple[float, float, float, float, float]  # a, b, c, d, e: bytes per utterance per term of TERMS
+    rms_rel_error: float = 0.0  # root-mean-square relative error of the fit on its probes
+
+    def per_utterance(self, duration: float, out_len: float) -> float:
+        return float(_terms(duration, out_len) @ np.asarray(self.coef))
+
+    def predict(self, batch_size: float, duration: float, out_len: float) -> float:
+        return self.static + batch_size * self.per_utterance(duration, out_len)
+
+    def max_batch_size(self, duration: float, out_len: float, target_bytes: float) -> int:
+        """The largest B with predicted peak <= ``target_bytes`` (0 when not even one fits)."""
+        per = self.per_utterance(duration, out_len)
+        if per <= 0:
+            raise ValueError(
+                f"the memory model predicts {per:.0f} bytes per utterance at T={duration} s, U={out_len}: "
+                "the probes do not cover this shape"
+            )
+        return max(0, math.floor((target_bytes - self.static) / per))
+
+    @classmethod
+    def fit(cls, probes: Iterable[Measurement]) -> MemoryModel:
+        """Least squares on relative error over successful probes (needs >= 6 of them, varied in T and U)."""
+        ok = [m for m in probes if not m.oom and m.peak_bytes is not None]
+        if len(ok) < 1 + len(TERMS):
+            raise ValueError(f"the memory model needs >= {1 + len(TERMS)} successful probes, got {len(ok)}")
+        b = np.array([m.batch_size for m in ok], dtype=np.float64)
+        y = np.array([m.peak_bytes for m in ok], dtype=np.float64)
+        x = _terms([m.shape.duration for m in ok], [m.shape.out_len for m in ok]) * b[:, None]
+        a = np.concatenate([np.ones((len(ok), 1)), x], axis=1)
+        scale = np.abs(a).max(axis=0)  # columns to unit range: T² and U² would otherwise dwarf T and U
+        scale[scale == 0] = 1.0
+        w = 1.0 / y  # relative error: a 1 GiB probe and a 60 GiB probe count alike
+        sol, *_ = np.linalg.lstsq(a / scale * w[:, None], y * w, rcond=None)
+        sol = sol / scale
+        rel = (a @ sol - y) / y
+        coef = tuple(float(c) for c in sol[1:])
+        return cls(float(sol[0]), coef, float(np.sqrt(np.mean(rel**2))))  # type: ignore[arg-type]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "static": self.static,
+            "coef": dict(zip(TERMS, self.coef)),
+            "rms_rel_error": self.rms_rel_error,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> MemoryModel:
+        coef = tuple(float(d["coef"][k]) for k in TERMS)
+        return cls(float(d["static"]), coef, float(d.get("rms_rel_error", 0.0)))  # type: ignore[arg-type]
+
+
+def probe_shapes(shapes: Sequence[Shape], rows: int = 4) -> list[Shape]:
+    """Probe shapes spanning the buckets: at ``rows`` durations (quantiles of the distinct bucket durations,
+    longest included) the smallest and the largest U of that duration (half the largest when the row has a
+    single U, so U varies independently of T); at least 1 + len(TERMS) distinct shapes in all."""
+    durations = sorted({s.duration for s in shapes})
+    picks = sorted({durations[round(q * (len(durations) - 1))] for q in np.linspace(0, 1, rows)})
+    out: list[Shape] = []
+    for d in picks:
+        us = sorted(s.out_len for s in shapes if s.duration == d)
+        lo, hi = us[0], us[-1]
+        if lo == hi:
+            lo = max(PROMPT_LENGTH + 1, hi // 2)
+        out += [Shape(d, lo), Shape(d, hi)]
+    out = sorted(set(out))
+    # Few distinct durations (e.g. 1-2 rows): add intermediate U values so the fit stays determined.
+    longest = max(out)
+    k = 2
+    while len(out) < 1 + len(TERMS):
+        for d in picks:
+            hi = max(s.out_len for s in out if s.duration == d)
+            extra = Shape(d, max(PROMPT_LENGTH + 1, hi * (k - 1) // k))
+            if extra not in out:
+                out.append(extra)
+        k += 1
+        if k > 64:
+            break
+    return sorted(set(out) | {longest})
+
+
+def fit_memory_model(
+    meter: Meter,
+    shapes: Sequence[Shape],
+    target_bytes: float,
+    fill: float = 0.5,
+    on_probe: Callable[[Measurement], None] | None = None,
+    max_batch_size: int = 1 << 16,
+) -> tuple[MemoryModel, list[Measurement]]:
+    """Probe ``meter`` and fit the memory model; returns (model, probes).
+
+    Round 1: the longest probe shape at B = 1 and 2 gives the static memory and the worst per-utterance
+    cost; every probe shape then runs at the B that fills ``fill`` of the target by that worst cost (safe:
+    every other shape costs less per utterance). Round 2 reruns each shape at the B that the round-1 fit
+    says fills ``fill`` of the target, so every probe measures a batch of the size the profile will use.
+    """
+    probes: list[Measurement] = []
+
+    def run(b: int, shape: Shape) -> Measurement:
+        m = meter.measure(b, shape)
+        probes.append(m)
+        if on_probe is not None:
+            on_probe(m)
+        return m
+
+    plan = probe_shapes(shapes)
+    longest = max(plan)
+    m1, m2 = run(1, longest), run(2, longest)
+    if not (m1.fits(target_bytes) and m2.fits(target_bytes)):
+        raise NoBatchFitsError(f"two utterances of the longest bucket {longest} do not fit")
+    assert m1.peak_bytes is not None and m2.peak_bytes is not None
+    per = max(m2.peak_bytes - m1.peak_bytes, 1)
+    static = m1.peak_bytes - per
+    b1 = min(max_batch_size, max(2, math.floor(fill * (target_bytes - static) / per)))
+    for shape in plan:
+        run(b1, shape)
+    # B = 1 may take other kernels (and on CPU is off the exact line of B >= 2): planning only, not fitted.
+    first = MemoryModel.fit(p for p in probes if p.batch_size >= 2)
+    for shape in plan:
+        b2 = first.max_batch_size(shape.duration, shape.out_len, static + fill * (target_bytes - static))
+        b2 = min(max_batch_size, max(2, b2))
+        if b2 != b1:
+            run(b2, shape)
+    return MemoryModel.fit(p for p in probes if p.batch_size >= 2), probes

@@ -1,0 +1,342 @@
+"""``make_profile``: per-bucket batch sizes for a model, device and memory budget, from the memory model
+verified by real trials, or from the OOMptimizer search on every bucket.
+
+**Budget, margin, target.** ``budget`` is the memory the run may use (a CUDA device's total memory by
+default); the allocator is capped there during trials, so a trial that needs more fails with a real OOM. The
+``safety_margin`` keeps a share of the budget free for what one synthetic step does not show (see
+:data:`SAFETY_MARGIN`); every bucket's peak must stay under ``target = budget · (1 − margin)``. A trial
+*fits* when it did not run out of memory and its peak (allocated bytes on CUDA, counted bytes on CPU) is
+within the target. The peak, unlike "did it OOM", does not depend on how fragmented the allocator happens to
+be at that moment, so the answer is reproducible.
+
+**method="model"** (default): fit the memory model from a few probes, predict every bucket's largest batch,
+then verify each prediction with one real trial at that size (longest bucket first). A prediction that does
+not fit falls back to the search starting there (it halves, then bisects); one that fits with more than 5%
+of the target to spare gets one corrected trial at the size the measured peak implies. Typically 1-2 trials
+per bucket instead of the search's 5-10.
+
+**method="search"**: NeMo's OOMptimizer (``search.py``) on every bucket, longest first, each starting at
+twice the previous answer; the memory model is then fitted from its trials (for the heuristic comparison).
+
+``compare_search=K`` additionally runs the search on K buckets spread over the grid (NeMo's start at 32 and
+warm starts), so the model's answers can be checked against the search's on the same device.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from fastaed.data.tokenizer import PROMPT_LENGTH
+from fastaed.model import ModelConfig
+from fastaed.sampling.bins import Bins
+from fastaed.train.config import LossConfig
+from fastaed.train.profile.heuristic import (
+    BATCH_DURATION,
+    NUM_BUCKETS,
+    QUADRATIC_DURATION,
+    heuristic_batch_sizes,
+)
+from fastaed.train.profile.memory import (
+    CpuMeter,
+    GiB,
+    Measurement,
+    MemoryModel,
+    Meter,
+    Shape,
+    SyntheticStep,
+    fit_memory_model,
+)
+from fastaed.train.profile.profile import BatchSizeProfile, BucketResult, ProfileIdentity
+from fastaed.train.profile.search import (
+    MAX_BATCH_SIZE,
+    START_BATCH_SIZE,
+    THRESHOLD,
+    NoBatchFitsError,
+    SearchResult,
+    search_batch_size,
+    search_buckets,
+)
+
+# Share of the budget left free. A synthetic step measures one shape on a warm allocator; hours of training
+# mix every bucket's shapes, so the caching allocator fragments, and evaluation, checkpointing and NCCL
+# allocate outside the measured step. NeMo's search stops at the first OOM at memory fraction 0.9, with the
+# allocator's slack inside those 90%, and its users still OOM hours in (NVIDIA-NeMo/Speech#15847; the
+# maintainer scales answers by ~0.6). Ours targets *allocated* bytes, which fragmentation does not change,
+# and the search and the trainer both use expandable segments (distributed.enable_expandable_segments),
+# which remove most fragmentation between segments; the margin covers the rest and the extras. 15% is a
+# judgement: `scripts/gpu_check.sh` runs a mixed-bucket training run with the profile and reports peak
+# reserved memory, allocator retries and OOMs, so it is checked on each card (see README).
+SAFETY_MARGIN = 0.15
+DDP_OVERHEAD_BYTES = (64 + 512) << 20  # one 64 MiB flat all-reduce bucket (distributed.py) + NCCL buffers
+
+
+@dataclass(frozen=True)
+class ProfileSettings:
+    budget_bytes: int  # memory the run may use
+    safety_margin: float = SAFETY_MARGIN
+    method: str = "model"  # "model" | "search"
+    compare_search: int = 0  # with method="model": also search this many buckets
+    start_batch_size: int = START_BATCH_SIZE
+    threshold: float = THRESHOLD
+    max_batch_size: int = MAX_BATCH_SIZE
+    ddp_overhead_bytes: int = 0
+
+    def __post_init__(self) -> None:
+        if self.budget_bytes <= 0:
+            raise ValueError(f"budget must be > 0 bytes, got {self.budget_bytes}")
+        if not 0.0 <= self.safety_margin < 1.0:
+            raise ValueError(f"safety_margin must be in [0, 1), got {self.safety_margin}")
+        if self.method not in ("model", "search"):
+            raise ValueError(f"method must be 'model' or 'search', got {self.method!r}")
+        if self.compare_search < 0:
+            raise ValueError("compare_search must be >= 0")
+
+    @property
+    def target_bytes(self) -> int:
+        return int(self.budget_bytes * (1.0 - self.safety_margin))
+
+
+def bucket_shapes(bins: Bins) -> list[Shape]:
+    """The worst-case shape of every flattened bucket (U at least the prompt + EOS)."""
+    return [Shape(float(d), max(int(u), PROMPT_LENGTH + 1)) for d, u in bins.flat()]
+
+
+class Trials:
+    """Memoised trials of one meter against one target: (B, shape) is measured at most once."""
+
+    def __init__(self, meter: Meter, target_bytes: int, max_batch_size: int):
+        self.meter, self.target, self.max_batch_size = meter, target_bytes, max_batch_size
+        self.done: dict[tuple[Shape, int], Measurement] = {}
+
+    def measure(self, batch_size: int, shape: Shape) -> Measurement:
+        key = (shape, batch_size)
+        if key not in self.done:
+            self.done[key] = self.meter.measure(batch_size, shape)
+        return self.done[key]
+
+    def fits(self, shape: Shape) -> Callable[[int], bool]:
+        return lambda b: self.measure(b, shape).fits(self.target)
+
+    def count(self, shape: Shape) -> int:
+        return sum(1 for s, _ in self.done if s == shape)
+
+
+def make_profile(
+    meter: Meter,
+    bins: Bins,
+    identity: ProfileIdentity,
+    settings: ProfileSettings,
+    progress: bool = True,
+) -> BatchSizeProfile:
+    """Batch sizes for every bucket of ``bins`` (see the module docstring); the meter's step is warmed up."""
+    t_start = time.perf_counter()
+    target = settings.target_bytes
+    shapes = bucket_shapes(bins)
+    unique = sorted(set(shapes), reverse=True)  # longest first (as NeMo: closer to training fragmentation)
+    meter.step.warm_up(min(unique))
+    trials = Trials(meter, target, settings.max_batch_size)
+    cap = settings.max_batch_size
+    answer: dict[Shape, int] = {}
+    searched: dict[Shape, int] = {}
+    model: MemoryModel | None = None
+    probes: list[Measurement] = []
+    bar = tqdm(total=len(unique), desc=f"batch sizes ({settings.method})", disable=not progress, leave=False)
+
+    method = settings.method
+    if method == "model":
+        try:
+            model, probes = fit_memory_model(meter, unique, target, max_batch_size=cap)
+        except NoBatchFitsError:  # the longest bucket holds a single utterance: nothing to fit, search
+            method = "search"
+    if method == "model":
+        assert model is not None
+        for shape in unique:
+            answer[shape] = _verify(trials, model, shape, cap, settings)
+            bar.update(1)
+            bar.set_postfix(T=shape.duration, U=shape.out_len, B=answer[shape])
+        if settings.compare_search:
+            spread = np.linspace(0, len(unique) - 1, settings.compare_search).round().astype(int)
+            picks = [unique[i] for i in np.unique(spread)]
+            searched = _search(trials, picks, settings)
+    else:
+        searched = answer = _search(trials, unique, settings, bar)
+        ok = [m for m in trials.done.values() if m.fits(target) and m.batch_size >= 2]
+        if len({m.shape for m in ok}) >= 3 and len(ok) >= 6:
+            model = MemoryModel.fit(ok)
+    bar.close()
+
+    heuristic = heuristic_batch_sizes(bins)
+    exact_heuristic = isinstance(meter, CpuMeter)  # cheap and exact on CPU; predicted on a GPU
+    results = []
+    for k, shape in enumerate(shapes):
+        b = answer[shape]
+        m = trials.measure(b, shape)
+        predicted = model.predict(b, shape.duration, shape.out_len) if model is not None else None
+        hb = int(heuristic[k])
+        if exact_heuristic:
+            h_bytes: float | None = trials.measure(hb, shape).peak_bytes
+        else:
+            h_bytes = model.predict(hb, shape.duration, shape.out_len) if model is not None else None
+        results.append(
+            BucketResult(
+                bucket=k, max_duration=shape.duration, max_u=int(bins.flat()[k][1]), batch_size=b,
+                predicted_bytes=predicted, measured_bytes=m.peak_bytes, reserved_bytes=m.reserved_bytes,
+                fill=(m.peak_bytes / target) if m.peak_bytes is not None else None,
+                trials=trials.count(shape), search_batch_size=searched.get(shape), heuristic_batch_size=hb,
+                heuristic_bytes=h_bytes, heuristic_fill=(h_bytes / target) if h_bytes is not None else None,
+            )
+        )  # fmt: skip
+    return BatchSizeProfile(
+        bins=bins,
+        batch_sizes=[r.batch_size for r in results],
+        identity=identity,
+        budget_bytes=settings.budget_bytes,
+        safety_margin=settings.safety_margin,
+        target_bytes=target,
+        method=method,
+        buckets=results,
+        ddp_overhead_bytes=settings.ddp_overhead_bytes,
+        memory_model=model.to_dict() if model is not None else None,
+        probes=[p.to_dict() for p in probes],
+        heuristic={
+            "batch_duration": BATCH_DURATION,
+            "quadratic_duration": QUADRATIC_DURATION,
+            "num_buckets_1d": NUM_BUCKETS,
+            "mapping": "each 2D bucket gets floor(batch_duration / (d + d^2/q)) of its duration row's edge d",
+            "bytes": "measured" if exact_heuristic else ("predicted" if model is not None else None),
+        },
+        meta={
+            "seconds": time.perf_counter() - t_start,
+            "trials": meter.trials,
+            "torch": torch.__version__,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        },
+    )
+
+
+def _verify(trials: Trials, model: MemoryModel, shape: Shape, cap: int, settings: ProfileSettings) -> int:
+    """One trial at the model's answer. A miss with a measured peak gets one trial at the size that peak
+    implies, else (an OOM, or still a miss) the search from there; a fit with more than 5% of the target to
+    spare gets one trial at the size its peak implies (see the module docstring)."""
+    target, fits = trials.target, trials.fits(shape)
+    b = min(model.max_batch_size(shape.duration, shape.out_len, target), cap)
+    start = 1
+    if b >= 1:
+        peak = trials.measure(b, shape).peak_bytes
+        # The size this trial's own per-utterance cost implies (the model's static part kept).
+        per = (peak - model.static) / b if peak is not None else 0.0
+        implied = min(cap, math.floor((target - model.static) / per)) if per > 0 else 0
+        if fits(b):
+            assert peak is not None
+            if peak < 0.95 * target and implied > b and fits(implied):
+                return implied
+            return b
+        if 1 <= implied < b and fits(implied):
+            return implied
+        start = max(1, implied if 1 <= implied < b else b)
+    return search_batch_size(fits, start, settings.threshold, cap, what=str(shape)).batch_size
+
+
+def _search(
+    trials: Trials, shapes: list[Shape], settings: ProfileSettings, bar: tqdm | None = None
+) -> dict[Shape, int]:
+    """The OOMptimizer over ``shapes`` (longest first), each starting at twice the previous answer."""
+
+    def done(shape: Shape, result: SearchResult) -> None:
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(T=shape.duration, U=shape.out_len, B=result.batch_size)
+
+    results = search_buckets(
+        trials.fits, shapes, settings.start_batch_size, settings.threshold, settings.max_batch_size, done
+    )
+    return {shape: r.batch_size for shape, r in results.items()}
+
+
+# ---- set-up shared by the CLI and the benchmark ----------------------------------------------------------
+
+
+def default_bins(seed: int = 0) -> Bins:
+    """The SPEC's 2D bins: min-padding 30 x 4 over 20k log-normal lengths (median 6 s, 0.5-40 s, ~6 tok/s)."""
+    from fastaed.sampling.bins import estimate_bins
+    from fastaed.sampling.stats import synthetic_lengths
+
+    d, u = synthetic_lengths(20_000, seed=seed)
+    return estimate_bins(d, u, num_buckets=30, num_subbuckets=4, method="min_padding")
+
+
+def resolve_model(
+    spec: str, tokenizer_dir: str | None = None, ctc_weight: float | None = None
+) -> tuple[ModelConfig, str | None]:
+    """(model config, tokenizer identity) for a preset name or a checkpoint directory.
+
+    A preset is sized for the tokenizer's vocabulary when one is given; ``ctc_weight`` acts as the training
+    config's ``model.ctc_weight`` (0 removes the head). A checkpoint brings its own config and tokenizer.
+    """
+    from pathlib import Path
+
+    from fastaed.model import PRESETS, preset_config, read_checkpoint_meta
+
+    if spec in PRESETS:
+        identity, vocab = None, None
+        if tokenizer_dir is not None:
+            from fastaed.data.tokenizer import Tokenizer
+
+            tok = Tokenizer.load(tokenizer_dir)
+            identity, vocab = tok.identity, tok.vocab_size
+        config = preset_config(spec, vocab)
+        if ctc_weight is not None:
+            config = dataclasses.replace(config, ctc_weight=ctc_weight or None)
+        return config, identity
+    if not Path(spec).is_dir():
+        raise FileNotFoundError(
+            f"--model {spec!r} is neither a preset ({', '.join(PRESETS)}) nor a checkpoint"
+        )
+    meta = read_checkpoint_meta(spec)
+    return ModelConfig.from_dict(meta["model_config"]), meta.get("tokenizer_identity")
+
+
+def build_step(
+    config: ModelConfig,
+    device: torch.device,
+    use_bf16: bool,
+    loss_cfg: LossConfig | None = None,
+    specaugment: bool = True,
+    seed: int = 0,
+) -> SyntheticStep:
+    """The synthetic step of a freshly initialised model (the weights do not change memory), on ``device``."""
+    from fastaed.model import build_model
+
+    torch.manual_seed(seed)
+    with torch.device(device):  # no CPU init + copy for a 1B model
+        model = build_model(config)
+    return SyntheticStep(
+        model, device, use_bf16=use_bf16, loss_cfg=loss_cfg, specaugment=specaugment, seed=seed
+    )
+
+
+def resolve_budget(budget: str | float | None, device: torch.device) -> int:
+    """Bytes from ``auto`` (a CUDA device's total memory) or a number of GiB; CPU needs a number."""
+    if budget is None or str(budget) == "auto":
+        if device.type != "cuda":
+            raise ValueError("on CPU nothing runs out of memory: give --memory-budget N (GiB)")
+        return int(torch.cuda.get_device_properties(device).total_memory)
+    value = float(budget)
+    if not value > 0:
+        raise ValueError(f"--memory-budget must be > 0 GiB, got {budget}")
+    return int(value * GiB)
+
+
+def cap_allocator(device: torch.device, budget_bytes: int) -> None:
+    """CUDA: make the caching allocator fail at the budget (real OOMs where the budget ends)."""
+    if device.type == "cuda":
+        total = torch.cuda.get_device_properties(device).total_memory
+        torch.cuda.set_per_process_memory_fraction(min(1.0, budget_bytes / total), device)

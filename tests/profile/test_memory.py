@@ -1,0 +1,135 @@
+"""Memory model fit and prediction on synthetic measurements; exact CPU byte counts of the trainer's step
+(positive, deterministic, growing with B, T and U, exactly linear in B); the probe plan."""
+
+import numpy as np
+import pytest
+import torch
+
+from fastaed.model import build_model
+from fastaed.train.profile.memory import (
+    CpuMeter,
+    Measurement,
+    MemoryModel,
+    Shape,
+    SyntheticStep,
+    fit_memory_model,
+    probe_shapes,
+)
+
+TRUE_STATIC = 3.0e9
+TRUE_COEF = (2.0e7, 3.0e5, 4.0e5, 150.0, 2.0e3)  # a T, b T², c U, d U², e T·U (bytes)
+
+
+def true_bytes(b, t, u):
+    a, bb, c, d, e = TRUE_COEF
+    return TRUE_STATIC + b * (a * t + bb * t * t + c * u + d * u * u + e * t * u)
+
+
+def synthetic_probes(noise: float = 0.0, seed: int = 0) -> list[Measurement]:
+    rng = np.random.default_rng(seed)
+    probes = []
+    shapes = [(1.0, 10), (1.0, 30), (5.0, 40), (5.0, 90), (12.0, 100), (20.0, 150), (40.0, 200), (40.0, 480)]
+    for t, u in shapes:
+        for b in (2, 16):
+            value = true_bytes(b, t, u) * (1 + noise * rng.standard_normal())
+            probes.append(Measurement(b, Shape(t, u), int(value)))
+    return probes
+
+
+def test_fit_recovers_the_coefficients_of_exact_measurements():
+    model = MemoryModel.fit(synthetic_probes())
+    assert model.static == pytest.approx(TRUE_STATIC, rel=1e-6)
+    assert model.coef == pytest.approx(TRUE_COEF, rel=1e-4)
+    assert model.rms_rel_error < 1e-8
+
+
+def test_prediction_and_largest_batch_on_unseen_shapes():
+    model = MemoryModel.fit(synthetic_probes(noise=0.01))
+    target = 70e9
+    for t, u in [(3.0, 25), (17.5, 130), (33.0, 400)]:
+        assert model.predict(8, t, u) == pytest.approx(true_bytes(8, t, u), rel=0.05)
+        b = model.max_batch_size(t, u, target)
+        exact = int((target - TRUE_STATIC) // (true_bytes(1, t, u) - TRUE_STATIC))
+        assert abs(b - exact) <= max(1, 0.05 * exact)
+    exact_model = MemoryModel.fit(synthetic_probes())
+    b = exact_model.max_batch_size(40.0, 480, target)
+    assert true_bytes(b, 40.0, 480) <= target < true_bytes(b + 1, 40.0, 480)
+
+
+def test_fit_needs_enough_successful_probes():
+    probes = synthetic_probes()[:5] + [Measurement(4, Shape(1.0, 10), None, oom=True)] * 3
+    with pytest.raises(ValueError, match="probes"):
+        MemoryModel.fit(probes)
+
+
+def test_model_round_trips_through_a_dict():
+    model = MemoryModel.fit(synthetic_probes())
+    assert MemoryModel.from_dict(model.to_dict()) == model
+
+
+def test_probe_plan_varies_t_and_u_even_for_one_row():
+    plan = probe_shapes([Shape(4.0, 30)])
+    assert len(plan) >= 6 and len({s.out_len for s in plan}) >= 6
+    grid = [Shape(d, u) for d in (1.0, 2.0, 5.0, 10.0, 20.0) for u in (10 * d, 20 * d)]
+    plan = probe_shapes(grid)
+    assert max(plan) == Shape(20.0, 400) and min(s.duration for s in plan) == 1.0
+    assert len({s.duration for s in plan}) >= 3 and len(plan) >= 6
+
+
+@pytest.fixture(scope="module")
+def meter():
+    torch.manual_seed(0)
+    step = SyntheticStep(build_model("test", vocab_size=64), "cpu")
+    step.warm_up(Shape(0.5, 8))
+    return CpuMeter(step)
+
+
+def test_cpu_count_is_positive_deterministic_and_grows(meter):
+    shape = Shape(1.5, 20)
+    first, again = meter.count(2, shape), meter.count(2, shape)
+    assert first == again > 0
+    assert meter.count(3, shape) > first  # more utterances
+    assert meter.count(2, Shape(3.0, 20)) > first  # longer audio
+    assert meter.count(2, Shape(1.5, 60)) > first  # longer transcripts
+    params = sum(p.numel() * p.element_size() for p in meter.step.params)
+    assert first > 4 * params  # weights + gradients + two AdamW moments, plus activations
+
+
+def test_cpu_bytes_are_exactly_linear_in_the_batch_size(meter):
+    shape = Shape(2.0, 24)
+    for b in (4, 7):
+        extrapolated = meter.measure(b, shape)
+        assert extrapolated.extrapolated and extrapolated.peak_bytes == meter.count(b, shape)
+    assert not meter.measure(3, shape).extrapolated
+
+
+def test_extra_resident_bytes_are_added(meter):
+    shape = Shape(1.0, 12)
+    plain = meter.count(2, shape)
+    with_ddp = CpuMeter(meter.step, extra_bytes=1 << 20)
+    assert with_ddp.count(2, shape) == plain + (1 << 20)
+
+
+def test_fit_on_real_cpu_counts_predicts_unseen_buckets(meter):
+    shapes = [Shape(d, u) for d in (0.5, 1.0, 2.0, 3.0) for u in (8, 20, 40)]
+    target = 64 << 20
+    model, probes = fit_memory_model(meter, shapes, target)
+    assert len(probes) >= 7 and model.rms_rel_error < 0.02
+    for shape in (Shape(1.5, 30), Shape(2.5, 12)):
+        b = model.max_batch_size(shape.duration, shape.out_len, target)
+        measured = meter.measure(b, shape).peak_bytes
+        assert measured == pytest.approx(model.predict(b, shape.duration, shape.out_len), rel=0.03)
+
+
+@pytest.mark.gpu
+def test_cuda_meter_measures_and_fails_cleanly_when_out_of_memory():
+    from fastaed.train.profile.memory import CudaMeter
+
+    step = SyntheticStep(build_model("test", vocab_size=64), "cuda")
+    step.warm_up(Shape(0.5, 8))
+    meter = CudaMeter(step)
+    ok = meter.measure(4, Shape(2.0, 24))
+    assert not ok.oom and ok.peak_bytes > 0 and ok.reserved_bytes >= ok.peak_bytes
+    huge = meter.measure(1 << 20, Shape(40.0, 480))
+    assert huge.oom and huge.peak_bytes is None
+    assert not meter.measure(4, Shape(2.0, 24)).oom  # usable again after the OOM
