@@ -13,6 +13,9 @@ VOCAB ?= 256
 TRAIN_CONFIG ?= configs/train_tiny_flash.yaml
 TRAIN_BUDGET_S ?= 2520
 RUN ?= runs/tiny-flash
+# Batch-size profile for the recipe's model under this CPU memory budget (GiB). On the demo data the recipe's
+# 60 s per-batch cap is the tighter bound in every bucket, so training is the same with or without it.
+PROFILE_GIB ?= 4
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # torch: the 2.13.0 CPU wheel on this project's machines; any newer torch elsewhere (override TORCH=...).
 TORCH ?= torch==2.13.0
@@ -53,7 +56,7 @@ format: venv
 test: apt venv lint
 	.venv/bin/pytest
 
-# ---- demo: corpus + real clips -> tokenizer -> index + audio validation -> 2D bins -> padding -> training -> eval
+# ---- demo: corpus + real clips -> tokenizer -> index + validation -> 2D bins -> padding -> profile -> train -> eval
 demo: apt venv $(DATA)/$(PRESET)/card.json $(DATA)/tokenizer/tokenizer.json $(DATA)/real/real_check.jsonl
 	$(FASTAED) data index $(addprefix $(DATA)/$(PRESET)/,$(MANIFESTS)) $(DATA)/real/real_check.jsonl \
 		--tokenizer $(DATA)/tokenizer --validate-audio --json $(DATA)/index_summary.json
@@ -61,11 +64,14 @@ demo: apt venv $(DATA)/$(PRESET)/card.json $(DATA)/tokenizer/tokenizer.json $(DA
 		--num-subbuckets 4 --method min_padding --out $(DATA)/bins.json --png $(DATA)/bins.png
 	$(FASTAED) padding $(DATA)/$(PRESET)/train.jsonl --tokenizer $(DATA)/tokenizer --bins $(DATA)/bins.json \
 		--max-duration 600 --json $(DATA)/padding.json --png $(DATA)/padding.png
+	@if [ -f $(DATA)/profile.json ]; then echo "batch-size profile: $(DATA)/profile.json ($(DATA)/profile.png)"; \
+	else $(FASTAED) batch-sizes --config $(TRAIN_CONFIG) --tokenizer $(DATA)/tokenizer --bins $(DATA)/bins.json \
+		--memory-budget $(PROFILE_GIB) --out $(DATA)/profile.json --no-progress; fi
 	@if [ -f $(RUN)/summary.txt ]; then echo "training already finished ($(RUN)/summary.txt; make clean-run to redo it):"; \
 		cat $(RUN)/summary.txt; \
 	else $(FASTAED) train --config $(TRAIN_CONFIG) runtime.out_dir=$(RUN) runtime.time_budget_s=$(TRAIN_BUDGET_S) \
 		data.tokenizer=$(DATA)/tokenizer data.train_manifests=[$(DATA)/$(PRESET)/train.jsonl] \
-		data.dev_manifest=$(DATA)/$(PRESET)/dev.jsonl; fi
+		data.dev_manifest=$(DATA)/$(PRESET)/dev.jsonl sampler.profile=$(DATA)/profile.json; fi
 	@set -o pipefail; if [ -f $(RUN)/eval.txt ]; then echo; cat $(RUN)/eval.txt; \
 	else echo; echo "evaluating $(RUN): in-domain test, unseen voice, real speech"; \
 		$(FASTAED) eval $(RUN) --manifest $(DATA)/$(PRESET)/test.jsonl \
@@ -87,4 +93,5 @@ clean-run:  # the trained model only (a killed run resumes by itself: just re-ru
 	rm -rf $(RUN)
 
 clean-demo: clean-run
-	rm -rf $(DATA)/$(PRESET) $(DATA)/tokenizer $(DATA)/real $(DATA)/index_summary.json $(DATA)/bins.* $(DATA)/padding.*
+	rm -rf $(DATA)/$(PRESET) $(DATA)/tokenizer $(DATA)/real $(DATA)/index_summary.json $(DATA)/bins.* $(DATA)/padding.* \
+		$(DATA)/profile.*

@@ -29,7 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--model", help="preset name (fastaed model list) or checkpoint directory")
     what.add_argument("--config", type=Path, help="training YAML: its model, tokenizer, loss, device, dtype")
-    p.add_argument("--tokenizer", type=Path, default=None, help="with a preset: size it for this tokenizer")
+    p.add_argument("--tokenizer", type=Path, default=None, help="size for it (--config: data.tokenizer)")
     p.add_argument("--ctc-weight", type=float, default=None, help="with a preset: as model.ctc_weight")
     p.add_argument("--bins", type=Path, default=None, help="bins JSON (default: the SPEC's 30x4 bins)")
     p.add_argument(
@@ -95,7 +95,8 @@ def batch_sizes_cmd(args: argparse.Namespace) -> int:
     try:
         if args.config is not None:
             cfg = TrainConfig.from_yaml(args.config)
-            config, tokenizer_id = resolve_model(cfg.model.preset, cfg.data.tokenizer)
+            tok_dir = str(args.tokenizer) if args.tokenizer else cfg.data.tokenizer  # as data.tokenizer=...
+            config, tokenizer_id = resolve_model(cfg.model.preset, tok_dir)
             config = cfg.model.model_config(config.vocab_size)
             loss_cfg, specaugment = cfg.loss, cfg.specaugment.enabled
             device_choice = cfg.runtime.device if args.device == "auto" else args.device
