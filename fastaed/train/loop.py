@@ -376,8 +376,16 @@ def train(cfg: TrainConfig, resume: str | Path | None = "auto") -> dict[str, Any
     frontend.train()
     specaug.train()
     stream = batch_stream(cfg, train_set, sampler_for, pos.epoch, sampler_state, device.type == "cuda")
-    bar = tqdm(total=cfg.optim.max_steps, initial=pos.step, desc="train", dynamic_ncols=True,
-               disable=not (info.is_main and rt.progress))  # fmt: skip
+    # Under a time budget the bar runs in seconds of the budget, so its ETA is when the run really ends.
+    by_time = rt.time_budget_s is not None
+    bar = tqdm(
+        total=rt.time_budget_s if by_time else cfg.optim.max_steps,
+        initial=min(pos.elapsed_s + time.perf_counter() - t_start, rt.time_budget_s) if by_time else pos.step,
+        unit="s" if by_time else "step", desc="train", dynamic_ncols=True,
+        bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s [{elapsed}<{remaining}{postfix}]" if by_time
+        else None,
+        disable=not (info.is_main and rt.progress),
+    )  # fmt: skip
     recent_losses: deque[float] = deque(maxlen=50)
     last_eval: dict[str, Any] = {}
     last_eval_step, stopped_by = -1, "max_steps"
@@ -471,9 +479,10 @@ def train(cfg: TrainConfig, resume: str | Path | None = "auto") -> dict[str, Any
                 "peak_mem_mb": peak_memory_mb(device),
             }  # fmt: skip
             metrics.log(record)
-            bar.update(1)
+            bar.update(min(step_time, bar.total - bar.n) if by_time else 1)
             if pos.step % rt.log_every == 0 and recent_losses:
-                bar.set_postfix(loss=f"{np.mean(recent_losses):.3f}", lr=f"{lr:.2e}", bs=record["batch_size"])
+                loss = f"{np.mean(recent_losses):.3f}"
+                bar.set_postfix(step=pos.step, loss=loss, lr=f"{lr:.2e}", bs=record["batch_size"])
 
             # 6. periodic evaluation and checkpoint; a time budget ends the run cleanly
             if rt.eval_every and pos.step % rt.eval_every == 0:
