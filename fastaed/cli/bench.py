@@ -12,6 +12,7 @@ BENCHMARKS = {
     "sampler": ("fastaed.bench.sampler", "sampler padding, speed, plan and resume vs Lhotse 1.33"),
     "rtfx": ("fastaed.bench.rtfx", "inference RTFx: flash vs balanced, K/V-cached vs NeMo-style decoder"),
     "convergence": ("fastaed.bench.convergence", "two training runs: dev WER / loss against steps (+ PNG)"),
+    "all": ("fastaed.bench.all", "every benchmark: JSON + PNG, and BENCHMARKS.md's generated section"),
     "batch-sizes": ("fastaed.bench.batch_sizes", "batch-size profile vs NeMo heuristic: fill, batch, speed"),
 }
 
