@@ -45,7 +45,7 @@ from fastaed.data.manifest import Utterance
 from fastaed.data.tokenizer import Tokenizer
 from fastaed.decode import greedy_search
 from fastaed.decode.search import row_limits
-from fastaed.decode.transcribe import DecodeConfig, Transcriber, resolve_device
+from fastaed.decode.transcribe import DecodeConfig, Transcriber, inference_dtype, resolve_device
 from fastaed.model import EncoderDecoderModel, build_model, load_model
 from fastaed.model.attention import lengths_to_mask, merge_heads, split_heads
 from fastaed.sampling.padding import format_table
@@ -206,8 +206,7 @@ def _model(
 
 def bench_rtfx(args: argparse.Namespace) -> dict[str, Any]:
     device = resolve_device(args.device)
-    use_bf16 = args.dtype == "bf16" or (args.dtype == "auto" and device.type == "cuda")
-    dtype = torch.bfloat16 if use_bf16 else torch.float32
+    dtype = inference_dtype(args.dtype, device)
     if args.threads:
         torch.set_num_threads(args.threads)
     flash_spec = args.flash or ("canary-1b-flash" if args.gpu_presets else "tiny-flash")

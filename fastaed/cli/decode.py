@@ -48,11 +48,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _checkpoint(path: Path) -> Path:
-    """A run folder stands for its latest checkpoint."""
-    latest = path / "latest"
-    if latest.is_file():
-        return path / latest.read_text().strip()
-    return path
+    """A run folder stands for its latest complete checkpoint (as the trainer resumes from it)."""
+    from fastaed.train.checkpoint import find_latest
+
+    return find_latest(path) or path
 
 
 def _transcriber(args: argparse.Namespace, nbest: int = 1):

@@ -13,17 +13,10 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
-import jiwer
 import sacrebleu
 
-from fastaed.data.text import strip_pnc
+from fastaed.data.text import strip_pnc, word_error_rates
 from fastaed.decode.transcribe import Transcript
-
-
-def word_error_rates(refs: Sequence[str], hyps: Sequence[str]) -> dict[str, float]:
-    """Corpus WER and CER after the normaliser; ``refs`` must be non-empty after normalising."""
-    r, h = [strip_pnc(x) for x in refs], [strip_pnc(x) for x in hyps]
-    return {"wer": float(jiwer.wer(r, h)), "cer": float(jiwer.cer(r, h))}
 
 
 def score(transcripts: Sequence[Transcript]) -> dict[str, Any]:

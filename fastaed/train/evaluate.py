@@ -15,14 +15,13 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import Any
 
-import jiwer
 import numpy as np
 import torch
 from torch import Tensor
 
 from fastaed.data.dataset import AEDDataset
 from fastaed.data.features import LogMelFeatures
-from fastaed.data.text import strip_pnc
+from fastaed.data.text import strip_pnc, word_error_rates
 from fastaed.data.tokenizer import Tokenizer
 from fastaed.model import EncoderDecoderModel, cross_entropy_loss
 from fastaed.train.config import LossConfig
@@ -153,7 +152,6 @@ def evaluate(
     }
     if pairs:
         refs, hyp_texts = [r for r, _ in pairs], [h for _, h in pairs]
-        result["wer"] = float(jiwer.wer(refs, hyp_texts))
-        result["cer"] = float(jiwer.cer(refs, hyp_texts))
+        result |= word_error_rates(refs, hyp_texts)
         result["examples"] = [{"ref": r, "hyp": h} for r, h in pairs[:NUM_EXAMPLES]]
     return result
