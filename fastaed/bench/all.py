@@ -26,6 +26,8 @@ from typing import Any
 
 import torch
 
+from fastaed.bench.convergence import held_out_table, held_out_where
+
 BEGIN, END = "<!-- bench:all -->", "<!-- /bench:all -->"
 
 
@@ -116,7 +118,11 @@ def render_convergence(r: dict) -> str:
     ]
     out = _table(["step", f"WER {a}", f"WER {b}", f"CER {a}", f"CER {b}"], rows)
     rel = r.get("relative_wer_a_vs_b")
-    return out + ("" if rel is None else f"\n\nfinal step: {a} WER {rel:+.1%} relative to {b}")
+    out += "" if rel is None else f"\n\nfinal step: {a} WER {rel:+.1%} relative to {b}"
+    if r.get("held_out"):
+        out += f"\n\nHeld-out sets (greedy, {held_out_where(r['held_out'])}):\n\n"
+        out += _table(*held_out_table(r["held_out"], r["names"]))
+    return out
 
 
 # ---- the plan ------------------------------------------------------------------------------------------
@@ -151,6 +157,10 @@ def plan(
     ]  # fmt: skip
     if (flash_run / "metrics.jsonl").is_file() and (balanced_run / "metrics.jsonl").is_file():
         argv = ["convergence", str(flash_run), str(balanced_run), "--json", str(out / "convergence.json")]
+        held_out = {"in-domain": "test.jsonl", "unseen-voice": "test_unseen_voice.jsonl"}
+        for name, file in held_out.items():
+            if not quick and (Path("data/default") / file).is_file():
+                argv += ["--eval", f"{name}=data/default/{file}"]
         steps.append(("convergence", argv, render_convergence))
     return steps
 

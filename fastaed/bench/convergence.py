@@ -6,17 +6,24 @@ Reads the ``eval`` records of each run's ``metrics.jsonl`` (written by ``fastaed
 reaches the accuracy of a balanced one with the same parameters, data and number of steps. Target: the
 flash run's final dev WER within 10% (relative) of the balanced run's.
 
-    fastaed bench convergence runs/tiny-flash runs/tiny-balanced --json bench_results/convergence.json
+With ``--eval NAME=MANIFEST`` (repeatable) both runs' checkpoints at the same step — the last step both
+saved, else each run's latest, flagged — are also decoded on held-out sets with the fast decoder (greedy),
+so the comparison covers the test sets, not only the trainer's dev subset:
+
+    fastaed bench convergence runs/tiny-flash runs/tiny-balanced --json bench_results/convergence.json \
+        --eval in-domain=data/default/test.jsonl --eval unseen-voice=data/default/test_unseen_voice.jsonl
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from fastaed.sampling.padding import format_table
+from fastaed.train.checkpoint import find_latest, list_checkpoints
 
 TARGET_RELATIVE_WER = 0.10
 
@@ -53,6 +60,49 @@ def compare(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     return {"rows": rows, "final_step": final["step"] if final else None, "relative_wer_a_vs_b": rel}
 
 
+def paired_checkpoints(a_dir: Path, b_dir: Path) -> tuple[int | None, Path, Path]:
+    """(step, checkpoint of a, checkpoint of b) at the last step both runs saved; step None if they share
+    none (each run's latest checkpoint then, which the report flags)."""
+    a, b = dict(list_checkpoints(a_dir)), dict(list_checkpoints(b_dir))
+    common = sorted(set(a) & set(b))
+    if common:
+        return common[-1], a[common[-1]], b[common[-1]]
+    latest_a, latest_b = find_latest(a_dir), find_latest(b_dir)
+    for run, latest in ((a_dir, latest_a), (b_dir, latest_b)):
+        if latest is None:
+            raise FileNotFoundError(f"{run}: no complete checkpoint to evaluate on the held-out sets")
+    return None, latest_a, latest_b  # type: ignore[return-value]
+
+
+def evaluate_held_out(
+    checkpoints: dict[str, Path], sets: list[tuple[str, Path]], batch_size: int = 32
+) -> list[dict[str, Any]]:
+    """Greedy WER / CER / RTFx of each checkpoint on each held-out manifest (bad input is an error)."""
+    from fastaed.data.errors import BadInputReport
+    from fastaed.decode.scoring import score
+    from fastaed.decode.transcribe import DecodeConfig, Transcriber, utterances_from_manifest
+
+    rows = []
+    for model_name, ckpt in checkpoints.items():
+        transcriber = Transcriber(ckpt, DecodeConfig(batch_size=batch_size, progress=False))
+        for set_name, manifest in sets:
+            result = transcriber.run(utterances_from_manifest(manifest, "error", BadInputReport()))
+            scores = score(result.transcripts)
+            rows.append({
+                "model": model_name, "set": set_name, "manifest": str(manifest), "checkpoint": str(ckpt),
+                "utterances": scores["utterances"], "wer": scores["wer"], "cer": scores["cer"],
+                "rtfx": result.rtfx,
+            })  # fmt: skip
+    return rows
+
+
+def _named_manifest(text: str) -> tuple[str, Path]:
+    name, sep, path = text.partition("=")
+    if not sep or not name or not path:
+        raise argparse.ArgumentTypeError(f"--eval wants NAME=MANIFEST, got {text!r}")
+    return name, Path(path)
+
+
 def plot(a: dict[str, Any], b: dict[str, Any], names: tuple[str, str], path: Path) -> Path:
     import matplotlib
 
@@ -83,6 +133,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_b", type=Path, help="run folder to compare against, e.g. runs/tiny-balanced")
     parser.add_argument("--json", type=Path, default=None, help="write the comparison here")
     parser.add_argument("--png", type=Path, default=None, help="plot (default: next to --json)")
+    parser.add_argument(
+        "--eval", type=_named_manifest, action="append", default=[], metavar="NAME=MANIFEST",
+        help="also decode both runs' checkpoints at a common step on this held-out set (repeatable)",
+    )  # fmt: skip
+    parser.add_argument("--batch-size", type=int, default=32, help="utterances per batch for --eval")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -115,10 +170,17 @@ def main(args: argparse.Namespace) -> int:
         verdict = "PASS" if rel <= TARGET_RELATIVE_WER else "FAIL"
         print(f"final step {result['final_step']}: {names[0]} WER {rel:+.1%} relative to {names[1]} "
               f"(target <= +{TARGET_RELATIVE_WER:.0%}: {verdict})")  # fmt: skip
+    held_out: dict[str, Any] | None = None
+    if args.eval:
+        step, ckpt_a, ckpt_b = paired_checkpoints(args.run_a, args.run_b)
+        rows = evaluate_held_out({names[0]: ckpt_a, names[1]: ckpt_b}, args.eval, args.batch_size)
+        held_out = {"step": step, "checkpoints": {names[0]: str(ckpt_a), names[1]: str(ckpt_b)}, "rows": rows}
+        print(format_table(*held_out_table(held_out, names)))
+        print(f"(greedy, fast decoder; {held_out_where(held_out)})")
     doc = {
         "runs": {names[0]: {"dir": a["dir"], "summary": _brief(a["summary"])},
                  names[1]: {"dir": b["dir"], "summary": _brief(b["summary"])}},
-        "names": list(names), **result, "target_relative_wer": TARGET_RELATIVE_WER,
+        "names": list(names), **result, "target_relative_wer": TARGET_RELATIVE_WER, "held_out": held_out,
     }  # fmt: skip
     png = args.png or (args.json.with_suffix(".png") if args.json else None)
     if png is not None:
@@ -129,6 +191,30 @@ def main(args: argparse.Namespace) -> int:
         args.json.write_text(json.dumps(doc, indent=2) + "\n")
         print(f"wrote {args.json}")
     return 0
+
+
+def held_out_table(held_out: dict[str, Any], names: Sequence[str]) -> tuple[list[str], list[list[Any]]]:
+    """(header, rows) with one row per held-out set: WER / CER of both models side by side."""
+    by = {(r["set"], r["model"]): r for r in held_out["rows"]}
+    a, b = names
+
+    def pct(x: float | None) -> str:
+        return "-" if x is None else f"{100 * x:.1f}%"
+
+    rows = [
+        [s, by[s, a]["utterances"], pct(by[s, a]["wer"]), pct(by[s, b]["wer"]), pct(by[s, a]["cer"]),
+         pct(by[s, b]["cer"])]
+        for s in dict.fromkeys(r["set"] for r in held_out["rows"])
+    ]  # fmt: skip
+    return ["held-out set", "utts", f"WER {a}", f"WER {b}", f"CER {a}", f"CER {b}"], rows
+
+
+def held_out_where(held_out: dict[str, Any]) -> str:
+    """Which checkpoints were compared: a common step, or (flagged) each run's latest."""
+    if held_out["step"] is not None:
+        return f"both at step {held_out['step']}"
+    latest = ", ".join(f"{k} {v}" for k, v in held_out["checkpoints"].items())
+    return f"WARNING: the runs share no checkpoint step; each run's latest: {latest}"
 
 
 def _brief(summary: dict[str, Any]) -> dict[str, Any]:
