@@ -13,9 +13,18 @@ VOCAB ?= 256
 TRAIN_CONFIG ?= configs/train_tiny_flash.yaml
 TRAIN_BUDGET_S ?= 2520
 RUN ?= runs/tiny-flash
+# Every training stage trains on the demo corpus and tokenizer.
+DATA_OVERRIDES = data.tokenizer=$(DATA)/tokenizer data.train_manifests=[$(DATA)/$(PRESET)/train.jsonl] \
+	data.dev_manifest=$(DATA)/$(PRESET)/dev.jsonl
 # Batch-size profile for the recipe's model under this CPU memory budget (GiB). On the demo data the recipe's
 # 60 s per-batch cap is the tighter bound in every bucket, so training is the same with or without it.
 PROFILE_GIB ?= 4
+# `make convergence` (outside CI, hours): tiny-flash and tiny-balanced trained side by side from scratch, one
+# core each, for LONG_BUDGET_S seconds each (a killed pair resumes with the time left), then compared.
+LONG_BUDGET_S ?= 10800
+LONG_FLASH ?= runs/long-flash
+LONG_BALANCED ?= runs/long-balanced
+CONVERGENCE_JSON ?= bench_results/convergence.json
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # torch: the 2.13.0 CPU wheel on this project's machines; any newer torch elsewhere (override TORCH=...).
 TORCH ?= torch==2.13.0
@@ -26,7 +35,7 @@ APT_PACKAGES := espeak-ng flite festival festvox-kallpc16k festvox-kdlpc16k fest
 
 MANIFESTS := train.jsonl dev.jsonl test.jsonl test_unseen_voice.jsonl train_multilingual.jsonl test_multilingual.jsonl
 
-.PHONY: demo test lint format apt venv clean-demo clean-run
+.PHONY: demo test lint format apt venv clean-demo clean-run convergence
 
 apt: .apt.stamp
 .apt.stamp:
@@ -70,13 +79,27 @@ demo: apt venv $(DATA)/$(PRESET)/card.json $(DATA)/tokenizer/tokenizer.json $(DA
 	@if [ -f $(RUN)/summary.txt ]; then echo "training already finished ($(RUN)/summary.txt; make clean-run to redo it):"; \
 		cat $(RUN)/summary.txt; \
 	else $(FASTAED) train --config $(TRAIN_CONFIG) runtime.out_dir=$(RUN) runtime.time_budget_s=$(TRAIN_BUDGET_S) \
-		data.tokenizer=$(DATA)/tokenizer data.train_manifests=[$(DATA)/$(PRESET)/train.jsonl] \
-		data.dev_manifest=$(DATA)/$(PRESET)/dev.jsonl sampler.profile=$(DATA)/profile.json; fi
+		$(DATA_OVERRIDES) sampler.profile=$(DATA)/profile.json; fi
 	@set -o pipefail; if [ -f $(RUN)/eval.txt ]; then echo; cat $(RUN)/eval.txt; \
 	else echo; echo "evaluating $(RUN): in-domain test, unseen voice, real speech"; \
 		$(FASTAED) eval $(RUN) --manifest $(DATA)/$(PRESET)/test.jsonl \
 		--manifest $(DATA)/$(PRESET)/test_unseen_voice.jsonl --manifest $(DATA)/real/real_check.jsonl \
 		--json $(RUN)/eval.json | tee $(RUN)/eval.tmp && mv $(RUN)/eval.tmp $(RUN)/eval.txt; fi
+
+# The flash-vs-balanced pair: same data, same batches (same sampler seed), one core each, equal wall time.
+convergence: apt venv $(DATA)/$(PRESET)/card.json $(DATA)/tokenizer/tokenizer.json
+	@echo "training $(LONG_FLASH) and $(LONG_BALANCED) side by side for $(LONG_BUDGET_S) s each;" \
+		"progress: tail -f $(LONG_FLASH).log $(LONG_BALANCED).log"
+	@mkdir -p $(dir $(LONG_FLASH)) $(dir $(LONG_BALANCED)); pids=; \
+	for pair in tiny_flash:$(LONG_FLASH) tiny_balanced:$(LONG_BALANCED); do \
+		config=configs/train_$${pair%%:*}.yaml; run=$${pair#*:}; \
+		if [ -f $$run/summary.txt ]; then echo "$$run already finished"; continue; fi; \
+		$(FASTAED) train --config $$config runtime.out_dir=$$run runtime.threads=1 \
+			runtime.time_budget_s=$(LONG_BUDGET_S) $(DATA_OVERRIDES) > $$run.log 2>&1 & pids="$$pids $$!"; \
+	done; status=0; for pid in $$pids; do wait $$pid || status=1; done; \
+	if [ $$status != 0 ]; then echo "a training run failed: see $(LONG_FLASH).log $(LONG_BALANCED).log"; exit 1; fi
+	$(FASTAED) bench convergence $(LONG_FLASH) $(LONG_BALANCED) --json $(CONVERGENCE_JSON) \
+		--eval in-domain=$(DATA)/$(PRESET)/test.jsonl --eval unseen-voice=$(DATA)/$(PRESET)/test_unseen_voice.jsonl
 
 $(DATA)/$(PRESET)/card.json:
 	$(FASTAED) synth --preset $(PRESET) --out $(DATA)/$(PRESET)
