@@ -146,6 +146,8 @@ def main(args: argparse.Namespace) -> int:
         a["summary"].get("model") or args.run_a.name,
         b["summary"].get("model") or args.run_b.name,
     )
+    if names[0] == names[1]:  # two runs of one model (another lr, another seed): name them by folder
+        names = (f"{names[0]} ({args.run_a.name})", f"{names[1]} ({args.run_b.name})")
     result = compare(a, b)
 
     def pct(x: float | None) -> str:

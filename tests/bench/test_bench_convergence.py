@@ -89,3 +89,11 @@ def test_runs_without_a_common_step_are_compared_at_their_latest_with_a_warning(
 def test_eval_needs_name_equals_manifest(tmp_path):
     with pytest.raises(SystemExit):
         build_parser().parse_args(["bench", "convergence", "a", "b", "--eval", "data/default/test.jsonl"])
+
+
+def test_two_runs_of_one_model_are_told_apart_by_folder(tmp_path):
+    a, b = _run(tmp_path / "lr1", "flash", [0.9, 0.5]), _run(tmp_path / "lr2", "flash", [0.9, 0.6])
+    out = tmp_path / "conv.json"
+    args = build_parser().parse_args(["bench", "convergence", str(a), str(b), "--json", str(out)])
+    assert args.func(args) == 0
+    assert json.loads(out.read_text())["names"] == ["flash (lr1)", "flash (lr2)"]
