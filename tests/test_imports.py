@@ -16,7 +16,8 @@ print(",".join(loaded))
     "module, allowed",
     [
         ("fastaed.model", ("fastaed.model",)),  # model/ imports only torch
-        ("fastaed.sampling", ("fastaed.sampling",)),  # usable on plain arrays, in anyone's training loop
+        # sampling is usable on plain arrays, in anyone's training loop
+        ("fastaed.sampling", ("fastaed.sampling", "fastaed.constants", "fastaed.util.tables")),
         ("fastaed.data.dataset", ("fastaed.data", "fastaed.constants")),
     ],
 )

@@ -43,8 +43,8 @@ import numpy as np
 import torch
 
 from fastaed.sampling.bins import Bins, estimate_bins
-from fastaed.sampling.padding import format_table
 from fastaed.sampling.sampler import BucketingSampler
+from fastaed.util.tables import format_table
 
 TARGETS = {"min_fill": 0.85, "mean_batch_ratio": 4.0, "throughput_ratio": 1.8}
 DEFAULT_MANIFEST, DEFAULT_TOKENIZER = Path("data/default/train.jsonl"), Path("data/tokenizer")
@@ -91,7 +91,7 @@ def heuristic_worst_cases(meter, bins: Bins, sizes: np.ndarray) -> list[dict[str
 
 
 def bench_batch_sizes(args: argparse.Namespace) -> dict[str, Any]:
-    from fastaed.train.distributed import enable_expandable_segments, resolve_device
+    from fastaed.train.distributed import enable_expandable_segments
     from fastaed.train.profile import (
         BatchSizeProfile,
         ProfileIdentity,
@@ -112,6 +112,7 @@ def bench_batch_sizes(args: argparse.Namespace) -> dict[str, Any]:
         resolve_model,
     )
     from fastaed.train.profile.throughput import synthetic_training_run
+    from fastaed.util.devices import resolve_device
 
     t_start = time.perf_counter()
     if torch.cuda.is_available():

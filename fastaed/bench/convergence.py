@@ -22,8 +22,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from fastaed.sampling.padding import format_table
 from fastaed.train.checkpoint import find_latest, list_checkpoints
+from fastaed.util.tables import format_table
 
 TARGET_RELATIVE_WER = 0.10
 

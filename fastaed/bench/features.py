@@ -29,7 +29,8 @@ import torch
 from fastaed.constants import SAMPLE_RATE
 from fastaed.data.audio import load_audio, resample
 from fastaed.data.features import FeatureConfig, LogMelFeatures
-from fastaed.sampling.padding import format_table as aligned_table
+from fastaed.util.devices import synchronize
+from fastaed.util.tables import format_table as aligned_table
 
 TARGET_XRT_PER_CORE = 500
 BATCH_SIZES = (1, 16)
@@ -71,16 +72,11 @@ def _time(fn: Callable[[], None], device: torch.device, warmup: int = 1) -> floa
     """Wall seconds of ``fn()`` after ``warmup`` untimed calls, with the device synchronised."""
     for _ in range(warmup):
         fn()
-    _sync(device)
+    synchronize(device)
     t0 = time.perf_counter()
     fn()
-    _sync(device)
+    synchronize(device)
     return time.perf_counter() - t0
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _pad(waves: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

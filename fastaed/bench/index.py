@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fastaed.sampling.padding import format_table
+from fastaed.util.tables import format_table
 
 TARGET_BUILD_S = 30.0
 TARGET_RELOAD_S = 1.0

@@ -45,10 +45,11 @@ from fastaed.data.manifest import Utterance
 from fastaed.data.tokenizer import Tokenizer
 from fastaed.decode import greedy_search
 from fastaed.decode.search import row_limits
-from fastaed.decode.transcribe import DecodeConfig, Transcriber, inference_dtype, resolve_device
+from fastaed.decode.transcribe import DecodeConfig, Transcriber
 from fastaed.model import EncoderDecoderModel, build_model, load_model
 from fastaed.model.attention import lengths_to_mask, merge_heads, split_heads
-from fastaed.sampling.padding import format_table
+from fastaed.util.devices import resolve_device, resolve_dtype, synchronize
+from fastaed.util.tables import format_table
 
 TARGET_FLASH_VS_BALANCED = 3.0
 TARGET_KV_VS_NEMO = 2.0
@@ -101,11 +102,6 @@ def nemo_style_greedy(
 
 
 # ---- measurements ------------------------------------------------------------------------------------------
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def make_utterances(folder: Path, num: int, min_s: float, max_s: float, seed: int) -> list[Utterance]:
@@ -168,10 +164,10 @@ def time_decoders(
         outputs[name] = fn()  # warm-up
         best = float("inf")
         for _ in range(repeats):
-            _sync(param.device)
+            synchronize(param.device)
             t0 = time.perf_counter()
             fn()
-            _sync(param.device)
+            synchronize(param.device)
             best = min(best, time.perf_counter() - t0)
         times[name] = best
     n_tokens = batch_size * num_tokens
@@ -206,7 +202,7 @@ def _model(
 
 def bench_rtfx(args: argparse.Namespace) -> dict[str, Any]:
     device = resolve_device(args.device)
-    dtype = inference_dtype(args.dtype, device)
+    dtype = resolve_dtype(args.dtype, device)
     if args.threads:
         torch.set_num_threads(args.threads)
     flash_spec = args.flash or ("canary-1b-flash" if args.gpu_presets else "tiny-flash")

@@ -42,9 +42,10 @@ import torch
 
 from fastaed.data.tokenizer import PROMPT_LENGTH
 from fastaed.sampling.bins import estimate_bins
-from fastaed.sampling.padding import Budget, EpochBatches, format_table, random_batches, result_from_batches
+from fastaed.sampling.padding import Budget, EpochBatches, random_batches, result_from_batches
 from fastaed.sampling.sampler import BucketingSampler
 from fastaed.sampling.stats import synthetic_lengths
+from fastaed.util.tables import format_table
 
 MAX_DURATION = 600.0
 TARGETS = {"input_padding": 0.05, "output_padding": 0.08, "rejected": 0.005, "speedup": 10.0}

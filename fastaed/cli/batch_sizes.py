@@ -71,7 +71,7 @@ def batch_sizes_cmd(args: argparse.Namespace) -> int:
 
     from fastaed.sampling.bins import Bins
     from fastaed.train.config import ConfigError, LossConfig, TrainConfig
-    from fastaed.train.distributed import enable_expandable_segments, resolve_device
+    from fastaed.train.distributed import enable_expandable_segments
     from fastaed.train.profile import (
         NoBatchFitsError,
         ProfileIdentity,
@@ -87,6 +87,7 @@ def batch_sizes_cmd(args: argparse.Namespace) -> int:
         resolve_budget,
         resolve_model,
     )
+    from fastaed.util.devices import resolve_device
 
     if torch.cuda.is_available():
         enable_expandable_segments()  # the trainer's allocator set-up; before the first CUDA allocation
@@ -176,7 +177,7 @@ def summarize(profile) -> dict:
 
 
 def profile_table(profile) -> str:
-    from fastaed.sampling.padding import format_table
+    from fastaed.util.tables import format_table
 
     def gib(x: float | None) -> str:
         return "-" if x is None else f"{x / 2**30:.3f}"

@@ -102,7 +102,7 @@ def eval_cmd(args: argparse.Namespace) -> int:
     from fastaed.data.errors import BadInputReport
     from fastaed.decode.scoring import score
     from fastaed.decode.transcribe import utterances_from_manifest, write_jsonl
-    from fastaed.sampling.padding import format_table
+    from fastaed.util.tables import format_table
 
     if args.hyps is not None and len(args.manifest) > 1:
         print("fastaed eval: --hyps needs a single --manifest", file=sys.stderr)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from fastaed.data.synth.corpus import PRESETS
+    from fastaed.synth.corpus import PRESETS
 
     p = sub.add_parser(
         "synth",
@@ -28,9 +28,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def synth_cmd(args: argparse.Namespace) -> int:
-    from fastaed.data.synth.corpus import generate_corpus
-    from fastaed.data.synth.engines import EngineMissingError
-    from fastaed.data.synth.text import SourceMissingError
+    from fastaed.synth.corpus import generate_corpus
+    from fastaed.synth.engines import EngineMissingError
+    from fastaed.synth.text import SourceMissingError
 
     t0 = time.perf_counter()
     try:

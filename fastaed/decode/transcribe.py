@@ -29,6 +29,7 @@ from fastaed.data.manifest import Utterance, read_manifest
 from fastaed.data.tokenizer import Tokenizer
 from fastaed.decode.search import Hypothesis, beam_search, greedy_search
 from fastaed.model import EncoderDecoderModel, load_model, read_checkpoint_meta
+from fastaed.util.devices import resolve_device, resolve_dtype, synchronize
 
 TOKENIZER_DIR = "tokenizer"  # a checkpoint's own copy of its tokenizer (written by the trainer)
 
@@ -89,17 +90,6 @@ class TranscribeResult:
         return self.audio_seconds / max(self.wall_seconds, 1e-9)
 
 
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-def inference_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    """``auto``: bf16 on CUDA, fp32 elsewhere; ``bf16`` / ``fp32`` as asked."""
-    return torch.bfloat16 if dtype == "bf16" or (dtype == "auto" and device.type == "cuda") else torch.float32
-
-
 def find_tokenizer(checkpoint: str | Path, tokenizer_dir: str | Path | None = None) -> Tokenizer:
     """The tokenizer a checkpoint was trained with, checked against the identity it recorded.
 
@@ -140,7 +130,7 @@ def load_for_inference(
     dev = resolve_device(device)
     tokenizer = find_tokenizer(checkpoint, tokenizer_dir)
     model = load_model(checkpoint, map_location=dev)
-    torch_dtype = inference_dtype(dtype, dev)
+    torch_dtype = resolve_dtype(dtype, dev)
     return model.to(torch_dtype).eval(), tokenizer, dev, torch_dtype
 
 
@@ -277,7 +267,7 @@ class Transcriber:
         results: dict[int, Transcript] = {}
         audio_seconds = 0.0
         bar = tqdm(total=len(utterances), desc="transcribe", unit="utt", disable=not self.config.progress)
-        self._sync()
+        synchronize(self.device)
         t0 = time.perf_counter()
         for items in loader:
             kept = []
@@ -296,7 +286,7 @@ class Transcriber:
                 audio_seconds += len(wave) / self.frontend.config.sample_rate
                 texts = [(self._text(h.tokens), h.score) for h in hyps]
                 results[i] = Transcript(utterances[i], texts[0][0], texts[0][1], texts)
-        self._sync()
+        synchronize(self.device)
         wall = time.perf_counter() - t0
         bar.close()
         ordered = [results[i] for i in sorted(results)]
@@ -311,10 +301,6 @@ class Transcriber:
         if fn is None:
             return None
         return torch.tensor([fn(u) for u in utts], dtype=torch.long, device=self.device)
-
-    def _sync(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
 
 
 def write_jsonl(transcripts: Sequence[Transcript], path: str | Path) -> Path:

@@ -35,19 +35,19 @@ from typing import Any
 
 import numpy as np
 
+from fastaed.constants import HOP_LENGTH, SAMPLE_RATE
 from fastaed.sampling.assign import assign_buckets
 from fastaed.sampling.bins import Bins, Method, as_lengths, estimate_bins
 from fastaed.sampling.sampler import BucketingSampler, epoch_seed
+from fastaed.util.tables import format_table
 
-SAMPLE_RATE = 16000
-HOP_SAMPLES = 160
 STRATEGIES = ("random", "1d", "2d")
 
 
 def feature_frames(durations: np.ndarray) -> np.ndarray:
     """(N,) int64 feature frames T = round(d · 16000) // 160 + 1 of (N,) durations in seconds."""
     samples = np.round(np.asarray(durations, dtype=np.float64) * SAMPLE_RATE).astype(np.int64)
-    return samples // HOP_SAMPLES + 1
+    return samples // HOP_LENGTH + 1
 
 
 @dataclass(frozen=True)
@@ -303,17 +303,6 @@ def padding_report(
 
 
 # ---- presentation ------------------------------------------------------------------------------------
-def format_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
-    """Plain aligned text table; the first column left-aligned, the others right-aligned."""
-    rows = [[str(c) for c in r] for r in rows]
-    widths = [max(len(str(r[i])) for r in [list(header), *rows]) for i in range(len(header))]
-
-    def line(cells: Sequence[str]) -> str:
-        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
-
-    return "\n".join([line(header), line(["-" * w for w in widths]), *(line(r) for r in rows)])
-
-
 def strategies_table(results: Iterable[StrategyResult]) -> str:
     """Side-by-side table: padding, batch counts and sizes, rejections, largest padded batch."""
     rows = []

@@ -26,6 +26,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from fastaed.util.devices import resolve_device
+
 GRAD_BUCKET_BYTES = 64 << 20  # gradients are all-reduced in flat buckets of about this size
 
 
@@ -50,17 +52,6 @@ _OWNS_GROUP = False  # setup() created the process group, so cleanup() destroys 
 
 def info() -> DistInfo:
     return _INFO
-
-
-def resolve_device(choice: str) -> torch.device:
-    """``auto`` | ``cpu`` | ``cuda`` -> a device; under torchrun each rank takes GPU ``LOCAL_RANK``."""
-    if choice == "auto":
-        choice = "cuda" if torch.cuda.is_available() else "cpu"
-    if choice == "cuda":
-        if not torch.cuda.is_available():
-            raise RuntimeError("runtime.device=cuda but no CUDA device is available")
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    return torch.device("cpu")
 
 
 def enable_expandable_segments() -> None:

@@ -262,7 +262,7 @@ def _smooth(values: tuple[float, ...], alpha: float = 0.05) -> list[float]:
 
 def summary_table(summary: dict[str, Any]) -> str:
     """The run summary a person reads at the end of training (also written to ``summary.txt``)."""
-    from fastaed.sampling.padding import format_table
+    from fastaed.util.tables import format_table
 
     def pct(x: float | None) -> str:
         return "-" if x is None else f"{100 * x:.1f}%"

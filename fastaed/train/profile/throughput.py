@@ -24,11 +24,7 @@ from tqdm.auto import tqdm
 from fastaed.sampling.sampler import BucketingSampler
 from fastaed.train.faults import UtteranceOOMError, accumulate_with_oom_split
 from fastaed.train.profile.memory import SyntheticStep
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+from fastaed.util.devices import synchronize
 
 
 def synthetic_training_run(
@@ -66,7 +62,7 @@ def synthetic_training_run(
             idx = next(batches)
         batch = step.batch_for(d[idx].tolist(), u[idx].tolist())
         norm = step.norm(batch)
-        _sync(device)
+        synchronize(device)
         t0 = time.perf_counter()
         try:
             _, n_split = accumulate_with_oom_split(
@@ -78,7 +74,7 @@ def synthetic_training_run(
             failed = str(err)
             break
         step.update()
-        _sync(device)
+        synchronize(device)
         dt = time.perf_counter() - t0
         if i >= warmup:
             wall += dt

@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from fastaed.constants import SAMPLE_RATE
 from fastaed.data import errors
-from fastaed.data.synth import engines, text
+from fastaed.synth import engines, text
 
 ENGLISH_MANIFESTS = ("train", "dev", "test", "test_unseen_voice")
 MULTILINGUAL_MANIFESTS = ("train_multilingual", "test_multilingual")
@@ -316,7 +316,7 @@ def generate_corpus(
     ``only`` restricts synthesis to these utterance ids (the plan, hence every id's audio, is unchanged):
     handy to regenerate or test single utterances.
     """
-    from fastaed.data.synth import card as card_mod  # plotting imports matplotlib: keep it off the hot path
+    from fastaed.synth import card as card_mod  # plotting imports matplotlib: keep it off the hot path
 
     t_start = time.perf_counter()
     preset = PRESETS[preset] if isinstance(preset, str) else preset

@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fastaed.data import errors
-from fastaed.data.synth import engines, text
+from fastaed.synth import engines, text
 
 if TYPE_CHECKING:
-    from fastaed.data.synth.corpus import CorpusPlan
+    from fastaed.synth.corpus import CorpusPlan
 
 DEBIAN_PACKAGES = (
     "flite",

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from fastaed.data.synth import corpus, engines, text
+from fastaed.synth import corpus, engines, text
 
 # The engines, sox and the bible program (the KJV text source) come from Debian packages (make installs them).
 HAVE_TTS = shutil.which("flite") is not None and all(

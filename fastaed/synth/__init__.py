@@ -4,6 +4,6 @@
 generates the manifests, ``card`` writes the corpus card.
 """
 
-from fastaed.data.synth.corpus import PRESETS, CorpusResult, SynthPreset, generate_corpus
+from fastaed.synth.corpus import PRESETS, CorpusResult, SynthPreset, generate_corpus
 
 __all__ = ["PRESETS", "CorpusResult", "SynthPreset", "generate_corpus"]
