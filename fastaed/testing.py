@@ -8,18 +8,8 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from fastaed.bench.fixtures import SENTENCES, small_tokenizer
 from fastaed.constants import SAMPLE_RATE
-
-SENTENCES = (
-    "The cat sat on the mat.",
-    "A quick brown fox jumps over the lazy dog!",
-    "Where is the river, and where is the house?",
-    'She said: "Don\'t go there."',
-    "Light falls on the garden in the morning.",
-    "We will answer every question.",
-    "Water runs under the old stone bridge.",
-    "They walked home in silence.",
-)
 
 
 def write_tone(
@@ -66,6 +56,4 @@ def write_tiny_corpus(root: Path, num: int = 8, *, name: str = "train.jsonl", **
 
 
 def train_tiny_tokenizer(out_dir: Path, vocab_size: int = 64):
-    from fastaed.data.tokenizer import TokenizerConfig, train_tokenizer
-
-    return train_tokenizer(list(SENTENCES) * 4, out_dir, TokenizerConfig(vocab_size=vocab_size))
+    return small_tokenizer(out_dir, vocab_size)

@@ -1,5 +1,6 @@
 """CLI: every command parses --help; tokenizer -> index -> validate works end to end, with a counted skip."""
 
+import argparse
 import json
 import subprocess
 import sys
@@ -23,6 +24,12 @@ COMMANDS = [
     ["bench", "index"],
     ["bench", "features"],
     ["bench", "sampler"],
+    ["bench", "rtfx"],
+    ["bench", "convergence"],
+    ["bench", "batch-sizes"],
+    ["bench", "all"],
+    ["transcribe"],
+    ["eval"],
 ]
 
 
@@ -108,3 +115,31 @@ def test_model_info_json_for_a_preset_and_a_checkpoint(tmp_path, capsys):
     info = json.loads(capsys.readouterr().out)
     assert info["params"] == sum(p.numel() for p in model.parameters())
     assert info["tokenizer_identity"] == "abc" and info["vocab_size"] == 50
+
+
+def _subparsers(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()):
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield path + (name,), sub
+                yield from _subparsers(sub, path + (name,))
+
+
+def test_json_output_is_one_flag_everywhere():
+    flags = {f for _, p in _subparsers(build_parser()) for a in p._actions for f in a.option_strings}
+    assert {f for f in flags if "json" in f} == {"--json"}
+
+
+def test_decode_flags_default_to_decode_config():
+    from fastaed.cli.config_args import config_from_args
+    from fastaed.decode.transcribe import DecodeConfig
+
+    for command in (["transcribe", "ckpt", "a.wav", "--out", "h.jsonl"], ["eval", "ckpt", "--manifest", "m"]):
+        args = build_parser().parse_args(command)
+        assert config_from_args(DecodeConfig, args) == DecodeConfig()
+        assert args.on_bad_input == "error"
+    args = build_parser().parse_args(["transcribe", "c", "--out", "h", "--beam-size", "4", "--nbest", "2",
+                                      "--no-progress", "--dtype", "fp32"])  # fmt: skip
+    assert config_from_args(DecodeConfig, args) == DecodeConfig(
+        beam_size=4, nbest=2, progress=False, dtype="fp32"
+    )

@@ -12,27 +12,26 @@ A benchmark that fails is reported in its place and the others still run (exit s
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import json
 import platform
 import re
 import shlex
+import sys
 import time
 import traceback
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import torch
 
 from fastaed.bench.convergence import held_out_table, held_out_where
+from fastaed.util.tables import pct
 
 BEGIN, END = "<!-- bench:all -->", "<!-- /bench:all -->"
-
-
-def _pct(x: float | None) -> str:
-    return "-" if x is None else f"{100 * x:.2f}%"
 
 
 def _table(header: list[str], rows: list[list[Any]]) -> str:
@@ -61,7 +60,7 @@ def render_sampler(r: dict) -> str:
     rows = []
     for name, dist in r["distributions"].items():
         for key, s in dist["strategies"].items():
-            rows.append([name, s.get("label", key), _pct(s["input_padding"]), _pct(s["output_padding"]),
+            rows.append([name, s.get("label", key), pct(s["input_padding"], 2), pct(s["output_padding"], 2),
                          s["num_batches"], f"{s['mean_batch_size']:.1f}"])  # fmt: skip
     out = _table(["lengths", "strategy", "input padding", "output padding", "batches", "mean batch"], rows)
     speed = [
@@ -84,8 +83,8 @@ def render_batch_sizes(r: dict) -> str:
     h, p = r["runs"]["heuristic"], r["runs"]["profile"]
     rows = [
         ["memory fill per bucket, min / mean",
-         f"{_pct(r['heuristic_min_fill'])} / {_pct(r['heuristic_mean_fill'])}",
-         f"{_pct(r['profile_min_fill'])} / {_pct(r['profile_mean_fill'])}"],
+         f"{pct(r['heuristic_min_fill'], 2)} / {pct(r['heuristic_mean_fill'], 2)}",
+         f"{pct(r['profile_min_fill'], 2)} / {pct(r['profile_mean_fill'], 2)}"],
         ["mean batch size (one epoch)", f"{h['epoch_mean_batch_size']:.1f}",
          f"{p['epoch_mean_batch_size']:.1f}"],
         ["audio s/s (timed steps)", f"{h.get('audio_s_per_s', 0):.1f}", f"{p.get('audio_s_per_s', 0):.1f}"],
@@ -114,7 +113,8 @@ def render_rtfx(r: dict) -> str:
 def render_convergence(r: dict) -> str:
     a, b = r["names"]
     rows = [
-        [x["step"], _pct(x["a_wer"]), _pct(x["b_wer"]), _pct(x["a_cer"]), _pct(x["b_cer"])] for x in r["rows"]
+        [x["step"], pct(x["a_wer"], 2), pct(x["b_wer"], 2), pct(x["a_cer"], 2), pct(x["b_cer"], 2)]
+        for x in r["rows"]
     ]
     out = _table(["step", f"WER {a}", f"WER {b}", f"CER {a}", f"CER {b}"], rows)
     rel = r.get("relative_wer_a_vs_b")
@@ -128,40 +128,89 @@ def render_convergence(r: dict) -> str:
 # ---- the plan ------------------------------------------------------------------------------------------
 
 
-def plan(
-    out: Path, quick: bool, flash_run: Path, balanced_run: Path
-) -> list[tuple[str, list[str], Callable[[dict], str]]]:
-    """(name, argv after ``fastaed bench``, renderer) of every benchmark to run."""
-    tok = ["--tokenizer", "data/tokenizer"] if Path("data/tokenizer/tokenizer.json").is_file() else []
+@dataclass(frozen=True)
+class Step:
+    """One benchmark of the plan: ``flags`` are the config fields set, in the order the command shows them."""
+
+    title: str  # section heading and JSON file stem
+    command: str  # `fastaed bench COMMAND`
+    config_class: type
+    flags: dict[str, Any]
+    render: Callable[[dict], str]
+
+    @property
+    def config(self) -> Any:
+        return self.config_class(**self.flags)
+
+    def argv(self) -> list[str]:
+        """The command-line words of ``flags`` (the CLI's rule: field ``a_b`` is ``--a-b``; booleans are
+        ``--x`` / ``--no-x``; convergence's run folders are positional and its held-out sets ``--eval``)."""
+        words = [self.command]
+        for name, value in self.flags.items():
+            flag = "--" + name.replace("_", "-")
+            if name in ("run_a", "run_b"):
+                words.append(str(value))
+            elif name == "eval_sets":
+                words += [w for set_name, path in value for w in ("--eval", f"{set_name}={path}")]
+            elif isinstance(value, bool):
+                words.append(flag if value else "--no-" + flag[2:])
+            elif isinstance(value, tuple):
+                words += [flag, *(_word(v) for v in value)]
+            else:
+                words += [flag, _word(value)]
+        return words
+
+
+def _word(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def plan(out: Path, quick: bool, flash_run: Path, balanced_run: Path) -> list[Step]:
+    """Every benchmark to run, with its flags; each writes ``out/TITLE.json``."""
+    from fastaed.bench import batch_sizes, convergence, features, index, rtfx, sampler
+
+    tok = {"tokenizer": Path("data/tokenizer")} if Path("data/tokenizer/tokenizer.json").is_file() else {}
     demo_bins = Path("data/bins.json").is_file() and tok and not quick
+    index_flags: dict[str, Any] = {}
+    features_flags: dict[str, Any] = {}
+    sampler_flags: dict[str, Any] = {}
     if quick:
-        index = ["--lines", "3000"]
-        features = ["--num-utts", "4", "--seconds", "2"]
-        sampler = ["--quick", "--utterances", "1000"]
-        batch = ["--model", "test", "--memory-budget", "0.3", "--utterances", "1500", "--steps", "2"]
-        batch += ["--warmup", "0", "--synthetic"]
-        rtfx = ["--flash", "test", "--balanced", "test", "--num-utts", "3", "--max-seconds", "3"]
-        rtfx += ["--batch-sizes", "2", "--decoder-batch-sizes", "1", "--decoder-tokens", "5"]
-        rtfx += ["--decoder-frames", "20"]
+        index_flags = {"lines": 3000}
+        features_flags = {"num_utts": 4, "seconds": 2.0}
+        sampler_flags = {"quick": True, "utterances": 1000}
+        batch = {"model": "test", "memory_budget": "0.3", "utterances": 1500, "steps": 2, "warmup": 0}
+        batch |= {"synthetic": True}
+        rtfx_flags = {"flash": "test", "balanced": "test", "num_utts": 3, "max_seconds": 3.0}
+        rtfx_flags |= {"batch_sizes": (2,), "decoder_batch_sizes": (1,), "decoder_tokens": 5}
+        rtfx_flags |= {"decoder_frames": 20}
     else:
-        index, features, sampler, rtfx = [], [], [], tok
-        batch = ["--model", "tiny-flash", "--ctc-weight", "0.5", *tok]
-        batch += ["--bins", "data/bins.json", "--manifest", "data/default/train.jsonl"] if demo_bins else []
-    steps: list[tuple[str, list[str], Callable[[dict], str]]] = [
-        ("index", ["index", *index, "--json", str(out / "index.json")], render_index),
-        ("features", ["features", *features, "--json-out", str(out / "features.json")], render_features),
-        ("sampler", ["sampler", *sampler, "--json", str(out / "sampler.json")], render_sampler),
-        ("batch_sizes", ["batch-sizes", *batch, "--no-progress", "--json", str(out / "batch_sizes.json")],
-         render_batch_sizes),
-        ("rtfx", ["rtfx", *rtfx, "--json", str(out / "rtfx.json")], render_rtfx),
+        rtfx_flags = dict(tok)
+        batch = {"model": "tiny-flash", "ctc_weight": 0.5, **tok}
+        if demo_bins:
+            batch |= {"bins": Path("data/bins.json"), "manifest": Path("data/default/train.jsonl")}
+    batch |= {"progress": False}
+
+    def at(title: str) -> dict[str, Path]:  # the JSON of section `title`
+        return {"json": out / f"{title}.json"}
+
+    steps = [
+        Step("index", "index", index.IndexBenchConfig, index_flags | at("index"), render_index),
+        Step("features", "features", features.FeaturesBenchConfig, features_flags | at("features"),
+             render_features),
+        Step("sampler", "sampler", sampler.SamplerBenchConfig, sampler_flags | at("sampler"),
+             render_sampler),
+        Step("batch_sizes", "batch-sizes", batch_sizes.BatchSizesBenchConfig, batch | at("batch_sizes"),
+             render_batch_sizes),
+        Step("rtfx", "rtfx", rtfx.RtfxBenchConfig, rtfx_flags | at("rtfx"), render_rtfx),
     ]  # fmt: skip
     if (flash_run / "metrics.jsonl").is_file() and (balanced_run / "metrics.jsonl").is_file():
-        argv = ["convergence", str(flash_run), str(balanced_run), "--json", str(out / "convergence.json")]
+        flags = {"run_a": flash_run, "run_b": balanced_run} | at("convergence")
         held_out = {"in-domain": "test.jsonl", "unseen-voice": "test_unseen_voice.jsonl"}
-        for name, file in held_out.items():
-            if not quick and (Path("data/default") / file).is_file():
-                argv += ["--eval", f"{name}=data/default/{file}"]
-        steps.append(("convergence", argv, render_convergence))
+        sets = tuple((name, Path("data/default") / file) for name, file in held_out.items())
+        sets = tuple((name, path) for name, path in sets if not quick and path.is_file())
+        flags |= {"eval_sets": sets} if sets else {}
+        steps.append(Step("convergence", "convergence", convergence.ConvergenceBenchConfig, flags,
+                          render_convergence))  # fmt: skip
     return steps
 
 
@@ -170,36 +219,73 @@ def machine() -> str:
     return f"{platform.machine()}, {torch.get_num_threads()} threads{cuda}, torch {torch.__version__}"
 
 
-def run_all(args: argparse.Namespace) -> tuple[str, bool]:
-    """Run every benchmark; returns the generated markdown section and whether all succeeded."""
-    from fastaed.cli.main import build_parser
+def execute(module: ModuleType, config: Any) -> tuple[dict[str, Any], int]:
+    """What ``fastaed bench NAME`` does with a config: run, print the report, write the JSON (when the
+    config has a ``json`` path); returns the result and the exit status (``module.exit_status`` if any)."""
+    result = module.run(config)
+    module.print_report(result)
+    path = getattr(config, "json", None)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result, indent=2, default=float) + "\n")  # default: numpy scalars
+        print(f"wrote {path}", file=sys.stderr)  # stderr: some reports end with a JSON line on stdout
+    status = module.exit_status(result, config) if hasattr(module, "exit_status") else 0
+    return result, status
 
-    out = args.out
+
+@dataclass(frozen=True)
+class AllBenchConfig:
+    """Options of ``fastaed bench all``."""
+
+    out: Path = field(default=Path("bench_results"), metadata={"help": "JSON and PNG folder"})
+    doc: Path = field(default=Path("BENCHMARKS.md"), metadata={"help": "document to update"})
+    quick: bool = field(default=False, metadata={"help": "small sizes: checks the pipeline in minutes"})
+    flash_run: Path = field(
+        default=Path("runs/tiny-flash"), metadata={"help": "run folder of the flash model"}
+    )
+    balanced_run: Path = field(
+        default=Path("runs/tiny-balanced"), metadata={"help": "run folder of the balanced model"}
+    )
+
+
+def run(config: AllBenchConfig) -> dict[str, Any]:
+    """Run every benchmark and rewrite the document's generated section; returns the section, the document
+    and whether every benchmark ran (a failure is reported in its place and the others still run)."""
+    out = config.out
     out.mkdir(parents=True, exist_ok=True)
-    parser = build_parser()
     date = datetime.date.today().isoformat()
-    quick = " --quick" if args.quick else ""
+    quick = " --quick" if config.quick else ""
     parts = [
         f"Generated by `fastaed bench all{quick}` on {date}; machine: {machine()}. JSON and PNG files: "
         f"`{out}/`. Quick runs check the pipeline, not the numbers."
     ]
     ok = True
-    for name, argv, render in plan(out, args.quick, args.flash_run, args.balanced_run):
-        command = "fastaed bench " + shlex.join(argv)
+    for step in plan(out, config.quick, config.flash_run, config.balanced_run):
+        command = "fastaed bench " + shlex.join(step.argv())
         print(f"\n==== {command}", flush=True)
         t0 = time.perf_counter()
         try:
-            bench_args = parser.parse_args(["bench", *argv])
-            status = bench_args.func(bench_args)
-            json_path = Path(argv[argv.index("--json-out" if "--json-out" in argv else "--json") + 1])
-            body = render(json.loads(json_path.read_text()))
+            _, status = execute(sys.modules[step.config_class.__module__], step.config)
+            body = step.render(json.loads(step.flags["json"].read_text()))
             if status:
                 body += f"\n\n(exit status {status}: a target of this benchmark was missed)"
         except Exception as err:  # one failure must not cost the other benchmarks
             traceback.print_exc()
             body, ok = f"FAILED: {type(err).__name__}: {err}", False
-        parts.append(f"### {name}\n\n```\n{command}\n```\n\n{body}\n\n({time.perf_counter() - t0:.0f} s)")
-    return "\n\n".join(parts), ok
+        parts.append(
+            f"### {step.title}\n\n```\n{command}\n```\n\n{body}\n\n({time.perf_counter() - t0:.0f} s)"
+        )
+    section = "\n\n".join(parts)
+    update_document(config.doc, section)
+    return {"doc": str(config.doc), "ok": ok, "section": section}
+
+
+def print_report(result: dict[str, Any]) -> None:
+    print(f"\nupdated {result['doc']} ({'all benchmarks ran' if result['ok'] else 'some benchmarks FAILED'})")
+
+
+def exit_status(result: dict[str, Any], config: AllBenchConfig) -> int:
+    return 0 if result["ok"] else 1
 
 
 def update_document(doc: Path, section: str) -> None:
@@ -211,18 +297,3 @@ def update_document(doc: Path, section: str) -> None:
     else:
         text = text.rstrip() + "\n\n## Latest `fastaed bench all`\n\n" + block + "\n"
     doc.write_text(text)
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", type=Path, default=Path("bench_results"), help="JSON and PNG folder")
-    parser.add_argument("--doc", type=Path, default=Path("BENCHMARKS.md"), help="document to update")
-    parser.add_argument("--quick", action="store_true", help="small sizes: checks the pipeline in minutes")
-    parser.add_argument("--flash-run", type=Path, default=Path("runs/tiny-flash"))
-    parser.add_argument("--balanced-run", type=Path, default=Path("runs/tiny-balanced"))
-
-
-def main(args: argparse.Namespace) -> int:
-    section, ok = run_all(args)
-    update_document(args.doc, section)
-    print(f"\nupdated {args.doc} ({'all benchmarks ran' if ok else 'some benchmarks FAILED'})")
-    return 0 if ok else 1

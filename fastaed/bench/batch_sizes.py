@@ -31,26 +31,64 @@ profile's run. On CPU the same numbers are reported with the tiny presets and ju
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
 import time
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 
 from fastaed.sampling.bins import Bins, estimate_bins
 from fastaed.sampling.sampler import BucketingSampler
-from fastaed.util.tables import format_table
+from fastaed.util.tables import format_table, pct
 
 TARGETS = {"min_fill": 0.85, "mean_batch_ratio": 4.0, "throughput_ratio": 1.8}
 DEFAULT_MANIFEST, DEFAULT_TOKENIZER = Path("data/default/train.jsonl"), Path("data/tokenizer")
 
 
-def load_lengths(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray, str, str | None]:
+@dataclass(frozen=True)
+class BatchSizesBenchConfig:
+    """Options of ``fastaed bench batch-sizes``."""
+
+    model: str = field(default="tiny-flash", metadata={"help": "preset or checkpoint (GPU: canary-1b-flash)"})
+    ctc_weight: float | None = field(default=None, metadata={"help": "as model.ctc_weight"})
+    device: Literal["auto", "cpu", "cuda"] = field(default="auto", metadata={"help": "auto: CUDA if any"})
+    dtype: Literal["auto", "bf16", "fp32"] = field(default="auto", metadata={"help": "bf16 on CUDA"})
+    memory_budget: str | None = field(
+        default=None, metadata={"help": "GiB, 'auto' (CUDA memory) or 'heuristic' (CPU default)"}
+    )
+    safety_margin: float | None = field(default=None, metadata={"help": "default: the profile's 0.15"})
+    bins: Path | None = field(default=None, metadata={"help": "bins JSON (default: 30x4 from the lengths)"})
+    manifest: Path | None = field(default=None, metadata={"help": "lengths of this training manifest"})
+    tokenizer: Path | None = field(default=None, metadata={"help": "tokenizer of --manifest"})
+    synthetic: bool = field(default=False, metadata={"help": "SPEC log-normal lengths even if data/ exists"})
+    utterances: int | None = field(default=None, metadata={"help": "lengths to sample (100k)"})
+    profile: Path | None = field(default=None, metadata={"help": "use this profile instead of making one"})
+    compare_search: int = field(default=0, metadata={"help": "also run the search on K buckets"})
+    steps: int = field(default=20, metadata={"help": "timed training steps per strategy (0: none)"})
+    warmup: int = field(default=2, metadata={"help": "untimed steps first"})
+    seed: int = field(default=0, metadata={"help": "seed of the lengths, the model and the samplers"})
+    json: Path | None = field(default=None, metadata={"help": "result JSON (+ _profile.json and a PNG)"})
+    png: Path | None = field(default=None, metadata={"help": "profile plot (default: next to --json)"})
+    progress: bool = field(default=True, metadata={"help": "progress bars"})
+
+
+def _with_defaults(config: BatchSizesBenchConfig) -> BatchSizesBenchConfig:
+    """The defaults that depend on the machine: the profile's margin; the budget rule (CUDA: its memory)."""
+    from fastaed.train.profile.run import SAFETY_MARGIN
+
+    margin = SAFETY_MARGIN if config.safety_margin is None else config.safety_margin
+    budget = config.memory_budget
+    if budget is None:
+        budget = "auto" if torch.cuda.is_available() and config.device != "cpu" else "heuristic"
+    return replace(config, safety_margin=margin, memory_budget=budget)
+
+
+def load_lengths(args: BatchSizesBenchConfig) -> tuple[np.ndarray, np.ndarray, str, str | None]:
     """(durations, U, description, tokenizer dir or None); see the module docstring."""
     from fastaed.sampling.stats import synthetic_lengths
 
@@ -90,66 +128,55 @@ def heuristic_worst_cases(meter, bins: Bins, sizes: np.ndarray) -> list[dict[str
     return out
 
 
-def bench_batch_sizes(args: argparse.Namespace) -> dict[str, Any]:
-    from fastaed.train.distributed import enable_expandable_segments
+def run(args: BatchSizesBenchConfig) -> dict[str, Any]:
+    """Profile vs heuristic on one model, device and set of lengths; writes the profile and its PNG beside
+    ``json`` (or ``png``). Returns the JSON-able result."""
     from fastaed.train.profile import (
         BatchSizeProfile,
-        ProfileIdentity,
         check_profile,
         heuristic_batch_sizes,
         heuristic_bins,
-        make_meter,
-        make_profile,
         plot_profile,
     )
     from fastaed.train.profile.heuristic import BATCH_DURATION, QUADRATIC_DURATION
-    from fastaed.train.profile.run import (
-        ProfileSettings,
-        bucket_shapes,
-        build_step,
-        cap_allocator,
-        resolve_budget,
-        resolve_model,
-    )
+    from fastaed.train.profile.run import ProfileSettings, bucket_shapes, open_profiler, resolve_model
     from fastaed.train.profile.throughput import synthetic_training_run
-    from fastaed.util.devices import resolve_device
 
     t_start = time.perf_counter()
-    if torch.cuda.is_available():
-        enable_expandable_segments()
-    device = resolve_device(args.device)
-    use_bf16 = device.type == "cuda" and args.dtype in ("auto", "bf16")
+    args = _with_defaults(args)
     d, u, lengths_text, tokenizer = load_lengths(args)
     config, tokenizer_id = resolve_model(args.model, tokenizer, args.ctc_weight)
     bins = Bins.load(args.bins) if args.bins else estimate_bins(d, u, 30, 4, method="min_padding")
     h_bins = heuristic_bins(d, u)
     h_sizes = heuristic_batch_sizes(h_bins)
-    print(f"lengths: {lengths_text}; model {config.name}; {device}, {'bf16' if use_bf16 else 'fp32'}")
+    # The heuristic budget rule measures the heuristic's batches first, so the allocator stays uncapped.
+    by_heuristic = str(args.memory_budget) == "heuristic"
+    profiler = open_profiler(
+        config, tokenizer_id, device=args.device, dtype=args.dtype,
+        budget=None if by_heuristic else args.memory_budget, seed=args.seed,
+    )  # fmt: skip
+    step, meter, device, identity = profiler.step, profiler.meter, profiler.device, profiler.identity
+    print(f"lengths: {lengths_text}; model {config.name}; {device}, {identity.dtype}")
 
-    step = build_step(config, device, use_bf16, seed=args.seed)
-    meter = make_meter(step)
     step.warm_up(min(bucket_shapes(bins)))
     margin = args.safety_margin
-    if str(args.memory_budget) == "heuristic":
-        heuristic = heuristic_worst_cases(meter, h_bins, h_sizes)
+    heuristic = heuristic_worst_cases(meter, h_bins, h_sizes)
+    if profiler.budget_bytes is None:
         budget = int(max(h["peak_bytes"] for h in heuristic) / (1 - margin)) + 1
     else:
-        budget = resolve_budget(args.memory_budget, device)
-        cap_allocator(device, budget)
-        heuristic = heuristic_worst_cases(meter, h_bins, h_sizes)
+        budget = profiler.budget_bytes
     settings = ProfileSettings(budget_bytes=budget, safety_margin=margin, compare_search=args.compare_search)
     target = settings.target_bytes
     for h in heuristic:
         h["fill"] = h["peak_bytes"] / target if h["peak_bytes"] is not None else None
     print(f"budget {budget / 2**30:.3f} GiB ({args.memory_budget}), target {target / 2**30:.3f} GiB")
 
-    identity = ProfileIdentity.for_run(config, device, "bf16" if use_bf16 else "fp32", tokenizer_id)
     if args.profile:
         profile = BatchSizeProfile.load(args.profile)
         if diffs := check_profile(args.profile, identity, force=True):
             print(f"warning: {args.profile} was made for another run: {'; '.join(diffs)}")
     else:
-        profile = make_profile(meter, bins, identity, settings, progress=not args.no_progress)
+        profile = profiler.profile(bins, settings, progress=args.progress)
     t_profile = profile.meta.get("seconds")
 
     kw = {"shuffle": True, "seed": args.seed}
@@ -166,7 +193,7 @@ def bench_batch_sizes(args: argparse.Namespace) -> dict[str, Any]:
         runs[name]["rejected"] = report["rejected"]
         if args.steps > 0:
             runs[name] |= synthetic_training_run(
-                step, sampler, d, u, args.steps, args.warmup, progress=not args.no_progress, desc=name
+                step, sampler, d, u, args.steps, args.warmup, progress=args.progress, desc=name
             )
     fills = [b.fill for b in profile.buckets]
     h_fills = [h["fill"] for h in heuristic if h["fill"] is not None]
@@ -198,10 +225,8 @@ def bench_batch_sizes(args: argparse.Namespace) -> dict[str, Any]:
     result["machine"] = _machine(device)
     result["wall_s"] = time.perf_counter() - t_start
 
-    print(tables(result))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=1, default=float) + "\n")
         profile.save(args.json.with_name(args.json.stem + "_profile.json"))
     png = args.png or (args.json.with_suffix(".png") if args.json else None)
     if png is not None:
@@ -209,14 +234,16 @@ def bench_batch_sizes(args: argparse.Namespace) -> dict[str, Any]:
             plot_profile(profile, png)
         except ImportError:  # matplotlib is optional on a bare GPU box
             print("matplotlib is not installed: no PNG")
-    print(json.dumps({k: v for k, v in result.items() if not k.endswith("_buckets")}, default=float))
     return result
 
 
-def tables(r: dict[str, Any]) -> str:
-    def pct(x: float | None) -> str:
-        return "-" if x is None else f"{100 * x:.1f}%"
+def print_report(result: dict[str, Any]) -> None:
+    """The tables, then the result without its per-bucket lists as one JSON line (machine-readable)."""
+    print(tables(result))
+    print(json.dumps({k: v for k, v in result.items() if not k.endswith("_buckets")}, default=float))
 
+
+def tables(r: dict[str, Any]) -> str:
     h_rows = [
         [h["bucket"], f"{h['max_duration']:g}", h["max_u"], h["batch_size"], pct(h["fill"]), h["oom"]]
         for h in r["heuristic_buckets"]
@@ -266,40 +293,3 @@ def _machine(device: torch.device) -> str:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "no GPU"
     return f"{platform.machine()}, {cores} cores, {name}, torch {torch.__version__}"
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default="tiny-flash", help="preset or checkpoint (GPU: canary-1b-flash)")
-    parser.add_argument("--ctc-weight", type=float, default=None, help="as model.ctc_weight")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    parser.add_argument("--dtype", choices=("auto", "bf16", "fp32"), default="auto", help="bf16 on CUDA")
-    parser.add_argument(
-        "--memory-budget", default=None, help="GiB, 'auto' (CUDA memory) or 'heuristic' (CPU default)"
-    )
-    parser.add_argument("--safety-margin", type=float, default=None, help="default: the profile's 0.15")
-    parser.add_argument("--bins", type=Path, default=None, help="bins JSON (default: 30x4 from the lengths)")
-    parser.add_argument("--manifest", type=Path, default=None, help="lengths of this training manifest")
-    parser.add_argument("--tokenizer", type=Path, default=None, help="tokenizer of --manifest")
-    parser.add_argument(
-        "--synthetic", action="store_true", help="SPEC log-normal lengths even if data/ exists"
-    )
-    parser.add_argument("--utterances", type=int, default=None, help="lengths to sample (100k)")
-    parser.add_argument("--profile", type=Path, default=None, help="use this profile instead of making one")
-    parser.add_argument("--compare-search", type=int, default=0, help="also run the search on K buckets")
-    parser.add_argument("--steps", type=int, default=20, help="timed training steps per strategy (0: none)")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed steps first")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--json", type=Path, default=None, help="result JSON (+ _profile.json and a PNG)")
-    parser.add_argument("--png", type=Path, default=None)
-    parser.add_argument("--no-progress", action="store_true")
-
-
-def main(args: argparse.Namespace) -> int:
-    from fastaed.train.profile.run import SAFETY_MARGIN
-
-    if args.safety_margin is None:
-        args.safety_margin = SAFETY_MARGIN
-    if args.memory_budget is None:
-        args.memory_budget = "auto" if torch.cuda.is_available() and args.device != "cpu" else "heuristic"
-    bench_batch_sizes(args)
-    return 0

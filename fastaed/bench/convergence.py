@@ -16,16 +16,36 @@ so the comparison covers the test sets, not only the trainer's dev subset:
 
 from __future__ import annotations
 
-import argparse
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from fastaed.train.checkpoint import find_latest, list_checkpoints
-from fastaed.util.tables import format_table
+from fastaed.util.tables import format_table, pct
 
 TARGET_RELATIVE_WER = 0.10
+
+
+@dataclass(frozen=True)
+class ConvergenceBenchConfig:
+    """Options of ``fastaed bench convergence`` (the run folders are positional, ``--eval`` repeats)."""
+
+    run_a: Path = field(metadata={"cli": False, "help": "run folder, e.g. runs/tiny-flash"})
+    run_b: Path = field(
+        metadata={"cli": False, "help": "run folder to compare against, e.g. runs/tiny-balanced"}
+    )
+    json: Path | None = field(default=None, metadata={"help": "write the comparison here"})
+    png: Path | None = field(default=None, metadata={"help": "plot (default: next to --json)"})
+    eval_sets: tuple[tuple[str, Path], ...] = field(
+        default=(),
+        metadata={
+            "cli": False,
+            "help": "also decode both runs' checkpoints at a common step on this held-out set (repeatable)",
+        },
+    )
+    batch_size: int = field(default=32, metadata={"help": "utterances per batch for --eval"})
 
 
 def read_run(run_dir: Path) -> dict[str, Any]:
@@ -75,7 +95,7 @@ def paired_checkpoints(a_dir: Path, b_dir: Path) -> tuple[int | None, Path, Path
 
 
 def evaluate_held_out(
-    checkpoints: dict[str, Path], sets: list[tuple[str, Path]], batch_size: int = 32
+    checkpoints: dict[str, Path], sets: Sequence[tuple[str, Path]], batch_size: int = 32
 ) -> list[dict[str, Any]]:
     """Greedy WER / CER / RTFx of each checkpoint on each held-out manifest (bad input is an error)."""
     from fastaed.data.errors import BadInputReport
@@ -94,13 +114,6 @@ def evaluate_held_out(
                 "rtfx": result.rtfx,
             })  # fmt: skip
     return rows
-
-
-def _named_manifest(text: str) -> tuple[str, Path]:
-    name, sep, path = text.partition("=")
-    if not sep or not name or not path:
-        raise argparse.ArgumentTypeError(f"--eval wants NAME=MANIFEST, got {text!r}")
-    return name, Path(path)
 
 
 def plot(a: dict[str, Any], b: dict[str, Any], names: tuple[str, str], path: Path) -> Path:
@@ -128,31 +141,37 @@ def plot(a: dict[str, Any], b: dict[str, Any], names: tuple[str, str], path: Pat
     return path
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("run_a", type=Path, help="run folder, e.g. runs/tiny-flash")
-    parser.add_argument("run_b", type=Path, help="run folder to compare against, e.g. runs/tiny-balanced")
-    parser.add_argument("--json", type=Path, default=None, help="write the comparison here")
-    parser.add_argument("--png", type=Path, default=None, help="plot (default: next to --json)")
-    parser.add_argument(
-        "--eval", type=_named_manifest, action="append", default=[], metavar="NAME=MANIFEST",
-        help="also decode both runs' checkpoints at a common step on this held-out set (repeatable)",
-    )  # fmt: skip
-    parser.add_argument("--batch-size", type=int, default=32, help="utterances per batch for --eval")
-
-
-def main(args: argparse.Namespace) -> int:
-    a, b = read_run(args.run_a), read_run(args.run_b)
+def run(config: ConvergenceBenchConfig) -> dict[str, Any]:
+    """Compare the two runs (and decode the held-out sets); writes the plot (``png``, else beside
+    ``json``). Returns the JSON-able comparison."""
+    a, b = read_run(config.run_a), read_run(config.run_b)
     names = (
-        a["summary"].get("model") or args.run_a.name,
-        b["summary"].get("model") or args.run_b.name,
+        a["summary"].get("model") or config.run_a.name,
+        b["summary"].get("model") or config.run_b.name,
     )
     if names[0] == names[1]:  # two runs of one model (another lr, another seed): name them by folder
-        names = (f"{names[0]} ({args.run_a.name})", f"{names[1]} ({args.run_b.name})")
+        names = (f"{names[0]} ({config.run_a.name})", f"{names[1]} ({config.run_b.name})")
     result = compare(a, b)
+    held_out: dict[str, Any] | None = None
+    if config.eval_sets:
+        step, ckpt_a, ckpt_b = paired_checkpoints(config.run_a, config.run_b)
+        ckpts = {names[0]: ckpt_a, names[1]: ckpt_b}
+        rows = evaluate_held_out(ckpts, config.eval_sets, config.batch_size)
+        held_out = {"step": step, "checkpoints": {names[0]: str(ckpt_a), names[1]: str(ckpt_b)}, "rows": rows}
+    doc = {
+        "runs": {names[0]: {"dir": a["dir"], "summary": _brief(a["summary"])},
+                 names[1]: {"dir": b["dir"], "summary": _brief(b["summary"])}},
+        "names": list(names), **result, "target_relative_wer": TARGET_RELATIVE_WER, "held_out": held_out,
+    }  # fmt: skip
+    png = config.png or (config.json.with_suffix(".png") if config.json else None)
+    if png is not None:
+        doc["png"] = str(plot(a, b, names, png))
+    return doc
 
-    def pct(x: float | None) -> str:
-        return "-" if x is None else f"{100 * x:.1f}%"
 
+def print_report(result: dict[str, Any]) -> None:
+    """The step table, each run's summary, the verdict against the target, the held-out table."""
+    names = result["names"]
     rows = [
         [r["step"], pct(r["a_wer"]), pct(r["b_wer"]), pct(r["a_cer"]), pct(r["b_cer"]),
          f"{r['a_dev_loss']:.3f}", f"{r['b_dev_loss']:.3f}"]
@@ -161,48 +180,28 @@ def main(args: argparse.Namespace) -> int:
     header = ["step", f"WER {names[0]}", f"WER {names[1]}", f"CER {names[0]}", f"CER {names[1]}",
               f"loss {names[0]}", f"loss {names[1]}"]  # fmt: skip
     print(format_table(header, rows))
-    for run, name in zip((a, b), names):
-        s = run["summary"]
-        if s:
-            print(f"{name}: {s.get('steps')} steps, {s.get('wall_time_s', 0) / 60:.1f} min, "
-                  f"{s.get('audio_s_per_s', 0):.1f} audio s/s, "
-                  f"{s.get('params', 0) / 1e6:.2f}M params")  # fmt: skip
+    for name in names:
+        s = result["runs"][name]["summary"]
+        if any(v is not None for v in s.values()):  # the run wrote a summary.json
+            print(f"{name}: {s['steps']} steps, {(s['wall_time_s'] or 0) / 60:.1f} min, "
+                  f"{s['audio_s_per_s'] or 0:.1f} audio s/s, "
+                  f"{(s['params'] or 0) / 1e6:.2f}M params")  # fmt: skip
     rel = result["relative_wer_a_vs_b"]
     if rel is not None:
         verdict = "PASS" if rel <= TARGET_RELATIVE_WER else "FAIL"
         print(f"final step {result['final_step']}: {names[0]} WER {rel:+.1%} relative to {names[1]} "
               f"(target <= +{TARGET_RELATIVE_WER:.0%}: {verdict})")  # fmt: skip
-    held_out: dict[str, Any] | None = None
-    if args.eval:
-        step, ckpt_a, ckpt_b = paired_checkpoints(args.run_a, args.run_b)
-        rows = evaluate_held_out({names[0]: ckpt_a, names[1]: ckpt_b}, args.eval, args.batch_size)
-        held_out = {"step": step, "checkpoints": {names[0]: str(ckpt_a), names[1]: str(ckpt_b)}, "rows": rows}
+    if held_out := result["held_out"]:
         print(format_table(*held_out_table(held_out, names)))
         print(f"(greedy, fast decoder; {held_out_where(held_out)})")
-    doc = {
-        "runs": {names[0]: {"dir": a["dir"], "summary": _brief(a["summary"])},
-                 names[1]: {"dir": b["dir"], "summary": _brief(b["summary"])}},
-        "names": list(names), **result, "target_relative_wer": TARGET_RELATIVE_WER, "held_out": held_out,
-    }  # fmt: skip
-    png = args.png or (args.json.with_suffix(".png") if args.json else None)
-    if png is not None:
-        print(f"wrote {plot(a, b, names, png)}")
-        doc["png"] = str(png)
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(doc, indent=2) + "\n")
-        print(f"wrote {args.json}")
-    return 0
+    if "png" in result:
+        print(f"wrote {result['png']}")
 
 
 def held_out_table(held_out: dict[str, Any], names: Sequence[str]) -> tuple[list[str], list[list[Any]]]:
     """(header, rows) with one row per held-out set: WER / CER of both models side by side."""
     by = {(r["set"], r["model"]): r for r in held_out["rows"]}
     a, b = names
-
-    def pct(x: float | None) -> str:
-        return "-" if x is None else f"{100 * x:.1f}%"
-
     rows = [
         [s, by[s, a]["utterances"], pct(by[s, a]["wer"]), pct(by[s, b]["wer"]), pct(by[s, a]["cer"]),
          pct(by[s, b]["cer"])]

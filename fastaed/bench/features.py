@@ -14,12 +14,10 @@ Each for batch sizes 1 and 16 (resampling: 1), as RTFx = audio seconds / wall se
 
 from __future__ import annotations
 
-import argparse
-import json
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +28,7 @@ from fastaed.constants import SAMPLE_RATE
 from fastaed.data.audio import load_audio, resample
 from fastaed.data.features import FeatureConfig, LogMelFeatures
 from fastaed.util.devices import synchronize
-from fastaed.util.tables import format_table as aligned_table
+from fastaed.util.tables import format_table
 
 TARGET_XRT_PER_CORE = 500
 BATCH_SIZES = (1, 16)
@@ -88,27 +86,36 @@ def _pad(waves: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     return out, lens
 
 
-def bench_features(
-    num_utts: int = 200,
-    seconds: float = 10.0,
-    threads: int = 1,
-    device: str = "cpu",
-    json_out: Path | None = None,
-    seed: int = 0,
-) -> dict:
-    """Run the benchmark, print a table, optionally write JSON; returns the same dict as the JSON.
+@dataclass(frozen=True)
+class FeaturesBenchConfig:
+    """Options of ``fastaed bench features``."""
+
+    num_utts: int = field(default=200, metadata={"help": "number of synthetic utterances"})
+    seconds: float = field(default=10.0, metadata={"help": "length of each utterance (s)"})
+    threads: int = field(default=1, metadata={"help": "torch CPU threads (xRT is per thread)"})
+    device: str = field(default="cpu", metadata={"help": "device for feature extraction (cpu, cuda, cuda:1)"})
+    json: Path | None = field(default=None, metadata={"help": "write the results as JSON here"})
+    seed: int = field(default=0, metadata={"help": "seed of the synthetic audio"})
+    check: bool = field(
+        default=False, metadata={"help": "exit with status 1 when features-only xRT/core is under target"}
+    )
+
+
+def run(config: FeaturesBenchConfig) -> dict:
+    """Run the benchmark; returns the JSON-able result.
 
     Keys: ``rows`` (one per stage and batch size with ``audio_seconds``, ``wall_seconds``, ``xrt``,
     ``xrt_per_core``), ``xrt_per_core`` (flat ``{"features_b1": ..., "features_b16": ...,
     "read_features_b1": ..., "read_features_b16": ..., "resample_22050_16000_b1": ...}``),
     ``target_xrt_per_core`` and ``pass`` (every features-only row reaches the target).
     """
+    num_utts, seconds, threads = config.num_utts, config.seconds, config.threads
     if num_utts < 1 or seconds <= 0 or threads < 1:
         raise ValueError(f"need num_utts, seconds, threads > 0; got {num_utts}, {seconds}, {threads}")
-    dev = torch.device(device)
+    dev = torch.device(config.device)
     prev_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(config.seed)
     extractor = LogMelFeatures(FeatureConfig()).to(dev).eval()
     rows: list[dict] = []
 
@@ -176,7 +183,7 @@ def bench_features(
         )
         flat[f"{key}_b{r['batch_size']}"] = r["xrt_per_core"]
     features_ok = all(r["xrt_per_core"] >= TARGET_XRT_PER_CORE for r in rows if r["stage"] == "features")
-    result = {
+    return {
         "benchmark": "features",
         "device": str(dev),
         "threads": threads,
@@ -189,15 +196,9 @@ def bench_features(
         "target_xrt_per_core": TARGET_XRT_PER_CORE,
         "pass": features_ok,
     }
-    print(format_table(result))
-    if json_out is not None:
-        json_out = Path(json_out)
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(result, indent=2) + "\n")
-    return result
 
 
-def format_table(result: dict) -> str:
+def print_report(result: dict) -> None:
     """Plain-text table of the rows plus the verdict."""
     header = ("stage", "batch", "audio s", "wall s", "xRT", "xRT/core")
     body = [
@@ -212,36 +213,12 @@ def format_table(result: dict) -> str:
         for r in result["rows"]
     ]
     verdict = "PASS" if result["pass"] else "FAIL"
-    lines = [
-        f"features benchmark: {result['num_utts']} x {result['seconds_per_utt']} s, "
-        f"device {result['device']}, {result['threads']} thread(s)",
-        aligned_table(header, body),
-        f"target: features >= {result['target_xrt_per_core']} xRT per core -> {verdict}",
-    ]
-    return "\n".join(lines)
+    print(f"features benchmark: {result['num_utts']} x {result['seconds_per_utt']} s, "
+          f"device {result['device']}, {result['threads']} thread(s)")  # fmt: skip
+    print(format_table(header, body))
+    print(f"target: features >= {result['target_xrt_per_core']} xRT per core -> {verdict}")
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of ``fastaed bench features``."""
-    parser.add_argument("--num-utts", type=int, default=200, help="number of synthetic utterances")
-    parser.add_argument("--seconds", type=float, default=10.0, help="length of each utterance (s)")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (xRT is per thread)")
-    parser.add_argument("--device", default="cpu", help="device for feature extraction (cpu, cuda, cuda:1)")
-    parser.add_argument("--json-out", type=Path, default=None, help="write the results as JSON here")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic audio")
-    parser.add_argument(
-        "--check", action="store_true", help="exit with status 1 when features-only xRT/core is under target"
-    )
-
-
-def main(args: argparse.Namespace) -> int:
-    """Entry point for ``fastaed bench features``; returns the exit status."""
-    result = bench_features(
-        num_utts=args.num_utts,
-        seconds=args.seconds,
-        threads=args.threads,
-        device=args.device,
-        json_out=args.json_out,
-        seed=args.seed,
-    )
-    return 1 if args.check and not result["pass"] else 0
+def exit_status(result: dict, config: FeaturesBenchConfig) -> int:
+    """1 under ``--check`` when the features-only target is missed (a CI gate), else 0."""
+    return 1 if config.check and not result["pass"] else 0

@@ -7,11 +7,11 @@ drawn from a small word list, NeMo-style fields), so the benchmark needs no corp
 
 from __future__ import annotations
 
-import argparse
 import json
 import platform
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -54,10 +54,21 @@ def write_synthetic_manifest(path: Path, num_lines: int, seed: int = 0) -> None:
             f.write(json.dumps(entry) + "\n")
 
 
-def bench_index(num_lines: int = 1_000_000, workers: int | None = None, json_out: Path | None = None) -> dict:
+@dataclass(frozen=True)
+class IndexBenchConfig:
+    """Options of ``fastaed bench index``."""
+
+    lines: int = field(default=1_000_000, metadata={"help": "manifest lines to generate and index"})
+    workers: int | None = field(default=None, metadata={"help": "index worker processes (default: cores)"})
+    json: Path | None = field(default=None, metadata={"help": "write the result JSON here"})
+
+
+def run(config: IndexBenchConfig) -> dict:
+    """Generate the manifest, build its index, reload it from the cache; the result as a JSON-able dict."""
     from fastaed.data.index import build_index
     from fastaed.data.tokenizer import TokenizerConfig, train_tokenizer
 
+    num_lines = config.lines
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         manifest = tmp / "manifest.jsonl"
@@ -68,7 +79,9 @@ def bench_index(num_lines: int = 1_000_000, workers: int | None = None, json_out
         tok = train_tokenizer(sample, tmp / "tok", TokenizerConfig(vocab_size=512))
 
         t0 = time.perf_counter()
-        index = build_index([manifest], tok, cache_dir=tmp / "cache", num_workers=workers, progress=True)
+        index = build_index(
+            [manifest], tok, cache_dir=tmp / "cache", num_workers=config.workers, progress=True
+        )
         build_s = time.perf_counter() - t0
         reloads = []
         for _ in range(3):
@@ -79,11 +92,11 @@ def bench_index(num_lines: int = 1_000_000, workers: int | None = None, json_out
         reload_s = float(np.median(reloads))
         size_mb = manifest.stat().st_size / 1e6
 
-    result = {
+    return {
         "benchmark": "index",
         "lines": num_lines,
         "manifest_mb": round(size_mb, 1),
-        "workers": workers,
+        "workers": config.workers,
         "generate_s": round(gen_s, 2),
         "build_s": round(build_s, 2),
         "lines_per_s": round(num_lines / build_s),
@@ -94,32 +107,27 @@ def bench_index(num_lines: int = 1_000_000, workers: int | None = None, json_out
         "reload_ok": reload_s <= TARGET_RELOAD_S,
         "machine": f"{platform.processor() or platform.machine()}, {_cpu_count()} cores",
     }
+
+
+def print_report(result: dict) -> None:
+    """The metric table, then the result as one JSON line (machine-readable stdout)."""
+    r = result  # rounded in the result to the digits shown here, so the table reads the same numbers
     rows = [
-        ("lines", f"{num_lines:,}", ""),
-        ("manifest size", f"{size_mb:.0f} MB", ""),
-        ("build (parse+validate+tokenize)", f"{build_s:.2f} s", f"<= {result['target_build_s']:.0f} s"),
-        ("build rate", f"{num_lines / build_s:,.0f} lines/s", ""),
-        ("reload from cache (incl. content hash)", f"{reload_s:.3f} s", f"target <= {TARGET_RELOAD_S} s"),
+        ("lines", f"{r['lines']:,}", ""),
+        ("manifest size", f"{r['manifest_mb']:.0f} MB", ""),
+        ("build (parse+validate+tokenize)", f"{r['build_s']:.2f} s", f"<= {r['target_build_s']:.0f} s"),
+        ("build rate", f"{r['lines_per_s']:,.0f} lines/s", ""),
+        (
+            "reload from cache (incl. content hash)",
+            f"{r['reload_s']:.3f} s",
+            f"target <= {TARGET_RELOAD_S} s",
+        ),
     ]
     print(format_table(("metric", "value", "anchor"), rows))
-    if json_out:
-        Path(json_out).write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result))
-    return result
 
 
 def _cpu_count() -> int:
     import os
 
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--lines", type=int, default=1_000_000, help="manifest lines to generate and index")
-    parser.add_argument("--workers", type=int, default=None, help="index worker processes (default: cores)")
-    parser.add_argument("--json", type=Path, default=None, help="write the result JSON here")
-
-
-def main(args: argparse.Namespace) -> int:
-    bench_index(args.lines, args.workers, args.json)
-    return 0

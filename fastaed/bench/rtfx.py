@@ -13,41 +13,38 @@ Three measurements:
 * ``flash_vs_balanced``: RTFx of the flash preset (deep encoder, 2 or 4 decoder layers) over the balanced
   preset with the same parameter count (``tiny-flash`` / ``tiny-balanced`` on CPU, ``canary-1b-flash`` /
   ``canary-1b`` with ``--gpu-presets``). Target >= 3x (paper: ~3x, leaderboard 235 -> 1046).
-* ``kv_cache_vs_nemo_style``: decoder-only tokens per second of our greedy search against a NeMo-style
-  decoder written here: it caches each layer's *input hidden states* and, at every step, re-normalises and
-  re-projects the whole prefix to keys/values and re-projects every encoder frame for cross-attention (what
-  NeMo's ``TransformerDecoder`` with ``decoder_mems_list`` does). Both decode the same encoder output with the
-  same forced length (so row compaction plays no part: the cache alone is measured), at batch 1 and 64; the
-  two must produce identical tokens. Target >= 2x.
+* ``kv_cache_vs_nemo_style``: decoder-only tokens per second of our greedy search against the same search
+  run the NeMo way: the model's hidden-state cache (``fastaed.model.cache.HiddenStateCache``: each layer's
+  input states; at every step the whole prefix is re-projected to keys/values and every encoder frame for
+  cross-attention, what NeMo's ``TransformerDecoder`` with ``decoder_mems_list`` does) and no row
+  compaction (NeMo runs the whole batch until every row is done). Both run the same decoder blocks on the
+  same encoder output with the same forced length (so compaction plays no part: the cache alone is
+  measured), at batch 1 and 64; the two must produce identical tokens. Target >= 2x.
 * absolute RTFx of each configuration (GPU: canary-1b-flash, bf16, batch 128, 2-20 s; NeMo's published
   H100 RTFx is 1669, our target is >= 2x that).
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import platform
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import soundfile as sf
 import torch
-import torch.nn.functional as F
-from torch import Tensor
 
 from fastaed.bench.features import synth_speech
+from fastaed.bench.fixtures import small_tokenizer
 from fastaed.constants import SAMPLE_RATE
 from fastaed.data.manifest import Utterance
 from fastaed.data.tokenizer import Tokenizer
 from fastaed.decode import greedy_search
-from fastaed.decode.search import row_limits
 from fastaed.decode.transcribe import DecodeConfig, Transcriber
-from fastaed.model import EncoderDecoderModel, build_model, load_model
-from fastaed.model.attention import lengths_to_mask, merge_heads, split_heads
+from fastaed.model import CacheKind, EncoderDecoderModel, build_model, load_model
 from fastaed.util.devices import resolve_device, resolve_dtype, synchronize
 from fastaed.util.tables import format_table
 
@@ -56,49 +53,35 @@ TARGET_KV_VS_NEMO = 2.0
 NEMO_H100_RTFX = 1669.0  # canary-1b-flash, NeMo, H100 (model card)
 
 
-# ---- the NeMo-style decoder (baseline: this benchmark only) ------------------------------------------------
+@dataclass(frozen=True)
+class RtfxBenchConfig:
+    """Options of ``fastaed bench rtfx``."""
 
-
-@torch.no_grad()
-def nemo_style_greedy(
-    model: EncoderDecoderModel, enc: Tensor, enc_lens: Tensor, prompts: Tensor, eos_id: int, lengths: Tensor
-) -> list[list[int]]:
-    """Greedy decoding the NeMo way: hidden states cached per layer, K/V re-projected every step.
-
-    enc: (B, T', De); enc_lens: (B,); prompts: (B, P); lengths: (B,) forced output lengths (no EOS before,
-    EOS at them). Rows are never dropped (NeMo runs the whole batch until every row is done).
-    """
-    dec = model.decoder
-    memory = model.projection(enc)  # (B, T', D): projected per layer at every step below
-    memory_mask = lengths_to_mask(enc_lens, enc.shape[1])
-    b, p = prompts.shape
-    limit = torch.minimum(row_limits(model, enc_lens, p), lengths + 1)
-    mems: list[Tensor | None] = [None] * len(dec.layers)  # each layer's input states so far, (B, n, D)
-    new, pos, out = prompts, 0, []
-    for t in range(int(limit.max()) + 1):
-        x = dec.embed(new, torch.arange(pos, pos + new.shape[1], device=new.device))
-        for i, layer in enumerate(dec.layers):
-            states = x if mems[i] is None else torch.cat([mems[i], x], dim=1)
-            mems[i] = states
-            attn = layer.self_attn
-            q = split_heads(attn.qkv(layer.self_norm(x)).chunk(3, dim=-1)[0], attn.n_heads)
-            prefix = attn.qkv(layer.self_norm(states)).chunk(3, dim=-1)  # the whole prefix, again
-            k, v = (split_heads(z, attn.n_heads) for z in prefix[1:])
-            h = F.scaled_dot_product_attention(q, k, v, is_causal=x.shape[1] > 1)
-            x = x + attn.out(merge_heads(h))
-            kv = layer.cross_attn.project_memory(memory)  # every step, every frame
-            x = x + layer.cross_attn(layer.cross_norm(x), kv, memory_mask)
-            x = x + layer.ff(layer.ff_norm(x))
-        pos += new.shape[1]
-        if t == int(limit.max()):
-            break
-        logp = torch.log_softmax(dec.logits(x[:, -1:])[:, 0].float(), dim=-1)
-        logp[t < lengths, eos_id] = -torch.inf
-        next_id = logp.argmax(-1).masked_fill(t >= lengths, eos_id)
-        out.append(next_id)
-        new = next_id[:, None]
-    tokens = torch.stack(out, dim=1).tolist()
-    return [row[: min(int(n), int(lim))] for row, n, lim in zip(tokens, lengths, limit)]
+    flash: str | None = field(default=None, metadata={"help": "preset or checkpoint (default: tiny-flash)"})
+    balanced: str | None = field(
+        default=None, metadata={"help": "preset or checkpoint (default: tiny-balanced)"}
+    )
+    gpu_presets: bool = field(default=False, metadata={"help": "canary-1b-flash vs canary-1b"})
+    tokenizer: Path | None = field(default=None, metadata={"help": "default: a small one made on the spot"})
+    preset_vocab: bool = field(
+        default=False,
+        metadata={
+            "help": "presets keep their own vocabulary (Canary: 4,096 + specials), not the tokenizer's"
+        },
+    )
+    num_utts: int = field(default=48, metadata={"help": "synthetic utterances"})
+    min_seconds: float = field(default=2.0, metadata={"help": "shortest utterance (s)"})
+    max_seconds: float = field(default=20.0, metadata={"help": "longest utterance (s)"})
+    tokens_per_second: float = field(default=7.0, metadata={"help": "forced output rate (random weights)"})
+    batch_sizes: tuple[int, ...] = field(default=(1, 16), metadata={"help": "transcription batches"})
+    decoder_batch_sizes: tuple[int, ...] = field(default=(1, 64), metadata={"help": "decoder-only batches"})
+    decoder_frames: int = field(default=125, metadata={"help": "encoder frames (125 = 10 s)"})
+    decoder_tokens: int = field(default=70, metadata={"help": "tokens per row (7/s x 10 s)"})
+    device: str = field(default="auto", metadata={"help": "auto | cpu | cuda | cuda:N"})
+    dtype: Literal["auto", "bf16", "fp32"] = field(default="auto", metadata={"help": "auto: bf16 on CUDA"})
+    threads: int | None = field(default=None, metadata={"help": "torch CPU threads (default: torch's)"})
+    seed: int = field(default=0, metadata={"help": "seed of the synthetic audio"})
+    json: Path | None = field(default=None, metadata={"help": "write the results here"})
 
 
 # ---- measurements ------------------------------------------------------------------------------------------
@@ -152,21 +135,22 @@ def time_decoders(
     prompts = torch.tensor([[2, 7, 3, 7, 5]] * batch_size, device=param.device)
     lengths = torch.full((batch_size,), num_tokens, device=param.device)
 
-    def ours() -> list[list[int]]:
-        return [h.tokens for h in greedy_search(model, enc, enc_lens, prompts, eos_id, force_lengths=lengths)]
-
-    def nemo() -> list[list[int]]:
-        return nemo_style_greedy(model, enc, enc_lens, prompts, eos_id, lengths)
+    def decode(kind: CacheKind, compact: bool) -> list[list[int]]:
+        hyps = greedy_search(
+            model, enc, enc_lens, prompts, eos_id, force_lengths=lengths, cache_kind=kind, compact=compact
+        )
+        return [h.tokens for h in hyps]
 
     times = {}
     outputs = {}
-    for name, fn in (("kv_cache", ours), ("nemo_style", nemo)):
-        outputs[name] = fn()  # warm-up
+    # NeMo-style: hidden states cached (prefix and encoder frames re-projected every step), no compaction
+    for name, kind, compact in (("kv_cache", "kv", True), ("nemo_style", "hidden", False)):
+        outputs[name] = decode(kind, compact)  # warm-up
         best = float("inf")
         for _ in range(repeats):
             synchronize(param.device)
             t0 = time.perf_counter()
-            fn()
+            decode(kind, compact)
             synchronize(param.device)
             best = min(best, time.perf_counter() - t0)
         times[name] = best
@@ -183,9 +167,7 @@ def time_decoders(
 def _tokenizer(path: Path | None, workdir: Path) -> Tokenizer:
     if path is not None:
         return Tokenizer.load(path)
-    from fastaed.testing import train_tiny_tokenizer
-
-    return train_tiny_tokenizer(workdir / "tokenizer", vocab_size=128)
+    return small_tokenizer(workdir / "tokenizer", vocab_size=128)
 
 
 def _model(
@@ -200,25 +182,26 @@ def _model(
     return model.to(dtype).eval()
 
 
-def bench_rtfx(args: argparse.Namespace) -> dict[str, Any]:
-    device = resolve_device(args.device)
-    dtype = resolve_dtype(args.dtype, device)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    flash_spec = args.flash or ("canary-1b-flash" if args.gpu_presets else "tiny-flash")
-    balanced_spec = args.balanced or ("canary-1b" if args.gpu_presets else "tiny-balanced")
+def run(config: RtfxBenchConfig) -> dict[str, Any]:
+    """Time both presets at each batch size and the two decoders; returns the JSON-able result."""
+    device = resolve_device(config.device)
+    dtype = resolve_dtype(config.dtype, device)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    flash_spec = config.flash or ("canary-1b-flash" if config.gpu_presets else "tiny-flash")
+    balanced_spec = config.balanced or ("canary-1b" if config.gpu_presets else "tiny-balanced")
     trained = Path(flash_spec).is_dir()
-    tps = None if trained else args.tokens_per_second
+    tps = None if trained else config.tokens_per_second
     configs, decoders = [], []
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
-        tokenizer = _tokenizer(args.tokenizer, workdir)
-        utts = make_utterances(workdir, args.num_utts, args.min_seconds, args.max_seconds, args.seed)
+        tokenizer = _tokenizer(config.tokenizer, workdir)
+        utts = make_utterances(workdir, config.num_utts, config.min_seconds, config.max_seconds, config.seed)
         for role, spec in (("flash", flash_spec), ("balanced", balanced_spec)):
-            vocab = None if args.preset_vocab else tokenizer.vocab_size
+            vocab = None if config.preset_vocab else tokenizer.vocab_size
             model = _model(spec, vocab, device, dtype)
             info = model.num_params()
-            for bs in args.batch_sizes:
+            for bs in config.batch_sizes:
                 row = time_transcription(model, tokenizer, utts, bs, tps)
                 row |= {
                     "role": role, "model": model.config.name, "params": info["total"],
@@ -229,8 +212,10 @@ def bench_rtfx(args: argparse.Namespace) -> dict[str, Any]:
                 configs.append(row)
                 print(f"{role}: {row['model']} batch {bs}: RTFx {row['rtfx']:.1f}")
             if role == "flash":
-                for bs in args.decoder_batch_sizes:
-                    d = time_decoders(model, tokenizer.eos_id, bs, args.decoder_frames, args.decoder_tokens)
+                for bs in config.decoder_batch_sizes:
+                    d = time_decoders(
+                        model, tokenizer.eos_id, bs, config.decoder_frames, config.decoder_tokens
+                    )
                     d |= {"model": model.config.name, "device": str(device), "dtype": configs[-1]["dtype"]}
                     decoders.append(d)
                     print(f"decoder batch {bs}: kv-cache {d['speedup']:.2f}x NeMo-style")
@@ -238,7 +223,7 @@ def bench_rtfx(args: argparse.Namespace) -> dict[str, Any]:
             if device.type == "cuda":
                 torch.cuda.empty_cache()
     rtfx = {(c["role"], c["batch_size"]): c["rtfx"] for c in configs}
-    flash_vs_balanced = {f"batch_{bs}": rtfx["flash", bs] / rtfx["balanced", bs] for bs in args.batch_sizes}
+    flash_vs_balanced = {f"batch_{bs}": rtfx["flash", bs] / rtfx["balanced", bs] for bs in config.batch_sizes}
     kv = {f"batch_{d['batch_size']}": d["speedup"] for d in decoders}
     result = {
         "protocol": (
@@ -248,9 +233,9 @@ def bench_rtfx(args: argparse.Namespace) -> dict[str, Any]:
         "output_lengths": "forced: tokens_per_second x duration" if tps else "trained checkpoints: until EOS",
         "tokens_per_second": tps,
         "audio": {
-            "num_utts": args.num_utts,
-            "min_seconds": args.min_seconds,
-            "max_seconds": args.max_seconds,
+            "num_utts": config.num_utts,
+            "min_seconds": config.min_seconds,
+            "max_seconds": config.max_seconds,
         },
         "vocab_size": configs[0]["vocab_size"],
         "machine": f"{platform.machine()} {torch.get_num_threads()} threads"
@@ -270,7 +255,9 @@ def bench_rtfx(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
-def print_tables(result: dict[str, Any]) -> None:
+def print_report(result: dict[str, Any]) -> None:
+    """RTFx per configuration with the flash/balanced ratio, then decoder-only tokens/s of both decoders."""
+    print()
     rows = [
         [c["role"], c["model"], f"{c['params'] / 1e6:.1f}M", f"{c['encoder_layers']}+{c['decoder_layers']}",
          c["batch_size"], c["dtype"], c["device"], f"{c['rtfx']:.1f}"]
@@ -290,40 +277,3 @@ def print_tables(result: dict[str, Any]) -> None:
     if "vs_nemo_h100" in result:
         r = result["vs_nemo_h100"]
         print(f"canary-1b-flash RTFx vs NeMo's published H100 {r['nemo_rtfx']:.0f}: {r['ratio']:.2f}x")
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--flash", default=None, help="preset or checkpoint (default: tiny-flash)")
-    parser.add_argument("--balanced", default=None, help="preset or checkpoint (default: tiny-balanced)")
-    parser.add_argument("--gpu-presets", action="store_true", help="canary-1b-flash vs canary-1b")
-    parser.add_argument("--tokenizer", type=Path, default=None, help="default: a small one made on the spot")
-    parser.add_argument(
-        "--preset-vocab", action="store_true",
-        help="presets keep their own vocabulary (Canary: 4,096 + specials), not the tokenizer's",
-    )  # fmt: skip
-    parser.add_argument("--num-utts", type=int, default=48)
-    parser.add_argument("--min-seconds", type=float, default=2.0)
-    parser.add_argument("--max-seconds", type=float, default=20.0)
-    parser.add_argument(
-        "--tokens-per-second", type=float, default=7.0, help="forced output rate (random weights)"
-    )
-    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 16], help="transcription batches")
-    parser.add_argument("--decoder-batch-sizes", type=int, nargs="+", default=[1, 64])
-    parser.add_argument("--decoder-frames", type=int, default=125, help="encoder frames (125 = 10 s)")
-    parser.add_argument("--decoder-tokens", type=int, default=70, help="tokens per row (7/s x 10 s)")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp32"])
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--json", type=Path, default=None, help="write the results here")
-
-
-def main(args: argparse.Namespace) -> int:
-    result = bench_rtfx(args)
-    print()
-    print_tables(result)
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
-        print(f"wrote {args.json}")
-    return 0

@@ -24,7 +24,6 @@ replays the epoch to restore: measured on the 20k set only).
 
 from __future__ import annotations
 
-import argparse
 import copy
 import gc
 import json
@@ -34,6 +33,7 @@ import tempfile
 import time
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +45,7 @@ from fastaed.sampling.bins import estimate_bins
 from fastaed.sampling.padding import Budget, EpochBatches, random_batches, result_from_batches
 from fastaed.sampling.sampler import BucketingSampler
 from fastaed.sampling.stats import synthetic_lengths
-from fastaed.util.tables import format_table
+from fastaed.util.tables import format_table, pct
 
 MAX_DURATION = 600.0
 TARGETS = {"input_padding": 0.05, "output_padding": 0.08, "rejected": 0.005, "speedup": 10.0}
@@ -336,10 +336,6 @@ def check_targets(dists: dict[str, dict], million: dict | None) -> dict[str, Any
     return rows
 
 
-def _pct(x: float) -> str:
-    return f"{100 * x:.2f}%"
-
-
 def distribution_table(r: dict) -> str:
     """Every strategy: padding, batches, rejections, largest padded batch; speed for ours 2D and Lhotse 1D."""
     rows = []
@@ -348,8 +344,8 @@ def distribution_table(r: dict) -> str:
         timing = (
             [f"{sp['cold_s']:.3f}", f"{sp['epoch_s']:.4f}", f"{sp['epoch_batches_per_s']:,.0f}"] if sp else []
         )
-        rows.append([s["label"], _pct(s["input_padding"]), _pct(s["output_padding"]), s["num_batches"]])
-        rows[-1] += [f"{s['mean_batch_size']:.1f}", f"{s['rejected']} ({_pct(s['rejected_fraction'])})"]
+        rows.append([s["label"], pct(s["input_padding"], 2), pct(s["output_padding"], 2), s["num_batches"]])
+        rows[-1] += [f"{s['mean_batch_size']:.1f}", f"{s['rejected']} ({pct(s['rejected_fraction'], 2)})"]
         rows[-1] += [f"{s['max_padded_seconds']:.1f}", "ok" if s["budget_ok"] else "OVER", *(timing or "---")]
     header = "strategy|in pad|out pad|batches|mean B|rejected|max pad s|<= 600 s|cold s|epoch s|batches/s"
     return format_table(header.split("|"), rows)
@@ -363,8 +359,8 @@ def summary_table(dists: dict[str, dict], million: dict | None, targets: dict) -
     rows = []
     for name, r in dists.items():
         s2, sp, lr = r["strategies"]["ours_2d"], r["speed"], r.get("lhotse_restore")
-        row = [name] + [_pct(s2[k]) + mark(name, k) for k in ("input_padding", "output_padding")]
-        row += [_pct(s2["rejected_fraction"]) + mark(name, "rejected")]
+        row = [name] + [pct(s2[k], 2) + mark(name, k) for k in ("input_padding", "output_padding")]
+        row += [pct(s2["rejected_fraction"], 2) + mark(name, "rejected")]
         row += [f"{sp['ours']['epoch_batches_per_s']:,.0f}"]
         if lh := sp.get("lhotse"):
             row += [f"{lh['epoch_batches_per_s']:,.0f}"]
@@ -410,18 +406,28 @@ def plot_padding(dists: dict[str, dict], path: Path) -> Path:
     return path
 
 
-def bench_sampler(
-    utterances: int | None = None,
-    quick: bool = False,
-    json_out: Path | None = None,
-    png_out: Path | None = None,
-    seed: int = 0,
-    use_lhotse: bool = True,
-) -> dict[str, Any]:
-    n = utterances or (2_000 if quick else 20_000)
+@dataclass(frozen=True)
+class SamplerBenchConfig:
+    """Options of ``fastaed bench sampler``."""
+
+    utterances: int | None = field(default=None, metadata={"help": "per distribution (20k; 2k quick)"})
+    quick: bool = field(default=False, metadata={"help": "2k utterances, one repeat, no 1M section"})
+    seed: int = field(default=0, metadata={"help": "seed of the lengths and of the samplers' shuffling"})
+    lhotse: bool = field(
+        default=True, metadata={"help": "compare with Lhotse when installed (--no-lhotse: ours only)"}
+    )
+    json: Path | None = field(default=None, metadata={"help": "write the result JSON (and a PNG beside it)"})
+    png: Path | None = field(default=None, metadata={"help": "padding per strategy per distribution"})
+
+
+def run(config: SamplerBenchConfig) -> dict[str, Any]:
+    """Every distribution, the 1M section (not quick) and the targets; writes the PNG (``png``, else beside
+    ``json``). Returns the JSON-able result."""
+    quick, seed = config.quick, config.seed
+    n = config.utterances or (2_000 if quick else 20_000)
     repeats = 1 if quick else 3
     lhotse_version = None
-    if use_lhotse:
+    if config.lhotse:
         try:
             import lhotse
 
@@ -435,44 +441,32 @@ def bench_sampler(
         tok = _tokenizer(tmp / "tok")
         for name in DISTRIBUTIONS:
             dists[name] = run_distribution(name, n, seed, repeats, tmp, tok, lhotse_version is not None)
-            r = dists[name]
-            print(f"\n== {name}: {r['description']}; {n:,} utterances, {r['hours']:.1f} h")
-            print(distribution_table(dists[name]))
         million = None if quick else one_million(tmp, seed)
     targets = check_targets(dists, million)
+    result = {"benchmark": "sampler", "utterances": n, "quick": quick, "max_duration": MAX_DURATION}
+    result |= {"lhotse_version": lhotse_version, "distributions": dists, "one_million": million}
+    result |= {"targets": targets, "pass": targets["pass"], "machine": _machine()}
+    png = config.png or (config.json.with_suffix(".png") if config.json else None)
+    if png:
+        plot_padding(dists, png)
+    return result
+
+
+def print_report(result: dict[str, Any]) -> None:
+    """One table per distribution, the summary against the targets, then the result as one JSON line."""
+    dists, n = result["distributions"], result["utterances"]
+    for name, r in dists.items():
+        print(f"\n== {name}: {r['description']}; {n:,} utterances, {r['hours']:.1f} h")
+        print(distribution_table(r))
     print(
         "\n== summary (epoch = one more epoch each: ours plans from the index in memory, Lhotse re-reads "
         "its lazy JSONL; cold = ours index build + bins + plan + epoch vs Lhotse construct + epoch)"
     )
-    print(summary_table(dists, million, targets))
-    print(f"overall: {'PASS' if targets['pass'] else 'FAIL'}")
-    result = {"benchmark": "sampler", "utterances": n, "quick": quick, "max_duration": MAX_DURATION}
-    result |= {"lhotse_version": lhotse_version, "distributions": dists, "one_million": million}
-    result |= {"targets": targets, "pass": targets["pass"], "machine": _machine()}
-    if json_out:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(result, indent=2) + "\n")
-        png_out = png_out or json_out.with_suffix(".png")
-    if png_out:
-        plot_padding(dists, png_out)
+    print(summary_table(dists, result["one_million"], result["targets"]))
+    print(f"overall: {'PASS' if result['pass'] else 'FAIL'}")
     print(json.dumps(result))
-    return result
 
 
 def _machine() -> str:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return f"{platform.processor() or platform.machine()}, {cores} cores"
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--utterances", type=int, default=None, help="per distribution (20k; 2k quick)")
-    parser.add_argument("--quick", action="store_true", help="2k utterances, one repeat, no 1M section")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--no-lhotse", action="store_true", help="ours only, even if lhotse is installed")
-    parser.add_argument("--json", type=Path, default=None, help="write the result JSON (and a PNG beside it)")
-    parser.add_argument("--png", type=Path, default=None, help="padding per strategy per distribution")
-
-
-def main(args: argparse.Namespace) -> int:
-    bench_sampler(args.utterances, args.quick, args.json, args.png, args.seed, not args.no_lhotse)
-    return 0

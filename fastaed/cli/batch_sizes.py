@@ -67,50 +67,31 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def batch_sizes_cmd(args: argparse.Namespace) -> int:
-    import torch
-
     from fastaed.sampling.bins import Bins
     from fastaed.train.config import ConfigError, LossConfig, TrainConfig
-    from fastaed.train.distributed import enable_expandable_segments
-    from fastaed.train.profile import (
-        NoBatchFitsError,
-        ProfileIdentity,
-        make_meter,
-        make_profile,
-        plot_profile,
-    )
-    from fastaed.train.profile.run import (
-        ProfileSettings,
-        build_step,
-        cap_allocator,
-        default_bins,
-        resolve_budget,
-        resolve_model,
-    )
-    from fastaed.util.devices import resolve_device
+    from fastaed.train.profile import NoBatchFitsError, plot_profile
+    from fastaed.train.profile.run import ProfileSettings, default_bins, open_profiler, resolve_model
 
-    if torch.cuda.is_available():
-        enable_expandable_segments()  # the trainer's allocator set-up; before the first CUDA allocation
     loss_cfg, specaugment, bins_path = LossConfig(), True, args.bins
-    device_choice, dtype = args.device, args.dtype
+    device, dtype = args.device, args.dtype
     try:
         if args.config is not None:
             cfg = TrainConfig.from_yaml(args.config)
             tok_dir = str(args.tokenizer) if args.tokenizer else cfg.data.tokenizer  # as data.tokenizer=...
-            config, tokenizer_id = resolve_model(cfg.model.preset, tok_dir)
-            config = cfg.model.model_config(config.vocab_size)
+            config, tokenizer_id = resolve_model(cfg.model, tok_dir)
             loss_cfg, specaugment = cfg.loss, cfg.specaugment.enabled
-            device_choice = cfg.runtime.device if args.device == "auto" else args.device
+            device = cfg.runtime.device if args.device == "auto" else args.device
             dtype = cfg.runtime.dtype if args.dtype == "auto" else args.dtype
             bins_path = bins_path or (Path(cfg.sampler.bins) if cfg.sampler.bins else None)
         else:
             tok = str(args.tokenizer) if args.tokenizer else None
             config, tokenizer_id = resolve_model(args.model, tok, args.ctc_weight)
-        device = resolve_device(device_choice)
-        use_bf16 = device.type == "cuda" and dtype in ("auto", "bf16")
-        if dtype == "bf16" and not use_bf16:
-            raise ValueError("bf16 is the CUDA precision; CPU trains in fp32 (use --dtype fp32 or a GPU)")
-        budget = resolve_budget(args.memory_budget, device)
+        profiler = open_profiler(
+            config, tokenizer_id, device=device, dtype=dtype, budget=args.memory_budget, loss_cfg=loss_cfg,
+            specaugment=specaugment, seed=args.seed, extra_bytes=int(args.ddp_overhead * 2**30),
+        )  # fmt: skip
+        assert profiler.budget_bytes is not None
+        budget = profiler.budget_bytes
         settings = ProfileSettings(
             budget_bytes=budget, safety_margin=args.safety_margin, method=args.method,
             compare_search=args.compare_search, start_batch_size=args.start_batch_size,
@@ -121,18 +102,15 @@ def batch_sizes_cmd(args: argparse.Namespace) -> int:
         print(f"fastaed batch-sizes: error: {err}", file=sys.stderr)
         return 2
     bins = Bins.load(bins_path) if bins_path else default_bins(args.seed)
-    identity = ProfileIdentity.for_run(config, device, "bf16" if use_bf16 else "fp32", tokenizer_id)
+    identity = profiler.identity
     print(
         f"fastaed batch-sizes: {config.name} on {identity.device}, {identity.dtype}, "
         f"{bins.num_buckets} buckets, budget {budget / 2**30:.2f} GiB, margin {settings.safety_margin:.0%}"
         f" -> target {settings.target_bytes / 2**30:.2f} GiB, method {settings.method}",
         file=sys.stderr,
     )
-    cap_allocator(device, budget)
-    step = build_step(config, device, use_bf16, loss_cfg, specaugment, args.seed)
-    meter = make_meter(step, settings.ddp_overhead_bytes)
     try:
-        profile = make_profile(meter, bins, identity, settings, progress=not args.no_progress)
+        profile = profiler.profile(bins, settings, progress=not args.no_progress)
     except NoBatchFitsError as err:
         print(f"fastaed batch-sizes: error: {err} within {budget / 2**30:.2f} GiB", file=sys.stderr)
         return 2
@@ -177,13 +155,10 @@ def summarize(profile) -> dict:
 
 
 def profile_table(profile) -> str:
-    from fastaed.util.tables import format_table
+    from fastaed.util.tables import format_table, pct
 
     def gib(x: float | None) -> str:
         return "-" if x is None else f"{x / 2**30:.3f}"
-
-    def pct(x: float | None) -> str:
-        return "-" if x is None else f"{100 * x:.1f}%"
 
     rows = []
     for b in profile.buckets:

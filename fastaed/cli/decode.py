@@ -13,17 +13,16 @@ import sys
 from pathlib import Path
 
 
-def _decode_args(p: argparse.ArgumentParser) -> None:
+def _decode_args(p: argparse.ArgumentParser, exclude: tuple[str, ...] = ()) -> None:
+    """The flags transcribe and eval share; the decoding ones derived from ``DecodeConfig``'s fields."""
+    from fastaed.cli.config_args import add_config_arguments
+    from fastaed.data.errors import ON_BAD_INPUT_CHOICES
+    from fastaed.decode.transcribe import DecodeConfig
+
     p.add_argument("checkpoint", type=Path, help="checkpoint folder (or a run folder: its latest checkpoint)")
     p.add_argument("--tokenizer", type=Path, default=None, help="tokenizer folder (default: found from CKPT)")
-    p.add_argument("--batch-size", type=int, default=32, help="utterances per batch (sorted by duration)")
-    p.add_argument("--beam-size", type=int, default=1, help="1 = greedy (default)")
-    p.add_argument("--length-penalty", type=float, default=1.0, help="GNMT alpha for beam search")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    p.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp32"], help="auto: bf16 on GPU")
-    p.add_argument("--num-workers", type=int, default=0, help="audio-reading worker processes")
-    p.add_argument("--on-bad-input", choices=["error", "skip"], default="error")
-    p.add_argument("--no-progress", action="store_true")
+    add_config_arguments(p, DecodeConfig, exclude=exclude)
+    p.add_argument("--on-bad-input", choices=ON_BAD_INPUT_CHOICES, default="error")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -35,12 +34,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--target-lang", default=None, help="output language (default: --lang)")
     t.add_argument("--task", choices=["transcribe", "translate"], default="transcribe")
     t.add_argument("--pnc", choices=["yes", "no"], default="yes", help="punctuation and casing in the output")
-    t.add_argument("--nbest", type=int, default=1, help="keep this many hypotheses per input (beam search)")
     t.add_argument("--out", type=Path, required=True, help="JSONL of hypotheses, one line per input")
     t.set_defaults(func=transcribe_cmd)
 
     e = sub.add_parser("eval", help="WER/CER (transcribe), BLEU (translate) and RTFx on a manifest")
-    _decode_args(e)
+    _decode_args(e, exclude=("nbest",))  # scores read the best hypothesis only
     e.add_argument("--manifest", type=Path, required=True, action="append", help="repeat for several sets")
     e.add_argument("--hyps", type=Path, default=None, help="also write the hypotheses (JSONL; one set only)")
     e.add_argument("--json", type=Path, default=None, help="write the results as JSON")
@@ -54,14 +52,11 @@ def _checkpoint(path: Path) -> Path:
     return find_latest(path) or path
 
 
-def _transcriber(args: argparse.Namespace, nbest: int = 1):
+def _transcriber(args: argparse.Namespace):
+    from fastaed.cli.config_args import config_from_args
     from fastaed.decode.transcribe import DecodeConfig, Transcriber
 
-    config = DecodeConfig(
-        batch_size=args.batch_size, beam_size=args.beam_size, length_penalty=args.length_penalty,
-        nbest=nbest, device=args.device, dtype=args.dtype, num_workers=args.num_workers,
-        progress=not args.no_progress,
-    )  # fmt: skip
+    config = config_from_args(DecodeConfig, args)  # eval has no --nbest: the field's default, 1
     return Transcriber(_checkpoint(args.checkpoint), config, args.tokenizer)
 
 
@@ -85,7 +80,7 @@ def transcribe_cmd(args: argparse.Namespace) -> int:
             args.audio, source_lang=args.lang, target_lang=args.target_lang or args.lang, task=args.task,
             pnc=args.pnc == "yes",
         )  # fmt: skip
-    transcriber = _transcriber(args, nbest=args.nbest)
+    transcriber = _transcriber(args)
     result = transcriber.run(utts, on_bad_input=args.on_bad_input)
     write_jsonl(result.transcripts, args.out)
     _report_skips(report, str(args.manifest))
@@ -102,7 +97,7 @@ def eval_cmd(args: argparse.Namespace) -> int:
     from fastaed.data.errors import BadInputReport
     from fastaed.decode.scoring import score
     from fastaed.decode.transcribe import utterances_from_manifest, write_jsonl
-    from fastaed.util.tables import format_table
+    from fastaed.util.tables import format_table, pct
 
     if args.hyps is not None and len(args.manifest) > 1:
         print("fastaed eval: --hyps needs a single --manifest", file=sys.stderr)
@@ -126,7 +121,7 @@ def eval_cmd(args: argparse.Namespace) -> int:
         for name, g in scores["groups"].items():
             rows.append([
                 manifest.name, name, g["utterances"],
-                _pct(g["wer"]), _pct(g["cer"]), "-" if g["bleu"] is None else f"{g['bleu']:.1f}",
+                pct(g["wer"], 2), pct(g["cer"], 2), "-" if g["bleu"] is None else f"{g['bleu']:.1f}",
                 f"{result.rtfx:.1f}",
             ])  # fmt: skip
     doc = {
@@ -148,7 +143,3 @@ def eval_cmd(args: argparse.Namespace) -> int:
         args.json.write_text(json.dumps(doc, indent=2) + "\n")
         print(f"wrote {args.json}")
     return 0
-
-
-def _pct(x: float | None) -> str:
-    return "-" if x is None else f"{100 * x:.2f}%"

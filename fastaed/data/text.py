@@ -36,14 +36,3 @@ def clean_pnc(text: str) -> str:
 
 def target_form(text: str, pnc: bool) -> str:
     return clean_pnc(text) if pnc else strip_pnc(text)
-
-
-def word_error_rates(refs: list[str], hyps: list[str]) -> dict[str, float]:
-    """Corpus WER and CER (jiwer) after :func:`strip_pnc` on both sides, so casing and punctuation never count.
-
-    Every reference must be non-empty after normalising (an empty reference has no WER).
-    """
-    import jiwer  # only scoring needs it
-
-    r, h = [strip_pnc(x) for x in refs], [strip_pnc(x) for x in hyps]
-    return {"wer": float(jiwer.wer(r, h)), "cer": float(jiwer.cer(r, h))}

@@ -11,12 +11,23 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import sacrebleu
+from fastaed.data.text import strip_pnc
 
-from fastaed.data.text import strip_pnc, word_error_rates
-from fastaed.decode.transcribe import Transcript
+if TYPE_CHECKING:  # the trainer's dev WER imports this module without the transcription machinery
+    from fastaed.decode.transcribe import Transcript
+
+
+def word_error_rates(refs: list[str], hyps: list[str]) -> dict[str, float]:
+    """Corpus WER and CER (jiwer) after :func:`strip_pnc` on both sides: casing and punctuation never count.
+
+    Every reference must be non-empty after normalising (an empty reference has no WER).
+    """
+    import jiwer  # imported on use (as sacrebleu below): the trainer imports this module too
+
+    r, h = [strip_pnc(x) for x in refs], [strip_pnc(x) for x in hyps]
+    return {"wer": float(jiwer.wer(r, h)), "cer": float(jiwer.cer(r, h))}
 
 
 def score(transcripts: Sequence[Transcript]) -> dict[str, Any]:
@@ -38,6 +49,8 @@ def score(transcripts: Sequence[Transcript]) -> dict[str, Any]:
         refs, hyps = [t.utterance.target_text for t in items], [t.text for t in items]
         out: dict[str, Any] = {"utterances": len(items), "wer": None, "cer": None, "bleu": None}
         if items and items[0].utterance.task == "translate":
+            import sacrebleu  # only translation needs it
+
             out["bleu"] = float(sacrebleu.corpus_bleu(hyps, [refs]).score)
         elif items:
             out |= word_error_rates(refs, hyps)

@@ -1,11 +1,13 @@
-"""Batched greedy and beam search over the cached decoder (``fastaed.decode.incremental``).
+"""Batched greedy and beam search over the model's cached decoder.
 
 Dimensions: B utterances, K beams, T' encoder frames, De encoder width, P prompt tokens, V vocabulary.
 
-Both searches start from the encoder output and a (B, P) prompt (any mix of tasks/languages; the prompt
-length is fixed), pre-fill the prompt in one call, then add one token per step. A row stops at EOS or at its
-length limit: as many new tokens as it has encoder frames (80 ms each, far above any speaking rate; it bounds
-a looping decoder), capped by the decoder's ``max_len``. Done rows leave the cache at once (compaction).
+Both searches start a decoder cache from the encoder output (``EncoderDecoderModel.start_decoding``; the
+cache itself lives in ``fastaed.model.cache``) and a (B, P) prompt (any mix of tasks/languages; the prompt
+length is fixed), pre-fill the prompt in one ``decoder.step``, then add one token per step. A row stops at
+EOS or at its length limit: as many new tokens as it has encoder frames (80 ms each, far above any speaking
+rate; it bounds a looping decoder), capped by the decoder's ``max_len``. Done rows leave the cache at once
+(compaction); greedy search can keep them instead, as NeMo does (the ``fastaed bench rtfx`` baseline).
 
 Beam search scores a finished hypothesis with the GNMT length penalty (Wu et al. 2016):
 ``score = log P(y) / lp(|y|)``, ``lp(n) = ((5 + n) / 6) ** alpha``, where ``|y|`` counts the generated
@@ -21,8 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from fastaed.decode import incremental
-from fastaed.model import EncoderDecoderModel
+from fastaed.model import CacheKind, EncoderDecoderModel
 
 
 @dataclass(frozen=True)
@@ -55,12 +56,17 @@ def greedy_search(
     eos_id: int,
     *,
     force_lengths: Tensor | None = None,
+    cache_kind: CacheKind = "kv",
+    compact: bool = True,
 ) -> list[Hypothesis]:
-    """Batched greedy decoding with the K/V cache.
+    """Batched greedy decoding with a decoder cache.
 
     enc: (B, T', De); enc_lens: (B,); prompts: (B, P). ``force_lengths`` (B,) makes row b emit exactly that
     many tokens before EOS (within its limit) — for timing random-weight models at realistic output
-    lengths. Returns one :class:`Hypothesis` per row, in input order.
+    lengths. ``cache_kind``: what the decoder keeps between steps (``"kv"``; ``"hidden"`` is the NeMo-style
+    baseline, see ``fastaed.model.cache``). ``compact=False`` keeps done rows in the batch until every row is
+    done (their further tokens are ignored), as NeMo does. Returns one :class:`Hypothesis` per row, in input
+    order.
     """
     b, p = prompts.shape
     device = prompts.device
@@ -68,14 +74,15 @@ def greedy_search(
     if force_lengths is not None:
         limit = torch.minimum(limit, force_lengths.to(limit) + 1)  # + 1: the EOS
     steps = int(limit.max())
-    cache = incremental.start(model, enc, enc_lens, p + steps)
-    logits = incremental.step(model, cache, prompts)
+    cache = model.start_decoding(enc, enc_lens, p + steps, cache_kind)
+    logits = model.decoder.step(prompts, cache)
     # State of the live rows only (compacted together with the cache); results land in ``out`` as rows end.
     rows = torch.arange(b, device=device)  # original row of each live row
     seqs = torch.zeros(b, steps, dtype=torch.long, device=device)
     logprob = torch.zeros(b, dtype=torch.float32, device=device)
     live_limit = limit.clone()
     forced = force_lengths.to(device) if force_lengths is not None else None
+    emitted = torch.zeros(b, dtype=torch.bool, device=device)  # without compaction: rows already in ``out``
     out: list[Hypothesis | None] = [None] * b
 
     def emit(live: Tensor, t: int, is_eos: Tensor) -> None:
@@ -96,15 +103,22 @@ def greedy_search(
         logprob += best
         is_eos = next_id == eos_id
         done = is_eos | (live_limit <= t + 1)
+        if not compact:
+            done &= ~emitted
         if bool(done.any()):
             emit(done.nonzero().squeeze(1), t, is_eos)
-            if bool(done.all()):
+            if not compact:
+                emitted |= done
+                if bool(emitted.all()):
+                    break
+            elif bool(done.all()):
                 break
-            keep = (~done).nonzero().squeeze(1)  # compaction: done rows cost nothing from here on
-            cache, rows, next_id = cache.select(keep), rows[keep], next_id[keep]
-            seqs, logprob, live_limit = seqs[keep], logprob[keep], live_limit[keep]
-            forced = forced[keep] if forced is not None else None
-        logits = incremental.step(model, cache, next_id[:, None])
+            else:
+                keep = (~done).nonzero().squeeze(1)  # compaction: done rows cost nothing from here on
+                cache, rows, next_id = cache.select(keep), rows[keep], next_id[keep]
+                seqs, logprob, live_limit = seqs[keep], logprob[keep], live_limit[keep]
+                forced = forced[keep] if forced is not None else None
+        logits = model.decoder.step(next_id[:, None], cache)
     assert all(h is not None for h in out)  # the last step ends every row (its limit)
     return out  # type: ignore[return-value]
 
@@ -133,8 +147,8 @@ def beam_search(
     b, p = prompts.shape
     device = prompts.device
     limit = row_limits(model, enc_lens, p)  # (B,)
-    cache = incremental.start(model, enc, enc_lens, p + int(limit.max()))
-    logits = incremental.step(model, cache, prompts)  # (B, V): pre-fill once per utterance, then expand
+    cache = model.start_decoding(enc, enc_lens, p + int(limit.max()))
+    logits = model.decoder.step(prompts, cache)  # (B, V): pre-fill once per utterance, then expand
     beam_rows = torch.arange(b, device=device).repeat_interleave(k)
     cache, logits = cache.select(beam_rows), logits[beam_rows]
     items = torch.arange(b, device=device)  # original utterance of each live item (k cache rows each)
@@ -190,5 +204,5 @@ def beam_search(
         rows = parent_rows[keep_rows]  # cache rows: parents of the surviving beams
         cache = cache.select(rows)
         items, scores, history = items[keep_items], scores[keep_items], history[keep_rows]
-        logits = incremental.step(model, cache, new_tokens[keep_rows][:, None])
+        logits = model.decoder.step(new_tokens[keep_rows][:, None], cache)
     return [sorted(f, key=lambda h: -h.score)[:nbest] for f in finished]

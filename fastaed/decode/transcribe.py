@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from tqdm.auto import tqdm
@@ -34,19 +34,23 @@ from fastaed.util.devices import resolve_device, resolve_dtype, synchronize
 TOKENIZER_DIR = "tokenizer"  # a checkpoint's own copy of its tokenizer (written by the trainer)
 
 
-@dataclass
+@dataclass(frozen=True)
 class DecodeConfig:
-    """How to decode. ``beam_size`` 1 is greedy; ``length_penalty`` is the GNMT alpha (beam search only)."""
+    """How to decode: the one definition of the decoding defaults (``fastaed transcribe`` / ``eval`` derive
+    their flags from these fields)."""
 
-    batch_size: int = 32
-    beam_size: int = 1
-    length_penalty: float = 1.0
-    nbest: int = 1
-    device: str = "auto"  # auto: cuda if available, else cpu
-    dtype: str = "auto"  # auto: bf16 on cuda, fp32 on cpu
-    num_workers: int = 0  # audio-reading processes (0: in the main process)
-    progress: bool = True
-    decode_text: bool = True  # False: ids only (timing random weights over a vocabulary the tokenizer lacks)
+    batch_size: int = field(default=32, metadata={"help": "utterances per batch (sorted by duration)"})
+    beam_size: int = field(default=1, metadata={"help": "1 = greedy"})
+    length_penalty: float = field(default=1.0, metadata={"help": "GNMT alpha for beam search"})
+    nbest: int = field(default=1, metadata={"help": "keep this many hypotheses per input (beam search)"})
+    device: str = field(default="auto", metadata={"help": "auto | cpu | cuda | cuda:N"})
+    dtype: Literal["auto", "bf16", "fp32"] = field(default="auto", metadata={"help": "auto: bf16 on GPU"})
+    num_workers: int = field(
+        default=0, metadata={"help": "audio-reading worker processes (0: in the main process)"}
+    )
+    progress: bool = field(default=True, metadata={"help": "progress bar"})
+    # False: ids only (timing random weights over a vocabulary the tokenizer lacks); benchmarks set it.
+    decode_text: bool = field(default=True, metadata={"cli": False})
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.beam_size < 1 or self.nbest < 1:

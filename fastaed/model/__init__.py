@@ -7,9 +7,14 @@ Imports only torch (``safetensors`` is loaded lazily by the checkpoint functions
     model = build_model("tiny-flash", vocab_size=tokenizer.vocab_size)
     logits = model(feats, feat_lens, dec_inputs, dec_lens)  # (B, U, V)
     loss, num_tokens = cross_entropy_loss(logits, targets, target_lens=dec_lens)
+
+    enc, enc_lens = model.encode(feats, feat_lens)  # decoding: the same decoder, one step at a time
+    cache = model.start_decoding(enc, enc_lens, capacity=prompt_len + max_new_tokens)
+    logits = model.decoder.step(prompts, cache)  # (B, V) after the prompt; then one token per call
 """
 
 from fastaed.model.aed import AEDOutput, EncoderDecoderModel, build_model, preset_info
+from fastaed.model.cache import CacheKind, DecoderCache, HiddenStateCache, KVCache
 from fastaed.model.checkpoint import CheckpointError, load_model, read_checkpoint_meta, save_model
 from fastaed.model.config import (
     DEFAULT_VOCAB_SIZE,
@@ -27,17 +32,21 @@ from fastaed.model.subsampling import DwStridingSubsampling, subsampled_lengths
 
 __all__ = [
     "AEDOutput",
+    "CacheKind",
     "CheckpointError",
     "ConformerBlock",
     "ConformerEncoder",
     "ConvModule",
     "DEFAULT_VOCAB_SIZE",
     "DecoderBlock",
+    "DecoderCache",
     "DecoderConfig",
     "DwStridingSubsampling",
     "EncoderConfig",
     "EncoderDecoderModel",
     "FeedForward",
+    "HiddenStateCache",
+    "KVCache",
     "ModelConfig",
     "PRESETS",
     "TINY_VOCAB_SIZE",

@@ -16,6 +16,7 @@ from typing import Literal, NamedTuple, overload
 import torch
 from torch import Tensor, nn
 
+from fastaed.model.cache import CacheKind, DecoderCache
 from fastaed.model.config import ModelConfig, preset_config
 from fastaed.model.conformer import ConformerEncoder
 from fastaed.model.decoder import TransformerDecoder
@@ -54,6 +55,16 @@ class EncoderDecoderModel(nn.Module):
     def decode(self, enc: Tensor, enc_lens: Tensor, dec_inputs: Tensor) -> Tensor:
         """enc: (B, T', De) from :meth:`encode`; enc_lens: (B,); dec_inputs: (B, U). Returns (B, U, V)."""
         return self.decoder(dec_inputs, self.projection(enc), enc_lens)
+
+    def start_decoding(
+        self, enc: Tensor, enc_lens: Tensor, capacity: int, kind: CacheKind = "kv"
+    ) -> DecoderCache:
+        """An empty decoder cache for ``enc`` (B, T', De) from :meth:`encode` with ``enc_lens`` (B,) frames.
+
+        ``capacity``: the most tokens a row will hold (prompt + generated). The encoder states are projected
+        to the decoder width here, once; feed tokens with ``model.decoder.step(tokens, cache)``.
+        """
+        return self.decoder.start(self.projection(enc), enc_lens, capacity, kind)
 
     def ctc_log_probs(self, enc: Tensor) -> Tensor:
         """enc: (B, T', De) -> (B, T', V) CTC log-probabilities (float32). Needs ``ctc_weight`` set."""

@@ -16,11 +16,17 @@ encoding of the relative offset i - j. We still run SDPA: the query is q + u, an
 (q + v) · p, realigned by :func:`rel_shift` and divided by sqrt(Dh), goes in as an additive float
 ``attn_mask`` together with -inf on padded keys. SDPA adds its own q·kᵀ/sqrt(Dh), so the sum is exactly the
 formula above, and the softmax/weighted-sum run in one fused kernel.
+
+Decoder attention takes an optional per-layer cache (:class:`LayerCache`, implemented in
+``fastaed.model.cache``): without one it attends within the given tokens (teacher forcing); with one, the
+cache supplies the keys/values of every position decoded so far and of the encoder memory, so the same
+forward serves step-by-step decoding whatever the cache keeps (keys/values, or NeMo-style hidden states).
 """
 
 from __future__ import annotations
 
 import math
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -118,13 +124,27 @@ class RelPositionMultiHeadAttention(nn.Module):
         return self.out(merge_heads(out))
 
 
+class LayerCache(Protocol):
+    """One decoder layer's decoding state, as its attention modules see it (``fastaed.model.cache``)."""
+
+    def self_kv(self, attn: SelfAttention, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """x: (B, N, D) normalised new positions -> their queries (B, H, N, Dh) and the keys and values of
+        every position so far, these included, (B, H, S', Dh) each."""
+        ...
+
+    def memory_kv(self, attn: CrossAttention) -> tuple[Tensor, Tensor]:
+        """Cross-attention keys and values of the encoder memory, (B, H, T, Dh) each."""
+        ...
+
+
 class SelfAttention(nn.Module):
     """Causal decoder self-attention through SDPA.
 
     Causality alone also isolates padding: inputs are right-padded, so every key a valid query can see
     (j <= i < length) is itself valid, and ``is_causal=True`` keeps SDPA on its fastest kernels. Padded query
     rows attend to earlier positions (never an empty row, so no NaN); their outputs are ignored by the loss.
-    The fused ``qkv`` projection can be sliced into K/V for a cache.
+    With a cache, every row sits at the same position, so again no mask is needed: new tokens see all cached
+    ones, and several new tokens (the prompt pre-fill, into an empty cache) are causal among themselves.
     """
 
     def __init__(self, d_model: int, n_heads: int, dropout_att: float = 0.0):
@@ -134,21 +154,30 @@ class SelfAttention(nn.Module):
         self.qkv = nn.Linear(d_model, 3 * d_model)
         self.out = nn.Linear(d_model, d_model)
 
-    def forward(self, x: Tensor) -> Tensor:
-        """x: (B, U, D) -> (B, U, D)."""
+    def project(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """x: (B, N, D) -> queries, keys, values, (B, H, N, Dh) each."""
         q, k, v = self.qkv(x).chunk(3, dim=-1)
-        q, k, v = (split_heads(t, self.n_heads) for t in (q, k, v))  # (B, H, U, Dh) each
+        return split_heads(q, self.n_heads), split_heads(k, self.n_heads), split_heads(v, self.n_heads)
+
+    def forward(self, x: Tensor, cache: LayerCache | None = None) -> Tensor:
+        """x: (B, N, D) -> (B, N, D). ``cache``: attend to the cached positions too (and extend them)."""
+        if cache is None:
+            q, k, v = self.project(x)
+            causal = True
+        else:
+            q, k, v = cache.self_kv(self, x)  # k, v: (B, H, S', Dh), the N new positions last
+            causal = x.shape[1] > 1  # one new token sees every key; a pre-fill starts from an empty cache
         out = F.scaled_dot_product_attention(
-            q, k, v, is_causal=True, dropout_p=self.dropout_att if self.training else 0.0
-        )  # (B, H, U, Dh)
+            q, k, v, is_causal=causal, dropout_p=self.dropout_att if self.training else 0.0
+        )  # (B, H, N, Dh)
         return self.out(merge_heads(out))
 
 
 class CrossAttention(nn.Module):
     """Decoder-to-encoder attention through SDPA.
 
-    Keys and values come from :meth:`project_memory`, separate from :meth:`forward`, so incremental decoding
-    can compute them once per utterance.
+    Keys and values come from :meth:`project_memory`, separate from :meth:`forward`, so a cache can compute
+    them once per utterance (or, as NeMo does, at every step).
     """
 
     def __init__(self, d_model: int, n_heads: int, dropout_att: float = 0.0):
@@ -164,15 +193,22 @@ class CrossAttention(nn.Module):
         k, v = self.kv(memory).chunk(2, dim=-1)
         return split_heads(k, self.n_heads), split_heads(v, self.n_heads)
 
-    def forward(self, x: Tensor, memory_kv: tuple[Tensor, Tensor], memory_mask: Tensor) -> Tensor:
-        """x: (B, U, D); memory_kv from :meth:`project_memory`; memory_mask: (B, T) True = valid frame."""
+    def forward(
+        self, x: Tensor, memory: Tensor | None, memory_mask: Tensor | None, cache: LayerCache | None = None
+    ) -> Tensor:
+        """x: (B, U, D); memory: (B, T, D) encoder states, or None when ``cache`` holds them.
+
+        memory_mask: (B, 1, 1, T) True = valid frame (SDPA's layout: the same frames for every head and
+        query), or None when every frame is valid.
+        """
         q = split_heads(self.q(x), self.n_heads)  # (B, H, U, Dh)
-        k, v = memory_kv
+        if cache is not None:
+            k, v = cache.memory_kv(self)
+        elif memory is not None:
+            k, v = self.project_memory(memory)
+        else:
+            raise ValueError("cross-attention needs the encoder memory or a cache holding it")
         out = F.scaled_dot_product_attention(
-            q,
-            k,
-            v,
-            attn_mask=memory_mask[:, None, None, :],  # (B, 1, 1, T): same valid frames for every query
-            dropout_p=self.dropout_att if self.training else 0.0,
+            q, k, v, attn_mask=memory_mask, dropout_p=self.dropout_att if self.training else 0.0
         )  # (B, H, U, Dh)
         return self.out(merge_heads(out))

@@ -15,9 +15,10 @@ dominate the token vectors), then dropout. Output: final LayerNorm, then logits 
 matrix (tied, as Canary's classifier head is) plus a bias — with tying, the Canary presets land on their
 published parameter counts.
 
-Ready for incremental decoding: cross-attention keys/values come from
-:meth:`TransformerDecoder.project_memory` (computed once per utterance), and self-attention uses one fused
-``qkv`` projection a K/V cache can slice.
+One block forward serves both uses. Teacher forcing (:meth:`TransformerDecoder.forward`) runs it over whole
+sequences; decoding starts a cache from the encoder output (:meth:`TransformerDecoder.start`) and feeds
+tokens through :meth:`TransformerDecoder.step`, which runs the same blocks with each layer's view of the
+cache (``fastaed.model.cache``: a K/V cache, or NeMo-style hidden states for the benchmark baseline).
 """
 
 from __future__ import annotations
@@ -28,10 +29,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fastaed.model.attention import CrossAttention, SelfAttention, lengths_to_mask, sinusoidal_encoding
+from fastaed.model.attention import (
+    CrossAttention,
+    LayerCache,
+    SelfAttention,
+    lengths_to_mask,
+    sinusoidal_encoding,
+)
+from fastaed.model.cache import CacheKind, DecoderCache, HiddenStateCache, KVCache
 from fastaed.model.config import DecoderConfig
-
-MemoryKV = list[tuple[Tensor, Tensor]]  # per layer: cross-attention keys and values, (B, H, T, Dh) each
 
 
 class DecoderBlock(nn.Module):
@@ -50,10 +56,14 @@ class DecoderBlock(nn.Module):
         )
         self.dropout = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: Tensor, memory_kv: tuple[Tensor, Tensor], memory_mask: Tensor) -> Tensor:
-        """x: (B, U, D); memory_kv: (B, H, T, Dh) keys and values; memory_mask: (B, T). Returns (B, U, D)."""
-        x = x + self.dropout(self.self_attn(self.self_norm(x)))
-        x = x + self.dropout(self.cross_attn(self.cross_norm(x), memory_kv, memory_mask))
+    def forward(
+        self, x: Tensor, memory: Tensor | None, memory_mask: Tensor | None, cache: LayerCache | None = None
+    ) -> Tensor:
+        """x: (B, U, D); memory: (B, T, D) encoder states (None with a cache: it holds them); memory_mask:
+        (B, 1, 1, T) True = valid frame, or None. ``cache``: this layer's view of a decoder cache, which
+        supplies (and keeps) the keys/values of earlier positions. Returns (B, U, D)."""
+        x = x + self.dropout(self.self_attn(self.self_norm(x), cache))
+        x = x + self.dropout(self.cross_attn(self.cross_norm(x), memory, memory_mask, cache))
         return x + self.dropout(self.ff(self.ff_norm(x)))
 
 
@@ -89,14 +99,14 @@ class TransformerDecoder(nn.Module):
                     nn.init.zeros_(module.bias)
         nn.init.zeros_(self.output_bias)
 
-    def project_memory(self, memory: Tensor) -> MemoryKV:
-        """memory: (B, T, D) encoder states (already projected to the decoder width) -> per-layer K/V."""
-        return [layer.cross_attn.project_memory(memory) for layer in self.layers]
-
-    def embed(self, tokens: Tensor, positions: Tensor) -> Tensor:
-        """tokens: (B, U) ids; positions: (U,) absolute positions. Returns (B, U, D)."""
-        pos = sinusoidal_encoding(positions, self.cfg.d_model).to(self.embedding.weight.dtype)  # (U, D)
+    def embed(self, tokens: Tensor, pos: Tensor) -> Tensor:
+        """tokens: (B, U) ids; pos: (U, D) their position encodings. Returns (B, U, D)."""
         return self.dropout(self.embed_norm(self.embedding(tokens) + pos[None]))
+
+    def position_table(self, length: int, device: torch.device) -> Tensor:
+        """(length, D) encodings of positions 0 .. length - 1, in the embedding's dtype."""
+        pos = sinusoidal_encoding(torch.arange(length, device=device), self.cfg.d_model)
+        return pos.to(self.embedding.weight.dtype)
 
     def logits(self, hidden: Tensor) -> Tensor:
         """hidden: (B, U, D) block outputs -> (B, U, V) logits."""
@@ -110,9 +120,47 @@ class TransformerDecoder(nn.Module):
         tokens: (B, U) input ids; memory: (B, T, D) encoder states; memory_lens: (B,) valid frames, each >= 1.
         Returns (B, U, V) logits; rows past a sequence's length are meaningless (the loss ignores them).
         """
-        memory_kv = self.project_memory(memory)
-        memory_mask = lengths_to_mask(memory_lens, memory.shape[1])  # (B, T)
-        x = self.embed(tokens, torch.arange(tokens.shape[1], device=tokens.device))
-        for layer, kv in zip(self.layers, memory_kv, strict=True):
-            x = layer(x, kv, memory_mask)
+        memory_mask = lengths_to_mask(memory_lens, memory.shape[1])[:, None, None, :]  # (B, 1, 1, T)
+        x = self.embed(tokens, self.position_table(tokens.shape[1], tokens.device))
+        for layer in self.layers:
+            x = layer(x, memory, memory_mask)
         return self.logits(x)
+
+    def start(
+        self, memory: Tensor, memory_lens: Tensor, capacity: int, kind: CacheKind = "kv"
+    ) -> DecoderCache:
+        """An empty cache for decoding ``memory`` (B, T, D) encoder states with ``memory_lens`` (B,) frames.
+
+        ``capacity``: the most tokens a row will hold (prompt + generated). ``kind``: ``"kv"`` projects every
+        layer's cross-attention keys/values here, once per utterance; ``"hidden"`` (NeMo-style) keeps the
+        states and re-projects them at every step (see ``fastaed.model.cache``).
+        """
+        # SDPA's mask layout, built once; no mask at all when nothing is padded (batch 1, equal lengths).
+        mask = lengths_to_mask(memory_lens, memory.shape[1])[:, None, None, :]
+        mask = None if bool(mask.all()) else mask
+        positions = self.position_table(capacity, memory.device)
+        if kind == "kv":
+            memory_kv = [layer.cross_attn.project_memory(memory) for layer in self.layers]
+            return KVCache.empty(memory_kv, mask, positions)
+        if kind == "hidden":
+            states: list[Tensor | None] = [None] * len(self.layers)
+            return HiddenStateCache(memory=memory, states=states, memory_mask=mask, positions=positions)
+        raise ValueError(f"unknown cache kind {kind!r} (expected 'kv' or 'hidden')")
+
+    def step(self, tokens: Tensor, cache: DecoderCache) -> Tensor:
+        """Feed ``tokens`` (B, N) at positions ``cache.length ...``; returns the logits of the last, (B, V).
+
+        N > 1 is the prompt pre-fill and needs an empty cache (causal attention inside the new tokens); N = 1
+        is one decoding step. Mutates ``cache`` (fills N positions). Call in eval mode.
+        """
+        n, start = tokens.shape[1], cache.length
+        if start + n > cache.capacity:
+            raise ValueError(f"cache holds {cache.capacity} positions; {start} filled, {n} more requested")
+        if n > 1 and start > 0:
+            raise ValueError("several tokens at once only into an empty cache (the prompt pre-fill)")
+        # The position table is looked up, not recomputed: same encodings, no per-step sin/cos.
+        x = self.embed(tokens, cache.positions[start : start + n])  # (B, N, D)
+        for i, layer in enumerate(self.layers):
+            x = layer(x, None, cache.memory_mask, cache.layer(i))
+        cache.length = start + n
+        return self.logits(x[:, -1:])[:, 0]

@@ -9,31 +9,36 @@ from a private generator, so a loader created mid-epoch does not shift the globa
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from fastaed.data.dataset import AEDDataset
+from fastaed.data.dataset import AEDDataset, Batch
+from fastaed.data.errors import BadInputError
 from fastaed.data.index import MetadataIndex
 from fastaed.sampling import Bins, BucketingSampler, estimate_bins, load_profile
 from fastaed.train import checkpoint as ckpt
 from fastaed.train import distributed as D
 from fastaed.train.config import TrainConfig
 from fastaed.train.faults import CollateWithFirstError
+from fastaed.train.profile.profile import ProfileIdentity, check_profile
+
+SamplerFactory = Callable[..., BucketingSampler]  # sampler(shuffle=...) -> the cached sampler
 
 
-def make_sampler_factory(cfg: TrainConfig, index: MetadataIndex, info: D.DistInfo, identity: Any = None):
+def make_sampler_factory(
+    cfg: TrainConfig, index: MetadataIndex, info: D.DistInfo, identity: ProfileIdentity | None = None
+) -> SamplerFactory:
     """A cached ``sampler(shuffle)``: bins from file / profile / estimation, sizes from profile and budget.
 
-    identity: the run's ``ProfileIdentity``; a profile made for another model, device, dtype or tokenizer is
-    refused (``ProfileMismatchError``) unless ``sampler.force_profile``."""
+    identity: the run's; a profile made for another model, device, dtype or tokenizer is refused
+    (``ProfileMismatchError``) unless ``sampler.force_profile``."""
     s = cfg.sampler
     batch_sizes = None
     bins = Bins.load(s.bins) if s.bins else None
     if s.profile:
         if identity is not None:
-            from fastaed.train.profile.profile import check_profile  # lazy: train/profile imports this module
-
             if diffs := check_profile(s.profile, identity, force=s.force_profile):
                 D.print0(f"note: using batch-size profile {s.profile} despite: {'; '.join(diffs)}")
         batch_sizes, profile_bins = load_profile(s.profile)
@@ -65,15 +70,27 @@ def make_sampler_factory(cfg: TrainConfig, index: MetadataIndex, info: D.DistInf
     return sampler
 
 
+@dataclass(frozen=True)
+class StreamItem:
+    """One batch of the stream, with where it stands in its epoch."""
+
+    epoch: int
+    k: int  # the batch's index in its epoch (what a checkpoint resumes after: ``k + 1`` batches trained)
+    bucket: int  # the flattened bucket it was drawn from
+    sampler: BucketingSampler  # the epoch's sampler (its state goes into checkpoints)
+    batch: Batch  # collated on the host; bad utterances already left out
+    error: BadInputError | None  # the first bad-input error of the batch, for the policy to act on
+
+
 def batch_stream(
     cfg: TrainConfig,
     dataset: AEDDataset,
-    sampler_for: Callable[..., BucketingSampler],
+    sampler_for: SamplerFactory,
     start_epoch: int,
     sampler_state: dict[str, Any] | None,
     pin_memory: bool = False,
-) -> Iterator[tuple[Any, ...]]:
-    """Endless ``(epoch, k, bucket, sampler, batch, first_error)`` over epochs, resuming inside one."""
+) -> Iterator[StreamItem]:
+    """Endless batches over epochs, resuming inside the first one when ``sampler_state`` is given."""
     epoch = start_epoch
     while True:
         sampler = sampler_for(shuffle=not (cfg.sampler.short_first_epoch and epoch == 0))
@@ -101,5 +118,5 @@ def batch_stream(
             pin_memory=pin_memory,  # faster, asynchronous host-to-GPU copies
         )
         for k, (batch, error) in enumerate(loader, start=first):
-            yield epoch, k, int(buckets[k]), sampler, batch, error
+            yield StreamItem(epoch, k, int(buckets[k]), sampler, batch, error)
         epoch += 1

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from fastaed.data.tokenizer import Tokenizer
-from fastaed.model import save_model
+from fastaed.model import load_model, save_model
 from fastaed.model.checkpoint import CONFIG_FILE, WEIGHTS_FILE
 
 PREFIX = "ckpt-"
@@ -211,8 +211,6 @@ def load_trainer_state(ckpt_dir: str | os.PathLike[str]) -> dict[str, Any]:
 
 def load_weights_(model: torch.nn.Module, ckpt_dir: str | os.PathLike[str]) -> None:
     """Copy a checkpoint's weights into ``model`` (its config must match; checked by ``load_model``)."""
-    from fastaed.model import load_model
-
     saved = load_model(ckpt_dir)
     if saved.config != getattr(model, "config", saved.config):
         raise ValueError(f"{ckpt_dir}: saved model config differs from the configured model: {saved.config}")

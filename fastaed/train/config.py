@@ -17,14 +17,13 @@ import dataclasses
 import types
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Union, get_args, get_origin, get_type_hints
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
 from fastaed.data.errors import ON_BAD_INPUT_CHOICES
-
-if TYPE_CHECKING:
-    from fastaed.model.config import ModelConfig
+from fastaed.data.features import FeatureConfig, SpecAugmentConfig
+from fastaed.model.config import PRESETS, ModelConfig, preset_config
 
 SCHEDULES = ("inverse_sqrt", "cosine", "constant")
 DEVICES = ("auto", "cpu", "cuda")
@@ -90,18 +89,15 @@ class ModelSection:
     dropout: float | None = None  # overrides every dropout of encoder and decoder; None keeps the preset's
 
     def __post_init__(self) -> None:
-        from fastaed.model.config import PRESETS
-
         _require(
             self.preset in PRESETS, f"model.preset: unknown {self.preset!r}; known: {', '.join(PRESETS)}"
         )
         _require(self.ctc_weight is None or 0 <= self.ctc_weight <= 1, "model.ctc_weight must be in [0, 1]")
         _require(self.dropout is None or 0 <= self.dropout < 1, "model.dropout must be in [0, 1)")
 
-    def model_config(self, vocab_size: int) -> ModelConfig:
-        """The preset sized for the tokenizer, with this section's CTC weight and dropout overrides."""
-        from fastaed.model.config import preset_config
-
+    def model_config(self, vocab_size: int | None) -> ModelConfig:
+        """The preset sized for the tokenizer (None: the preset's default vocabulary), with this section's
+        CTC weight and dropout overrides."""
         cfg = preset_config(self.preset, vocab_size)
         if self.ctc_weight is not None:
             cfg = dataclasses.replace(cfg, ctc_weight=self.ctc_weight or None)  # 0 removes the head
@@ -147,26 +143,30 @@ class LossConfig:
 
 
 @dataclass(frozen=True)
-class SpecAugmentSection:
+class SpecAugmentSection(SpecAugmentConfig):
+    """SpecAugment's masks (``SpecAugmentConfig``: counts, widths) and when the trainer applies them."""
+
     enabled: bool = True
     start_step: int = 0  # first optimizer step with masking (let the model start aligning first)
-    freq_masks: int = 2
-    freq_width: int = 27  # mel bins
-    time_masks: int = 10
-    time_width: float = 0.05  # fraction of each utterance's frames
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         _require(self.start_step >= 0, "specaugment.start_step must be >= 0")
-        _require(min(self.freq_masks, self.freq_width, self.time_masks) >= 0, "specaugment: counts >= 0")
-        _require(0 <= self.time_width <= 1, "specaugment.time_width is a fraction in [0, 1]")
 
 
 @dataclass(frozen=True)
 class FeaturesSection:
-    dither: float = 1e-5  # std of the training-time Gaussian noise on the waveform
+    """The front end's one training setting. The rest of ``FeatureConfig`` stays at its defaults, which is
+    what inference (``fastaed transcribe``, evaluation) computes, so a model cannot be trained on features
+    that decoding does not reproduce."""
+
+    dither: float = FeatureConfig.dither  # std of the training-time Gaussian noise on the waveform
 
     def __post_init__(self) -> None:
-        _require(self.dither >= 0, "features.dither must be >= 0")
+        self.feature_config()  # FeatureConfig validates
+
+    def feature_config(self) -> FeatureConfig:
+        return FeatureConfig(**dataclasses.asdict(self))
 
 
 @dataclass(frozen=True)

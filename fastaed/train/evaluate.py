@@ -2,11 +2,11 @@
 
 Dimensions: B batch, T' encoder frames, De encoder width, P prompt tokens, U decoder tokens.
 
-The greedy decoder here is deliberately simple: every step re-runs the decoder over the whole prefix (no KV
-cache). It stops a row at EOS or after as many tokens as the utterance has encoder frames (one token per 80 ms
-is far above any real speaking rate, and bounds a looping decoder), capped by the decoder's ``max_len``.
-WER and CER are computed by ``jiwer`` after the same normaliser on both sides (lower case, punctuation
-stripped: ``fastaed.data.text.strip_pnc``), so a pnc=yes target is scored on its words only.
+Greedy decoding is the K/V-cached ``fastaed.decode.search.greedy_search`` that transcription uses: a row
+stops at EOS or after as many tokens as the utterance has encoder frames, capped by the decoder's
+``max_len``. WER and CER (``fastaed.decode.scoring.word_error_rates``, jiwer) are computed after the same
+normaliser on both sides (lower case, punctuation stripped: ``fastaed.data.text.strip_pnc``), so a pnc=yes
+target is scored on its words only.
 """
 
 from __future__ import annotations
@@ -17,47 +17,18 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor
 
 from fastaed.data.dataset import AEDDataset
 from fastaed.data.features import LogMelFeatures
-from fastaed.data.text import strip_pnc, word_error_rates
+from fastaed.data.text import strip_pnc
 from fastaed.data.tokenizer import Tokenizer
+from fastaed.decode.scoring import word_error_rates
+from fastaed.decode.search import greedy_search
 from fastaed.model import EncoderDecoderModel, cross_entropy_loss
 from fastaed.train.config import LossConfig
 from fastaed.train.faults import CollateWithFirstError, apply_bad_input_policy
 
 NUM_EXAMPLES = 3  # reference/hypothesis pairs kept in the eval record
-
-
-@torch.no_grad()
-def greedy_decode(
-    model: EncoderDecoderModel, enc: Tensor, enc_lens: Tensor, prompts: Tensor, eos_id: int
-) -> list[list[int]]:
-    """Batched greedy decoding, full recompute per step.
-
-    enc: (B, T', De) encoder states; enc_lens: (B,); prompts: (B, P) prompt ids (all rows the same length).
-    Returns the generated ids of each row, without the prompt and without EOS.
-    """
-    b, p = prompts.shape
-    cap = max(model.config.decoder.max_len - p, 1)
-    limit = enc_lens.clamp(min=1, max=cap)  # (B,) new-token budget per row
-    tokens = prompts
-    finished = torch.zeros(b, dtype=torch.bool, device=prompts.device)
-    emitted = torch.zeros(b, dtype=torch.long, device=prompts.device)
-    for t in range(int(limit.max())):
-        logits = model.decode(enc, enc_lens, tokens)[:, -1]  # (B, V): only the last position is needed
-        next_id = logits.argmax(-1).masked_fill(finished, eos_id)  # finished rows get filler, ignored below
-        tokens = torch.cat([tokens, next_id[:, None]], dim=1)  # (B, P + t + 1)
-        emitted += (~finished).long()
-        finished |= (next_id == eos_id) | (t + 1 >= limit)
-        if bool(finished.all()):
-            break
-    out = []
-    for row, n in zip(tokens[:, p:].tolist(), emitted.tolist()):
-        ids = row[:n]
-        out.append(ids[:-1] if ids and ids[-1] == eos_id else ids)
-    return out
 
 
 def duration_batches(durations: np.ndarray, max_padded_seconds: float) -> list[list[int]]:
@@ -129,10 +100,10 @@ def evaluate(
             if rows:
                 sel = torch.tensor(rows, device=device)
                 p = int(batch.prompt_lens[0])  # the Canary prompt has a fixed length
-                decoded = greedy_decode(
+                decoded = greedy_search(
                     model, enc[sel], enc_lens[sel], batch.tokens[sel, :p], tokenizer.eos_id
                 )
-                hyps.update({batch.indices[j]: tokenizer.decode(ids) for j, ids in zip(rows, decoded)})
+                hyps.update({batch.indices[j]: tokenizer.decode(h.tokens) for j, h in zip(rows, decoded)})
     model.train(was_training[0])
     frontend.train(was_training[1])
 

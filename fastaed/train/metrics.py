@@ -22,6 +22,7 @@ import torch
 
 from fastaed.constants import HOP_LENGTH, SAMPLE_RATE
 from fastaed.data.dataset import Batch
+from fastaed.util.tables import format_table, pct
 
 METRICS_FILE = "metrics.jsonl"
 CURVE_FILE = "learning_curve.png"
@@ -262,11 +263,6 @@ def _smooth(values: tuple[float, ...], alpha: float = 0.05) -> list[float]:
 
 def summary_table(summary: dict[str, Any]) -> str:
     """The run summary a person reads at the end of training (also written to ``summary.txt``)."""
-    from fastaed.util.tables import format_table
-
-    def pct(x: float | None) -> str:
-        return "-" if x is None else f"{100 * x:.1f}%"
-
     wall = summary.get("wall_time_s") or 0.0
     rows = [
         ["model", f"{summary.get('model')} ({(summary.get('params') or 0) / 1e6:.2f}M params)"],

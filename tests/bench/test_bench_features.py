@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 
 import numpy as np
+import pytest
 
-from fastaed.bench.features import add_arguments, bench_features, main, synth_speech
+from fastaed.bench.features import FeaturesBenchConfig, run, synth_speech
+from fastaed.cli.main import main
 
 
-def test_bench_features_returns_xrt_for_every_stage_and_writes_json(tmp_path):
-    out = tmp_path / "features.json"
-    result = bench_features(num_utts=4, seconds=1.0, json_out=out)
+def test_bench_features_returns_xrt_for_every_stage():
+    result = run(FeaturesBenchConfig(num_utts=4, seconds=1.0))
     assert set(result["xrt_per_core"]) == {
         "features_b1",
         "features_b16",
@@ -23,15 +23,19 @@ def test_bench_features_returns_xrt_for_every_stage_and_writes_json(tmp_path):
     assert all(v > 0 for v in result["xrt_per_core"].values())
     assert result["target_xrt_per_core"] == 500
     assert isinstance(result["pass"], bool)
-    assert json.loads(out.read_text()) == result
 
 
-def test_bench_main_parses_cli_arguments(tmp_path):
-    parser = argparse.ArgumentParser()
-    add_arguments(parser)
-    args = parser.parse_args(["--num-utts", "2", "--seconds", "0.5", "--json-out", str(tmp_path / "r.json")])
-    assert main(args) == 0
-    assert (tmp_path / "r.json").exists()
+def test_cli_writes_the_result_json_and_check_gates_the_exit_status(tmp_path, capsys):
+    out = tmp_path / "r.json"
+    with pytest.raises(SystemExit) as info:
+        main(["bench", "features", "--num-utts", "2", "--seconds", "0.5", "--json", str(out)])
+    assert info.value.code == 0
+    result = json.loads(out.read_text())
+    assert result["num_utts"] == 2 and "features benchmark: 2 x 0.5 s" in capsys.readouterr().out
+    if not result["pass"]:  # under target on this machine: --check turns that into exit status 1
+        with pytest.raises(SystemExit) as info:
+            main(["bench", "features", "--num-utts", "2", "--seconds", "0.5", "--check"])
+        assert info.value.code == 1
 
 
 def test_synthetic_speech_has_requested_length_and_range():

@@ -7,7 +7,7 @@ import json
 
 import torch
 
-from fastaed.bench.rtfx import nemo_style_greedy
+from fastaed.bench.rtfx import time_decoders
 from fastaed.cli.main import build_parser
 from fastaed.decode import greedy_search
 from fastaed.model import build_model
@@ -18,10 +18,15 @@ def test_nemo_style_baseline_decodes_the_same_tokens():
     model = build_model("test", vocab_size=40).eval()
     enc, enc_lens = torch.randn(3, 9, 32), torch.tensor([9, 9, 9])
     prompts = torch.tensor([[2, 10, 3, 10, 5]] * 3)
-    lengths = torch.tensor([4, 6, 6])
+    lengths = torch.tensor([4, 6, 6])  # rows end apart: the baseline keeps the done one in the batch
     ours = [h.tokens for h in greedy_search(model, enc, enc_lens, prompts, 1, force_lengths=lengths)]
-    assert nemo_style_greedy(model, enc, enc_lens, prompts, 1, lengths) == ours
+    nemo = greedy_search(
+        model, enc, enc_lens, prompts, 1, force_lengths=lengths, cache_kind="hidden", compact=False
+    )
+    assert [h.tokens for h in nemo] == ours
     assert [len(t) for t in ours] == [4, 6, 6]
+    timed = time_decoders(model, eos_id=1, batch_size=2, frames=9, num_tokens=5, repeats=1)
+    assert timed["identical_tokens"] and timed["speedup"] > 0
 
 
 def test_tiny_rtfx_run_writes_every_field(tmp_path):

@@ -1,5 +1,6 @@
-"""Decoding properties: cached == uncached, beam 1 == greedy, batched == one at a time, the length penalty
-ranks as specified, forced lengths, compaction keeps rows apart."""
+"""Decoding properties: greedy with either cache (compacting or not) == the uncached oracle, beam 1 ==
+greedy, batched == one at a time, the length penalty ranks as specified, forced lengths, compaction keeps
+rows apart."""
 
 from __future__ import annotations
 
@@ -8,10 +9,10 @@ import math
 import pytest
 import torch
 
-from fastaed.decode import beam_search, greedy_search, incremental, length_penalty
+from fastaed.decode import beam_search, greedy_search, length_penalty
 from fastaed.decode.search import Hypothesis
 from fastaed.model import build_model
-from fastaed.train.evaluate import greedy_decode
+from tests.decode.oracle import greedy_oracle
 
 EOS, VOCAB, WIDTH = 1, 40, 32
 
@@ -35,24 +36,27 @@ def _inputs(b: int, seed: int = 0):
     return enc, enc_lens, prompts
 
 
-def test_cached_logits_equal_uncached(model):
-    enc, enc_lens, prompts = _inputs(3)
-    tokens = torch.cat([prompts, torch.randint(11, VOCAB, (3, 6))], dim=1)  # (B, 11)
-    cache = incremental.start(model, enc, enc_lens, tokens.shape[1])
+@pytest.mark.parametrize(
+    "cache_kind, compact", [("kv", True), ("kv", False), ("hidden", True), ("hidden", False)]
+)
+def test_greedy_equals_the_uncached_oracle(model, cache_kind, compact):
+    enc, enc_lens, prompts = _inputs(6, seed=11)  # padded: encoder lengths 3..12, mixed pnc prompts
+    hyps = greedy_search(model, enc, enc_lens, prompts, EOS, cache_kind=cache_kind, compact=compact)
+    tokens = [h.tokens for h in hyps]
+    assert tokens == greedy_oracle(model, enc, enc_lens, prompts, EOS)
+    lengths = [len(t) for t in tokens]
+    assert min(lengths) < max(lengths)  # rows ended at different steps: compaction (or not) mattered
+    assert any(h.ended for h in hyps) and not all(h.ended for h in hyps)  # EOS and the length limit both
+
+
+def test_a_model_that_always_says_eos_gives_empty_hypotheses(model):
+    enc, enc_lens, prompts = _inputs(3, seed=8)
     with torch.no_grad():
-        steps = [incremental.step(model, cache, tokens[:, :5])]
-        steps += [incremental.step(model, cache, tokens[:, t : t + 1]) for t in range(5, tokens.shape[1])]
-        full = model.decode(enc, enc_lens, tokens)  # (B, U, V), whole prefix recomputed
-    for i, logits in enumerate(steps):
-        torch.testing.assert_close(logits, full[:, 4 + i], atol=1e-5, rtol=1e-5)
-
-
-def test_greedy_equals_the_uncached_reference_decoder(model):
-    enc, enc_lens, prompts = _inputs(6, seed=1)
-    cached = [h.tokens for h in greedy_search(model, enc, enc_lens, prompts, EOS)]
-    assert cached == greedy_decode(model, enc, enc_lens, prompts, EOS)
-    lengths = [len(t) for t in cached]
-    assert min(lengths) < max(lengths)  # rows ended at different steps: compaction happened
+        model.decoder.output_bias.fill_(-1e4)
+        model.decoder.output_bias[EOS] = 1e4
+    for compact in (True, False):
+        hyps = greedy_search(model, enc, enc_lens, prompts, EOS, compact=compact)
+        assert [(h.tokens, h.ended) for h in hyps] == [([], True)] * 3
 
 
 def test_batched_equals_one_at_a_time(model):
@@ -103,7 +107,7 @@ def test_scores_apply_the_gnmt_length_penalty(model):
 def _bigram_step(table: torch.Tensor):
     """A decoder whose next-token log-probabilities depend only on the last token: scripted outcomes."""
 
-    def step(model, cache, tokens):
+    def step(tokens, cache):
         cache.length += tokens.shape[1]
         return table[tokens[:, -1]]
 
@@ -118,7 +122,7 @@ def test_length_penalty_changes_the_ranking(model, monkeypatch):
     table[20, 21] = table[21, EOS] = math.log(0.9)
     table[20, 22] = table[21, 23] = math.log(0.1)
     table = torch.log_softmax(table, dim=-1)
-    monkeypatch.setattr(incremental, "step", _bigram_step(table))
+    monkeypatch.setattr(model.decoder, "step", _bigram_step(table))
     enc, enc_lens, prompts = torch.zeros(1, 8, WIDTH), torch.tensor([8]), torch.tensor([[2, 10, 3, 10, 5]])
 
     plain = beam_search(model, enc, enc_lens, prompts, EOS, beam_size=2, alpha=0.0)[0]

@@ -25,8 +25,9 @@ from fastaed.train.faults import (
     is_oom,
     split_batch,
 )
-from fastaed.train.loop import piece_forward, train
+from fastaed.train.loop import train
 from fastaed.train.metrics import batch_stats
+from fastaed.train.step import piece_forward
 from tests.train import make_config, tiny_data, train_records
 
 

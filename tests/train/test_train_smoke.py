@@ -1,6 +1,6 @@
 """End to end on a tiny corpus: the CLI trains, evaluates and leaves a complete run directory (metrics with
 every promised field, summary, learning curve, a self-describing checkpoint); the first epoch runs short
-utterances first; a time budget stops cleanly; gradient accumulation runs; greedy decoding stops."""
+utterances first; a time budget stops cleanly; gradient accumulation runs."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from fastaed.cli.train import main
-from fastaed.model import build_model, load_model
-from fastaed.train.evaluate import duration_batches, greedy_decode
+from fastaed.model import load_model
+from fastaed.train.evaluate import duration_batches
 from fastaed.train.loop import train
 from tests.train import TEST_CONFIG, data_overrides, make_config, tiny_data, train_records
 
@@ -98,22 +98,6 @@ def test_gradient_accumulation_counts_all_batches(data, tmp_path):
     records = train_records(tmp_path / "run" / "metrics.jsonl")
     assert summary["steps"] == 3 and [r["batch_in_epoch"] for r in records.values()] == [2, 4, 1]
     assert summary["utterances_seen"] == sum(r["batch_size"] for r in records.values())
-
-
-def test_greedy_decode_stops_at_eos_or_the_encoder_length():
-    torch.manual_seed(0)
-    model = build_model("test", vocab_size=40).eval()
-    enc = torch.randn(3, 6, 32)
-    enc_lens = torch.tensor([6, 3, 1])
-    prompts = torch.tensor([[2, 10, 3, 10, 5]] * 3)
-    hyps = greedy_decode(model, enc, enc_lens, prompts, eos_id=1)
-    assert [len(h) <= n for h, n in zip(hyps, enc_lens.tolist())] == [True] * 3
-    assert all(1 not in h for h in hyps)
-    # A model that always says EOS produces empty hypotheses after one step.
-    with torch.no_grad():
-        model.decoder.output_bias.fill_(-1e4)
-        model.decoder.output_bias[1] = 1e4
-    assert greedy_decode(model, enc, enc_lens, prompts, eos_id=1) == [[], [], []]
 
 
 def test_eval_batches_respect_the_padded_budget():

@@ -3,7 +3,8 @@
 - ``search.py``: NeMo's OOMptimizer search against any ``fits(batch_size)`` oracle (pure Python);
 - ``memory.py``: the trainer's step on synthetic worst-case batches, measured on CUDA or counted exactly on
   CPU, and the fitted memory model static + B·(aT + bT² + cU + dU² + eTU);
-- ``run.py``: ``make_profile`` (model + verification, or the search on every bucket) and the safety margin;
+- ``run.py``: ``make_profile`` (model + verification, or the search on every bucket), the safety margin, and
+  ``open_profiler``, the one set-up (model, device, precision, budget, step, meter) of both commands below;
 - ``profile.py``: the profile file with its run identity (the trainer refuses a mismatch), and its PNG;
 - ``heuristic.py``: the NeMo Canary-1B baseline (1D, 20 buckets, 360 s, quadratic 15);
 - ``throughput.py``: a short synthetic training run for audio seconds per second.
@@ -32,7 +33,7 @@ from fastaed.train.profile.profile import (
     model_config_hash,
     plot_profile,
 )
-from fastaed.train.profile.run import SAFETY_MARGIN, ProfileSettings, make_profile
+from fastaed.train.profile.run import SAFETY_MARGIN, Profiler, ProfileSettings, make_profile, open_profiler
 from fastaed.train.profile.search import NoBatchFitsError, SearchResult, search_batch_size, search_buckets
 
 __all__ = [
@@ -47,6 +48,7 @@ __all__ = [
     "ProfileIdentity",
     "ProfileMismatchError",
     "ProfileSettings",
+    "Profiler",
     "SearchResult",
     "Shape",
     "SyntheticStep",
@@ -57,6 +59,7 @@ __all__ = [
     "make_meter",
     "make_profile",
     "model_config_hash",
+    "open_profiler",
     "plot_profile",
     "search_batch_size",
     "search_buckets",

@@ -1,9 +1,9 @@
 """Memory of one synthetic worst-case training step, measured on CUDA or counted exactly on CPU, and a
 fitted memory model that predicts it for any bucket.
 
-**The step** (:class:`SyntheticStep`) is the trainer's own: ``piece_forward`` from ``loop.py`` (log-mel front
-end, SpecAugment, bf16 autocast on CUDA, label-smoothed CE + CTC when the model has a CTC head), backward,
-gradient clipping, an AdamW step with the trainer's parameter groups (fused on CUDA), gradients freed. The
+**The step** (:class:`SyntheticStep`) is the trainer's own, from ``train/step.py``: ``piece_forward`` (log-mel
+front end, SpecAugment, the trainer's precision, label-smoothed CE + CTC when the model has a CTC head),
+backward, gradient clipping, ``build_optimizer``'s AdamW step (fused on CUDA), gradients freed. The
 batch is a bucket's worst case: B utterances of the bucket's max duration (random noise audio, every row
 full length) and its max output length U (random token ids, prompt length 5, no padding). A warm-up step at
 B = 1 creates the optimizer state first, so every trial measures the steady state (NeMo's OOMptimizer leaves
@@ -48,9 +48,9 @@ from fastaed.data.tokenizer import PROMPT_LENGTH
 from fastaed.model import EncoderDecoderModel
 from fastaed.train.config import DebugConfig, LossConfig
 from fastaed.train.faults import FaultInjector, is_oom
-from fastaed.train.loop import piece_forward
 from fastaed.train.metrics import batch_stats
 from fastaed.train.profile.search import NoBatchFitsError
+from fastaed.train.step import Precision, build_optimizer, piece_forward
 
 GiB = 1 << 30
 CPU_LINE_POINTS = (2, 3)  # CPU: bytes(B) for B > 3 come from the exact line through these two counts
@@ -96,7 +96,7 @@ class SyntheticStep:
     """The trainer's training step on synthetic worst-case batches (see the module docstring).
 
     model: built as the trainer builds it (``build_model``), moved to ``device`` here.
-    use_bf16: bf16 autocast (CUDA only, as in the trainer).
+    precision: the trainer's (default: its rule for ``device``, ``Precision.resolve``).
     """
 
     def __init__(
@@ -104,35 +104,23 @@ class SyntheticStep:
         model: EncoderDecoderModel,
         device: torch.device | str,
         *,
-        use_bf16: bool = False,
+        precision: Precision | None = None,
         loss_cfg: LossConfig | None = None,
         specaugment: bool = True,
         seed: int = 0,
     ):
         self.device = torch.device(device)
-        if use_bf16 and self.device.type != "cuda":
-            raise ValueError("bf16 autocast is used on CUDA only (the trainer trains in fp32 on CPU)")
-        self.use_bf16 = use_bf16
+        self.precision = precision or Precision.resolve(self.device)
         self.model = model.to(self.device).train()
         self.loss_cfg = loss_cfg or LossConfig()
         self.vocab_size = model.config.vocab_size
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        # As train() builds it; lr 1e-7 (as NeMo's OOMptimizer) so random batches barely move the weights.
-        groups = [
-            {"params": [p for p in params if p.ndim >= 2], "weight_decay": 1e-3},
-            {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
-        ]
-        fused = True if self.device.type == "cuda" else None
-        self.params = params
-        self.optimizer = torch.optim.AdamW(groups, lr=1e-7, fused=fused)
+        # lr 1e-7 (as NeMo's OOMptimizer) so random batches barely move the weights; memory is the trainer's.
+        self.optimizer, self.params = build_optimizer(self.model, self.device, lr=1e-7, weight_decay=1e-3)
         self.frontend = LogMelFeatures(FeatureConfig()).to(self.device).train()
         self.specaug = SpecAugment(SpecAugmentConfig()).train() if specaugment else None
         self.injector = FaultInjector(DebugConfig())
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
         self.steps = 0
-
-    def autocast(self) -> torch.autocast:
-        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.use_bf16)
 
     def batch(self, batch_size: int, shape: Shape) -> Batch:
         """B utterances of exactly ``shape`` (no padding anywhere), on the device."""
@@ -173,7 +161,7 @@ class SyntheticStep:
             batch, model=self.model, frontend=self.frontend, specaug=self.specaug, generator=self.generator,
             norm=norm, loss_cfg=self.loss_cfg,
             ctc_weight=self.model.config.ctc_weight, injector=self.injector, step=self.steps + 1,
-            autocast=self.autocast,
+            autocast=self.precision.autocast,
         )  # fmt: skip
         return loss
 

@@ -24,20 +24,22 @@ warm starts), so the model's answers can be checked against the search's on the 
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from fastaed.data.tokenizer import PROMPT_LENGTH
-from fastaed.model import ModelConfig
-from fastaed.sampling.bins import Bins
-from fastaed.train.config import LossConfig
+from fastaed.data.tokenizer import PROMPT_LENGTH, Tokenizer
+from fastaed.model import PRESETS, ModelConfig, build_model, read_checkpoint_meta
+from fastaed.sampling.bins import Bins, estimate_bins
+from fastaed.sampling.stats import synthetic_lengths
+from fastaed.train.config import LossConfig, ModelSection
+from fastaed.train.distributed import enable_expandable_segments
 from fastaed.train.profile.heuristic import (
     BATCH_DURATION,
     NUM_BUCKETS,
@@ -53,6 +55,7 @@ from fastaed.train.profile.memory import (
     Shape,
     SyntheticStep,
     fit_memory_model,
+    make_meter,
 )
 from fastaed.train.profile.profile import BatchSizeProfile, BucketResult, ProfileIdentity
 from fastaed.train.profile.search import (
@@ -64,6 +67,8 @@ from fastaed.train.profile.search import (
     search_batch_size,
     search_buckets,
 )
+from fastaed.train.step import Precision
+from fastaed.util.devices import resolve_device
 
 # Share of the budget left free. A synthetic step measures one shape on a warm allocator; hours of training
 # mix every bucket's shapes, so the caching allocator fragments, and evaluation, checkpointing and NCCL
@@ -264,63 +269,91 @@ def _search(
 # ---- set-up shared by the CLI and the benchmark ----------------------------------------------------------
 
 
+@dataclass
+class Profiler:
+    """A model's synthetic training step on one device and precision, its meter, and the identity of the run
+    its profiles are for: what ``fastaed batch-sizes`` and ``fastaed bench batch-sizes`` both measure with."""
+
+    step: SyntheticStep
+    meter: Meter
+    identity: ProfileIdentity
+    budget_bytes: int | None  # the resolved budget the CUDA allocator is capped at; None: not capped
+
+    @property
+    def device(self) -> torch.device:
+        return self.step.device
+
+    def profile(self, bins: Bins, settings: ProfileSettings, progress: bool = True) -> BatchSizeProfile:
+        return make_profile(self.meter, bins, self.identity, settings, progress)
+
+
+def open_profiler(
+    model: ModelConfig,
+    tokenizer: str | None,
+    *,
+    device: str = "auto",
+    dtype: str = "auto",
+    budget: str | float | None = "auto",
+    loss_cfg: LossConfig | None = None,
+    specaugment: bool = True,
+    seed: int = 0,
+    extra_bytes: int = 0,
+) -> Profiler:
+    """Set up a profile run, in the order it must happen: the trainer's allocator settings (before the first
+    CUDA allocation), device and precision (the trainer's rule, ``Precision``), the budget (the CUDA
+    allocator capped there before the model takes memory), then the freshly initialised model's step.
+
+    tokenizer: the tokenizer identity the profile is for (None: made without one).
+    budget: ``auto``, GiB or None (resolved later by the caller, allocator not capped).
+    extra_bytes: resident on top of every trial (data-parallel buffers, ``DDP_OVERHEAD_BYTES``).
+    """
+    if torch.cuda.is_available():
+        enable_expandable_segments()
+    dev = resolve_device(device)
+    precision = Precision.resolve(dev, dtype)
+    if dtype == "bf16" and not precision.bf16:
+        raise ValueError("bf16 is the CUDA precision; CPU trains in fp32 (use --dtype fp32 or a GPU)")
+    budget_bytes = None
+    if budget is not None:
+        budget_bytes = resolve_budget(budget, dev)
+        cap_allocator(dev, budget_bytes)
+    torch.manual_seed(seed)
+    with torch.device(dev):  # no CPU init + copy for a 1B model (the weights do not change memory)
+        net = build_model(model)
+    step = SyntheticStep(net, dev, precision=precision, loss_cfg=loss_cfg, specaugment=specaugment, seed=seed)
+    identity = ProfileIdentity.for_run(model, dev, precision.name, tokenizer)
+    return Profiler(step, make_meter(step, extra_bytes), identity, budget_bytes)
+
+
 def default_bins(seed: int = 0) -> Bins:
     """The SPEC's 2D bins: min-padding 30 x 4 over 20k log-normal lengths (median 6 s, 0.5-40 s, ~6 tok/s)."""
-    from fastaed.sampling.bins import estimate_bins
-    from fastaed.sampling.stats import synthetic_lengths
-
     d, u = synthetic_lengths(20_000, seed=seed)
     return estimate_bins(d, u, num_buckets=30, num_subbuckets=4, method="min_padding")
 
 
 def resolve_model(
-    spec: str, tokenizer_dir: str | None = None, ctc_weight: float | None = None
+    spec: str | ModelSection, tokenizer_dir: str | None = None, ctc_weight: float | None = None
 ) -> tuple[ModelConfig, str | None]:
-    """(model config, tokenizer identity) for a preset name or a checkpoint directory.
+    """(model config, tokenizer identity) for a training config's model section, a preset name or a
+    checkpoint directory.
 
     A preset is sized for the tokenizer's vocabulary when one is given; ``ctc_weight`` acts as the training
     config's ``model.ctc_weight`` (0 removes the head). A checkpoint brings its own config and tokenizer.
     """
-    from pathlib import Path
-
-    from fastaed.model import PRESETS, preset_config, read_checkpoint_meta
-
-    if spec in PRESETS:
+    if isinstance(spec, str) and spec in PRESETS:
+        spec = ModelSection(spec, ctc_weight=ctc_weight)
+    if isinstance(spec, ModelSection):
         identity, vocab = None, None
         if tokenizer_dir is not None:
-            from fastaed.data.tokenizer import Tokenizer
-
             tok = Tokenizer.load(tokenizer_dir)
             identity, vocab = tok.identity, tok.vocab_size
-        config = preset_config(spec, vocab)
-        if ctc_weight is not None:
-            config = dataclasses.replace(config, ctc_weight=ctc_weight or None)
-        return config, identity
+        return spec.model_config(vocab), identity
     if not Path(spec).is_dir():
         raise FileNotFoundError(
             f"--model {spec!r} is neither a preset ({', '.join(PRESETS)}) nor a checkpoint"
         )
     meta = read_checkpoint_meta(spec)
     return ModelConfig.from_dict(meta["model_config"]), meta.get("tokenizer_identity")
-
-
-def build_step(
-    config: ModelConfig,
-    device: torch.device,
-    use_bf16: bool,
-    loss_cfg: LossConfig | None = None,
-    specaugment: bool = True,
-    seed: int = 0,
-) -> SyntheticStep:
-    """The synthetic step of a freshly initialised model (the weights do not change memory), on ``device``."""
-    from fastaed.model import build_model
-
-    torch.manual_seed(seed)
-    with torch.device(device):  # no CPU init + copy for a 1B model
-        model = build_model(config)
-    return SyntheticStep(
-        model, device, use_bf16=use_bf16, loss_cfg=loss_cfg, specaugment=specaugment, seed=seed
-    )
 
 
 def resolve_budget(budget: str | float | None, device: torch.device) -> int:

@@ -1,0 +1,150 @@
+"""What ``train()`` sets up before its first step: the data, the model with its optimizer and front end, the
+resume state, and the metrics file. Each piece is one function, called in this order by ``loop.train``.
+
+RNG: :func:`build_model_parts` seeds the global torch RNG for the initial weights; the trainer then reseeds
+per rank, and :func:`resume_position` restores a checkpoint's RNG state last, so nothing set up here shifts
+the random streams of the steps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from fastaed.data.dataset import AEDDataset
+from fastaed.data.features import LogMelFeatures, SpecAugment
+from fastaed.data.index import MetadataIndex, build_index
+from fastaed.data.manifest import ManifestSpec
+from fastaed.data.tokenizer import Tokenizer
+from fastaed.model import EncoderDecoderModel, build_model
+from fastaed.train import checkpoint as ckpt
+from fastaed.train import distributed as D
+from fastaed.train.batches import SamplerFactory, make_sampler_factory
+from fastaed.train.config import TrainConfig
+from fastaed.train.faults import NonFiniteGuard
+from fastaed.train.metrics import METRICS_FILE, MetricsWriter, RunTotals
+from fastaed.train.profile.profile import ProfileIdentity
+from fastaed.train.step import Precision, build_optimizer
+
+
+@dataclass
+class Position:
+    """Where the run is; goes into every checkpoint with the run totals."""
+
+    step: int = 0  # optimizer steps done
+    epoch: int = 0  # epoch of the last trained batch
+    batches_in_epoch: int = 0  # batches of that epoch trained: what the sampler resumes from
+    elapsed_s: float = 0.0  # run wall time up to the checkpoint this process resumed from (0 if fresh)
+
+
+@dataclass
+class TrainData:
+    """The run's tokenizer, indices (with their bad-input reports), datasets and sampler factory."""
+
+    tokenizer: Tokenizer
+    train_index: MetadataIndex
+    dev_index: MetadataIndex | None
+    train_set: AEDDataset
+    dev_set: AEDDataset | None
+    sampler_for: SamplerFactory
+
+
+@dataclass
+class ModelParts:
+    """What a step trains with: the model, its optimizer, the front end and SpecAugment."""
+
+    model: EncoderDecoderModel
+    params: list[nn.Parameter]  # trainable, in model order (gradients are reduced and clipped in it)
+    optimizer: torch.optim.AdamW
+    frontend: LogMelFeatures
+    specaug: SpecAugment
+
+
+@dataclass
+class Start:
+    """Where training starts: a fresh position, or what a checkpoint restored."""
+
+    pos: Position
+    totals: RunTotals
+    sampler_state: dict[str, Any] | None = None  # the resumed epoch's sampler
+    checkpoint: Path | None = None  # the checkpoint resumed from
+
+
+def load_data(cfg: TrainConfig, info: D.DistInfo, device: torch.device, precision: Precision) -> TrainData:
+    """Indices and datasets (DataLoader workers always skip-and-report bad input; the main process applies
+    ``data.on_bad_input``), and the sampler factory, checked against ``sampler.profile`` when there is one:
+    the profile must have been made for this very run (model, device, precision, tokenizer)."""
+    policy = cfg.data.on_bad_input
+    tokenizer = Tokenizer.load(cfg.data.tokenizer)
+    with D.rank0_first():  # rank 0 builds the index cache, the other ranks then read it
+        specs = [ManifestSpec.parse(m) for m in cfg.data.train_manifests]
+        train_index = build_index(specs, tokenizer, on_bad_input=policy)
+        dev_index = (
+            build_index([cfg.data.dev_manifest], tokenizer, on_bad_input=policy)
+            if cfg.data.dev_manifest
+            else None
+        )
+    train_set = AEDDataset(train_index, tokenizer, on_bad_input="skip")
+    dev_set = AEDDataset(dev_index, tokenizer, on_bad_input="skip") if dev_index is not None else None
+    identity = None
+    if cfg.sampler.profile:
+        model_cfg = cfg.model.model_config(tokenizer.vocab_size)
+        identity = ProfileIdentity.for_run(model_cfg, device, precision.name, tokenizer.identity)
+    sampler_for = make_sampler_factory(cfg, train_index, info, identity)
+    return TrainData(tokenizer, train_index, dev_index, train_set, dev_set, sampler_for)
+
+
+def build_model_parts(cfg: TrainConfig, vocab_size: int, device: torch.device) -> ModelParts:
+    """The model (the same initial weights on every rank: seeded, and broadcast from rank 0 to be sure), the
+    optimizer, front end and SpecAugment, all in training mode."""
+    torch.manual_seed(cfg.sampler.seed)
+    model = D.broadcast_model_(build_model(cfg.model.model_config(vocab_size)).to(device))
+    o = cfg.optim
+    optimizer, params = build_optimizer(model, device, lr=o.lr, weight_decay=o.weight_decay, betas=o.betas)
+    frontend = LogMelFeatures(cfg.features.feature_config()).to(device)
+    specaug = SpecAugment(cfg.specaugment)
+    model.train()
+    frontend.train()
+    specaug.train()
+    return ModelParts(model, params, optimizer, frontend, specaug)
+
+
+def resume_position(
+    resume: str | Path | None, out_dir: Path, info: D.DistInfo, parts: ModelParts, guard: NonFiniteGuard
+) -> Start:
+    """``resume``: ``auto`` (``out_dir``'s latest checkpoint, if any), ``none`` or a checkpoint path.
+
+    Restores weights, optimizer, position, totals, guard and this rank's RNG state (last: nothing may draw
+    from the RNG after it)."""
+    checkpoint = ckpt.resolve_resume(resume, out_dir)
+    if checkpoint is None:
+        return Start(Position(), RunTotals())
+    state = ckpt.load_trainer_state(checkpoint)
+    if len(state["rng"]) != info.world_size:
+        raise ValueError(f"{checkpoint} was written by {len(state['rng'])} ranks; resume with as many")
+    ckpt.load_weights_(parts.model, checkpoint)
+    parts.optimizer.load_state_dict(state["optimizer"])
+    start = Start(Position(**state["position"]), RunTotals(**state["totals"]), state["sampler"], checkpoint)
+    guard.load_state_dict(state["guard"])
+    ckpt.restore_rng_state(state["rng"][info.rank])
+    D.print0(f"resumed from {checkpoint} at step {start.pos.step} (epoch {start.pos.epoch})")
+    return start
+
+
+def open_metrics(cfg: TrainConfig, info: D.DistInfo, out_dir: Path, start: Start) -> MetricsWriter:
+    """Rank 0's ``metrics.jsonl`` (other ranks' only under ``debug.log_all_ranks``), cut back to the start
+    step (a resumed run trains the later steps again), with a start or resume event."""
+    metrics = MetricsWriter(
+        out_dir,
+        enabled=info.is_main or cfg.debug.log_all_ranks,
+        tensorboard=cfg.runtime.tensorboard and info.is_main,
+        name=METRICS_FILE if info.is_main else f"metrics.rank{info.rank}.jsonl",
+    )
+    metrics.truncate_after(start.pos.step)
+    event = "resume" if start.checkpoint else "start"
+    metrics.log({"type": "event", "event": event, "step": start.pos.step})
+    return metrics
