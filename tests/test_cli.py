@@ -102,7 +102,8 @@ def test_parser_lists_subcommands_in_pipeline_order():
 
 
 def test_model_info_json_for_a_preset_and_a_checkpoint(tmp_path, capsys):
-    from fastaed.model import build_model, save_model
+    from fastaed.formats import save_model
+    from fastaed.model import build_model
 
     assert run(["model", "info", "tiny-flash", "--json"]) == 0
     info = json.loads(capsys.readouterr().out)

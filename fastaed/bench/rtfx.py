@@ -44,7 +44,8 @@ from fastaed.data.manifest import Utterance
 from fastaed.data.tokenizer import Tokenizer
 from fastaed.decode import greedy_search
 from fastaed.decode.transcribe import DecodeConfig, Transcriber
-from fastaed.model import CacheKind, EncoderDecoderModel, build_model, load_model
+from fastaed.formats import load_model
+from fastaed.model import CacheKind, EncoderDecoderModel, build_model
 from fastaed.util.devices import resolve_device, resolve_dtype, synchronize
 from fastaed.util.tables import format_table
 

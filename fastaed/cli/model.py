@@ -21,8 +21,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _info(name_or_path: str, vocab_size: int | None) -> dict:
+    from fastaed.formats import read_checkpoint_meta
     from fastaed.model import ModelConfig, preset_info
-    from fastaed.model.checkpoint import read_checkpoint_meta
 
     if Path(name_or_path).is_dir():
         meta = read_checkpoint_meta(name_or_path)

@@ -28,7 +28,8 @@ from fastaed.data.features import FeatureConfig, LogMelFeatures
 from fastaed.data.manifest import Utterance, read_manifest
 from fastaed.data.tokenizer import Tokenizer
 from fastaed.decode.search import Hypothesis, beam_search, greedy_search
-from fastaed.model import EncoderDecoderModel, load_model, read_checkpoint_meta
+from fastaed.formats import load_model, read_checkpoint_meta
+from fastaed.model import EncoderDecoderModel
 from fastaed.util.devices import resolve_device, resolve_dtype, synchronize
 
 TOKENIZER_DIR = "tokenizer"  # a checkpoint's own copy of its tokenizer (written by the trainer)

@@ -1,6 +1,6 @@
 """Canary-style attention encoder-decoder models: FastConformer encoder + Transformer decoder.
 
-Imports only torch (``safetensors`` is loaded lazily by the checkpoint functions). Typical use::
+Imports only torch; checkpoint files are ``fastaed.formats``. Typical use::
 
     from fastaed.model import build_model, cross_entropy_loss
 
@@ -15,7 +15,6 @@ Imports only torch (``safetensors`` is loaded lazily by the checkpoint functions
 
 from fastaed.model.aed import AEDOutput, EncoderDecoderModel, build_model, preset_info
 from fastaed.model.cache import CacheKind, DecoderCache, HiddenStateCache, KVCache
-from fastaed.model.checkpoint import CheckpointError, load_model, read_checkpoint_meta, save_model
 from fastaed.model.config import (
     DEFAULT_VOCAB_SIZE,
     PRESETS,
@@ -33,7 +32,6 @@ from fastaed.model.subsampling import DwStridingSubsampling, subsampled_lengths
 __all__ = [
     "AEDOutput",
     "CacheKind",
-    "CheckpointError",
     "ConformerBlock",
     "ConformerEncoder",
     "ConvModule",
@@ -54,10 +52,7 @@ __all__ = [
     "build_model",
     "cross_entropy_loss",
     "ctc_loss",
-    "load_model",
     "preset_config",
     "preset_info",
-    "read_checkpoint_meta",
-    "save_model",
     "subsampled_lengths",
 ]

@@ -31,8 +31,7 @@ import numpy as np
 import torch
 
 from fastaed.data.tokenizer import Tokenizer
-from fastaed.model import load_model, save_model
-from fastaed.model.checkpoint import CONFIG_FILE, WEIGHTS_FILE
+from fastaed.formats import CONFIG_FILE, WEIGHTS_FILE, load_model, save_model
 
 PREFIX = "ckpt-"
 LATEST_FILE = "latest"

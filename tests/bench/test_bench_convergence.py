@@ -10,7 +10,8 @@ import torch
 
 from fastaed.bench.convergence import held_out_where, paired_checkpoints
 from fastaed.cli.main import build_parser
-from fastaed.model import build_model, save_model
+from fastaed.formats import save_model
+from fastaed.model import build_model
 from fastaed.testing import train_tiny_tokenizer, write_tiny_corpus
 from fastaed.train.checkpoint import STATE_FILE
 

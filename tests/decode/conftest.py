@@ -11,7 +11,8 @@ from fastaed.data.dataset import AEDDataset
 from fastaed.data.features import FeatureConfig, LogMelFeatures
 from fastaed.data.index import build_index
 from fastaed.data.manifest import ManifestSpec
-from fastaed.model import build_model, cross_entropy_loss, save_model
+from fastaed.formats import save_model
+from fastaed.model import build_model, cross_entropy_loss
 from fastaed.testing import SENTENCES, train_tiny_tokenizer, write_tone
 
 NUM_CLIPS = 4

@@ -95,7 +95,8 @@ def test_help(command, capsys):
 
 
 def test_a_checkpoint_brings_its_config_and_tokenizer(tmp_path, bins_file, capsys):
-    from fastaed.model import build_model, save_model
+    from fastaed.formats import save_model
+    from fastaed.model import build_model
     from fastaed.train.profile import model_config_hash
 
     model = build_model("test", vocab_size=50)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from fastaed.cli.train import main
-from fastaed.model import load_model
+from fastaed.formats import load_model
 from fastaed.train.evaluate import duration_batches
 from fastaed.train.loop import train
 from tests.train import TEST_CONFIG, data_overrides, make_config, tiny_data, train_records

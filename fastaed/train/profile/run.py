@@ -35,7 +35,8 @@ import torch
 from tqdm.auto import tqdm
 
 from fastaed.data.tokenizer import PROMPT_LENGTH, Tokenizer
-from fastaed.model import PRESETS, ModelConfig, build_model, read_checkpoint_meta
+from fastaed.formats import read_checkpoint_meta
+from fastaed.model import PRESETS, ModelConfig, build_model
 from fastaed.sampling.bins import Bins, estimate_bins
 from fastaed.sampling.stats import synthetic_lengths
 from fastaed.train.config import LossConfig, ModelSection

@@ -9,7 +9,7 @@ Writes are atomic per file: each is written to a temporary file in the same dire
 with ``os.replace``, so a crash never leaves a half-written ``model.safetensors`` under its real name.
 ``config.json`` is replaced last.
 
-``safetensors`` is imported inside the functions: ``import fastaed.model`` loads nothing but torch.
+This lives outside ``fastaed.model`` so that the model package imports nothing but torch.
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 
 from fastaed.model.aed import EncoderDecoderModel
 from fastaed.model.config import ModelConfig
@@ -46,8 +48,6 @@ def save_model(
     tokenizer_identity: the tokenizer's identity hash, so a loader can check it decodes with the right one.
     extra: any JSON-able metadata (training step, data description); checked before anything is written.
     """
-    from safetensors.torch import save_file
-
     path = Path(path_dir)
     path.mkdir(parents=True, exist_ok=True)
     # Contiguous CPU copies: safetensors stores raw buffers and refuses views of shared storage.
@@ -117,9 +117,6 @@ def load_model(
 
     Raises :class:`CheckpointError` naming the file when the directory is incomplete or corrupted.
     """
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     path = Path(path_dir)
     meta = read_checkpoint_meta(path)
     try:

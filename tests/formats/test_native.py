@@ -8,15 +8,15 @@ import sys
 import pytest
 import torch
 
-from fastaed.model import (
+from fastaed.formats import (
+    CONFIG_FILE,
+    WEIGHTS_FILE,
     CheckpointError,
-    build_model,
     load_model,
-    preset_config,
     read_checkpoint_meta,
     save_model,
 )
-from fastaed.model.checkpoint import CONFIG_FILE, WEIGHTS_FILE
+from fastaed.model import build_model, preset_config
 
 
 def _trained_model(**overrides):
