@@ -1,8 +1,9 @@
 """`fastaed bench sampler`: padding, speed, epoch planning and resume of our sampler against Lhotse 1.33.
 
-Three length distributions are generated locally (no data needed): the SPEC's log-normal (median 6 s,
-σ 0.75, 0.5-40 s, ~6 text tokens/s), a bimodal one (short commands 1-3 s + long segments 15-30 s) and a
-long-tailed one (Lomax/Pareto durations, 0.5-60 s). U = 5 prompt tokens + text + EOS, for every sampler.
+Three length distributions are generated locally (no data needed; ``sampler_inputs.py``): the SPEC's
+log-normal (median 6 s, σ 0.75, 0.5-40 s, ~6 text tokens/s), a bimodal one (short commands 1-3 s + long
+segments 15-30 s) and a long-tailed one (Lomax/Pareto durations, 0.5-60 s). U = 5 prompt tokens + text + EOS,
+for every sampler.
 
 For each distribution, in the same run: random batching (ours, Lhotse SimpleCutSampler semantics), Lhotse
 ``SimpleCutSampler`` (max_duration 600, eager, shuffled), Lhotse ``DynamicBucketingSampler`` (1D, 30 buckets,
@@ -40,7 +41,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from fastaed.data.tokenizer import PROMPT_LENGTH
+from fastaed.bench.sampler_inputs import (
+    DISTRIBUTIONS,
+    lhotse_cuts,
+    texts_of_lengths,
+    word_tokenizer,
+    write_nemo,
+)
 from fastaed.sampling.bins import estimate_bins
 from fastaed.sampling.padding import Budget, EpochBatches, random_batches, result_from_batches
 from fastaed.sampling.sampler import BucketingSampler
@@ -50,9 +57,6 @@ from fastaed.util.tables import format_table, pct
 MAX_DURATION = 600.0
 TARGETS = {"input_padding": 0.05, "output_padding": 0.08, "rejected": 0.005, "speedup": 10.0}
 TARGET_PLAN_1M_S, TARGET_RESTORE_1M_S = 5.0, 1.0
-EXTRA_TOKENS = PROMPT_LENGTH + 1  # prompt + EOS around the text pieces
-# Distinct lower-case words, each a single piece of the benchmark tokenizer, so the index's U is exact.
-WORDS = "alpha bravo charlie delta echo foxtrot golf hotel india juliett kilo lima mike".split()
 STRATEGY_LABELS = {  # key: (table label, what it is)
     "random": ("random (ours)", "shuffle + greedy padded budget, Lhotse SimpleCutSampler semantics"),
     "lhotse_simple": ("Lhotse Simple", "Lhotse 1.33 SimpleCutSampler, eager, shuffle"),
@@ -60,84 +64,6 @@ STRATEGY_LABELS = {  # key: (table label, what it is)
     "ours_1d": ("ours 1D 30", "BucketingSampler, 30 equal-mass duration bins"),
     "ours_2d": ("ours 2D 30x4", "BucketingSampler, min-padding 30x4 bins"),
 }
-
-
-# ---- distributions -------------------------------------------------------------------------------------
-def _with_tokens(d: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Round to 1 ms (float32); U like the anchor's: text at rate ~ N(6, 1) tok/s clipped to [2, 12]."""
-    d = np.round(d, 3)
-    rate = np.clip(rng.normal(6.0, 1.0, len(d)), 2.0, 12.0)
-    text = np.maximum(1, np.round(rate * d + rng.normal(0.0, 2.0, len(d))))
-    return d.astype(np.float32), (text + EXTRA_TOKENS).astype(np.int32)
-
-
-def lognormal(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    return synthetic_lengths(n, seed, prompt_tokens=EXTRA_TOKENS)
-
-
-def bimodal(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    long = rng.random(n) < 0.4
-    d = np.where(long, rng.uniform(15.0, 30.0, n), rng.uniform(1.0, 3.0, n))
-    return _with_tokens(d, rng)
-
-
-def long_tail(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    d = np.empty(0)
-    while len(d) < n:  # Lomax(shape 1.5, scale 3 s) + 0.5 s, truncated at 60 s by rejection
-        draw = 0.5 + 3.0 * rng.pareto(1.5, 2 * n)
-        d = np.concatenate([d, draw[draw <= 60.0]])
-    return _with_tokens(d[:n], rng)
-
-
-DISTRIBUTIONS: dict[str, tuple[Callable[[int, int], tuple[np.ndarray, np.ndarray]], str]] = {
-    "lognormal": (lognormal, "log-normal median 6 s, sigma 0.75, 0.5-40 s (SPEC)"),
-    "bimodal": (bimodal, "60% 1-3 s commands + 40% 15-30 s segments"),
-    "long_tail": (long_tail, "Lomax(1.5) x 3 s + 0.5 s, up to 60 s"),
-}
-
-
-# ---- manifests -----------------------------------------------------------------------------------------
-def _texts(u: np.ndarray) -> list[str]:
-    pool = WORDS * (int(u.max()) // len(WORDS) + 2)
-    return [
-        " ".join(pool[i % len(WORDS) : i % len(WORDS) + n]) for i, n in enumerate((u - EXTRA_TOKENS).tolist())
-    ]
-
-
-def _tokenizer(folder: Path):
-    from fastaed.data.tokenizer import TokenizerConfig, train_tokenizer
-
-    sentences = [" ".join(WORDS[i:] + WORDS[:i]) for i in range(len(WORDS))] * 20
-    tok = train_tokenizer(sentences, folder, TokenizerConfig(vocab_size=256))
-    if any(len(tok.encode_text(w)) != 1 for w in WORDS):
-        raise RuntimeError("benchmark tokenizer split a word: U of the index would not match")
-    return tok
-
-
-def write_nemo(path: Path, d: np.ndarray, texts: list[str]) -> None:
-    with open(path, "w") as f:
-        for i, (dur, text) in enumerate(zip(d.tolist(), texts)):
-            entry = {"audio_filepath": f"audio/{i}.wav", "duration": round(dur, 3), "text": text}
-            f.write(json.dumps(entry) + "\n")
-
-
-def lhotse_cuts(d: np.ndarray, u: np.ndarray, texts: list[str]) -> list:
-    """MonoCuts with a dummy recording, a supervision holding the text and U in ``custom``."""
-    from lhotse import MonoCut, Recording, SupervisionSegment
-    from lhotse.audio import AudioSource
-
-    cuts = []
-    for i, (dur, tokens, text) in enumerate(zip(d.tolist(), u.tolist(), texts)):
-        dur = round(dur, 3)
-        src = [AudioSource(type="file", channels=[0], source="/dev/null")]
-        rec = Recording(f"r{i}", src, sampling_rate=16000, num_samples=round(dur * 16000), duration=dur)
-        sup = SupervisionSegment(f"s{i}", f"r{i}", start=0.0, duration=dur, text=text, language="en")
-        cut = MonoCut(f"c{i}", start=0.0, duration=dur, channel=0, recording=rec, supervisions=[sup])
-        cut.custom = {"num_tokens": tokens}
-        cuts.append(cut)
-    return cuts
 
 
 def _ids(batch) -> list[int]:
@@ -230,7 +156,7 @@ def _lhotse(d, u, texts, path: Path, seed: int, repeats: int, budget: Budget) ->
 def run_distribution(name: str, n: int, seed: int, repeats: int, tmp: Path, tok, lhotse_ok: bool) -> dict:
     """Padding of every strategy and the speed of ours vs Lhotse on one length distribution."""
     d, u = DISTRIBUTIONS[name][0](n, seed)
-    budget, texts = Budget(MAX_DURATION), _texts(u)
+    budget, texts = Budget(MAX_DURATION), texts_of_lengths(u)
     nemo = tmp / name / "manifest.jsonl"
     nemo.parent.mkdir()
     write_nemo(nemo, d, texts)
@@ -438,7 +364,7 @@ def run(config: SamplerBenchConfig) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as folder, warnings.catch_warnings():
         warnings.simplefilter("ignore")  # Lhotse's eager-CutSet and torch.load notices are not results
         tmp = Path(folder)
-        tok = _tokenizer(tmp / "tok")
+        tok = word_tokenizer(tmp / "tok")
         for name in DISTRIBUTIONS:
             dists[name] = run_distribution(name, n, seed, repeats, tmp, tok, lhotse_version is not None)
         million = None if quick else one_million(tmp, seed)

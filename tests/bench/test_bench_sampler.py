@@ -7,7 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from fastaed.bench.sampler import DISTRIBUTIONS, EXTRA_TOKENS, SamplerBenchConfig, print_report, run
+from fastaed.bench.sampler import SamplerBenchConfig, print_report, run
+from fastaed.bench.sampler_inputs import DISTRIBUTIONS, EXTRA_TOKENS
 from fastaed.cli.main import main
 
 STRATEGY_KEYS = {"input_padding", "output_padding", "num_batches", "mean_batch_size", "rejected", "label"}
