@@ -127,6 +127,11 @@ class RelPositionMultiHeadAttention(nn.Module):
 class LayerCache(Protocol):
     """One decoder layer's decoding state, as its attention modules see it (``fastaed.model.cache``)."""
 
+    def self_inputs(self, norm: nn.Module, x: Tensor) -> Tensor:
+        """x: (B, N, D) the block's input at the new positions -> ``norm(x)``, the self-attention input (a
+        cache may keep what it needs of x on the way)."""
+        ...
+
     def self_kv(self, attn: SelfAttention, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """x: (B, N, D) normalised new positions -> their queries (B, H, N, Dh) and the keys and values of
         every position so far, these included, (B, H, S', Dh) each."""

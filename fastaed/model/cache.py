@@ -13,10 +13,9 @@ Both kinds run the one decoder forward (``DecoderBlock.forward``, the one teache
   per utterance. One step costs O(L x (D² + S·D)) per row: the new token's projections and one attention
   read over the cached keys.
 * :class:`HiddenStateCache` (``"hidden"``): what NeMo's ``TransformerDecoder`` keeps in its
-  ``decoder_mems_list``: each layer's input states. Every step re-projects the whole prefix to keys/values
-  and every encoder frame to cross-attention keys/values: O(L x (S + T) x D²) per row. It is the baseline
-  of ``fastaed bench rtfx``. (NeMo caches the states before the layer norm and re-normalises them each step;
-  this cache keeps them normalised, which skips only that O(S·D) part.)
+  ``decoder_mems_list``: each layer's input states, before the layer norm. Every step re-normalises the
+  whole prefix and re-projects it to keys/values, and re-projects every encoder frame to cross-attention
+  keys/values: O(L x (S + T) x D²) per row. It is the baseline of ``fastaed bench rtfx``.
 
 All rows of a cache sit at the same position: prompts have a fixed length (the Canary prompt is 5 tokens)
 and every step appends the same number of tokens to every row, so no self-attention mask is needed. Rows
@@ -31,7 +30,7 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from fastaed.model.attention import CrossAttention, LayerCache, SelfAttention, split_heads
 
@@ -115,6 +114,9 @@ class _KVLayer:
     cache: KVCache
     index: int
 
+    def self_inputs(self, norm: nn.Module, x: Tensor) -> Tensor:
+        return norm(x)  # only the new positions: the earlier ones live on as keys and values
+
     def self_kv(self, attn: SelfAttention, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         q, k, v = attn.project(x)  # only the new positions are projected
         start, end = self.cache.length, self.cache.length + x.shape[1]
@@ -129,8 +131,8 @@ class _KVLayer:
 
 @dataclass(kw_only=True)
 class HiddenStateCache(DecoderCache):
-    """``memory`` (B, T, D) encoder states at decoder width; ``states``: per layer, the normalised
-    self-attention inputs of every position so far, (B, S', D) (None before the first step)."""
+    """``memory`` (B, T, D) encoder states at decoder width; ``states``: per layer, the block inputs (before
+    its layer norm) of every position so far, (B, S', D) (None before the first step)."""
 
     memory: Tensor
     states: list[Tensor | None]
@@ -158,16 +160,22 @@ class HiddenStateCache(DecoderCache):
 class _HiddenLayer:
     cache: HiddenStateCache
     index: int
+    prefix: Tensor | None = None  # (B, S', D) the normalised prefix of this step, for self_kv
 
-    def self_kv(self, attn: SelfAttention, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def self_inputs(self, norm: nn.Module, x: Tensor) -> Tensor:
         prev = self.cache.states[self.index]
         states = x if prev is None else torch.cat([prev, x], dim=1)  # (B, S', D)
         self.cache.states[self.index] = states
+        self.prefix = norm(states)  # as NeMo: the whole prefix re-normalised at every step
+        return self.prefix[:, -x.shape[1] :]
+
+    def self_kv(self, attn: SelfAttention, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        assert self.prefix is not None, "self_inputs() first"
         # As NeMo's separate query and key/value nets: the query of the new positions, the keys and values
         # of the whole prefix, again. Row slices of the fused weight are views (no copy).
         w, b, d = attn.qkv.weight, attn.qkv.bias, x.shape[-1]
         q = F.linear(x, w[:d], b[:d])
-        k, v = F.linear(states, w[d:], b[d:]).chunk(2, dim=-1)
+        k, v = F.linear(self.prefix, w[d:], b[d:]).chunk(2, dim=-1)
         h = attn.n_heads
         return split_heads(q, h), split_heads(k, h), split_heads(v, h)
 

@@ -62,7 +62,8 @@ class DecoderBlock(nn.Module):
         """x: (B, U, D); memory: (B, T, D) encoder states (None with a cache: it holds them); memory_mask:
         (B, 1, 1, T) True = valid frame, or None. ``cache``: this layer's view of a decoder cache, which
         supplies (and keeps) the keys/values of earlier positions. Returns (B, U, D)."""
-        x = x + self.dropout(self.self_attn(self.self_norm(x), cache))
+        h = self.self_norm(x) if cache is None else cache.self_inputs(self.self_norm, x)
+        x = x + self.dropout(self.self_attn(h, cache))
         x = x + self.dropout(self.cross_attn(self.cross_norm(x), memory, memory_mask, cache))
         return x + self.dropout(self.ff(self.ff_norm(x)))
 
