@@ -17,7 +17,7 @@ print(",".join(loaded))
     [
         ("fastaed.model", ("fastaed.model",)),  # model/ imports only torch
         # sampling is usable on plain arrays, in anyone's training loop
-        ("fastaed.sampling", ("fastaed.sampling", "fastaed.constants", "fastaed.util.tables")),
+        ("fastaed.sampling", ("fastaed.sampling", "fastaed.constants", "fastaed.util")),
         ("fastaed.data.dataset", ("fastaed.data", "fastaed.constants")),
     ],
 )

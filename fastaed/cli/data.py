@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 from fastaed.data.errors import ON_BAD_INPUT_CHOICES, BadInputReport
@@ -30,15 +29,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def real_check_cmd(args: argparse.Namespace) -> int:
-    from fastaed.data.realcheck import DownloadError, prepare_real_check
+    from fastaed.data.realcheck import prepare_real_check
 
-    try:
-        result = prepare_real_check(
-            args.out, archive=args.archive, index_url=args.index_url, timeout=args.timeout
-        )
-    except DownloadError as e:
-        print(f"fastaed data real-check: {e}", file=sys.stderr)
-        return 2
+    # A DownloadError is printed by fastaed.cli.main, as every expected error.
+    result = prepare_real_check(
+        args.out, archive=args.archive, index_url=args.index_url, timeout=args.timeout
+    )
     by_corpus: dict[str, list[float]] = {}
     for e in result.entries:
         by_corpus.setdefault(e["corpus"], []).append(e["duration"])

@@ -66,25 +66,26 @@ def _report_skips(report, where: str) -> None:
 
 
 def transcribe_cmd(args: argparse.Namespace) -> int:
+    from fastaed.cli.errors import UsageError, check_output_path
     from fastaed.data.errors import BadInputReport
     from fastaed.decode.transcribe import utterances_from_audio, utterances_from_manifest, write_jsonl
 
     if bool(args.audio) == bool(args.manifest):
-        print("fastaed transcribe: give audio files or --manifest (not both)", file=sys.stderr)
-        return 2
+        raise UsageError("give audio files or --manifest (not both)")
+    check_output_path(args.out, "--out")  # now, not after the whole decode
     report = BadInputReport()
     if args.manifest:
         utts = utterances_from_manifest(args.manifest, args.on_bad_input, report)
     else:
         utts = utterances_from_audio(
             args.audio, source_lang=args.lang, target_lang=args.target_lang or args.lang, task=args.task,
-            pnc=args.pnc == "yes",
+            pnc=args.pnc == "yes", on_bad_input=args.on_bad_input, report=report,
         )  # fmt: skip
     transcriber = _transcriber(args)
     result = transcriber.run(utts, on_bad_input=args.on_bad_input)
     write_jsonl(result.transcripts, args.out)
-    _report_skips(report, str(args.manifest))
-    _report_skips(result.skipped, "audio")
+    _report_skips(report, str(args.manifest or "audio files"))
+    _report_skips(result.skipped, "decoding")
     print(
         f"wrote {len(result.transcripts)} transcripts to {args.out}: {result.audio_seconds:.1f} s of audio "
         f"in {result.wall_seconds:.2f} s (RTFx {result.rtfx:.1f}, batch {args.batch_size}, "
@@ -94,14 +95,16 @@ def transcribe_cmd(args: argparse.Namespace) -> int:
 
 
 def eval_cmd(args: argparse.Namespace) -> int:
+    from fastaed.cli.errors import UsageError, check_output_path
     from fastaed.data.errors import BadInputReport
     from fastaed.decode.scoring import score
     from fastaed.decode.transcribe import utterances_from_manifest, write_jsonl
     from fastaed.util.tables import format_table, pct
 
     if args.hyps is not None and len(args.manifest) > 1:
-        print("fastaed eval: --hyps needs a single --manifest", file=sys.stderr)
-        return 2
+        raise UsageError("--hyps needs a single --manifest")
+    check_output_path(args.hyps, "--hyps")  # now, not after the whole decode
+    check_output_path(args.json, "--json")
     transcriber = _transcriber(args)
     rows, results = [], {}
     for manifest in args.manifest:
@@ -109,7 +112,7 @@ def eval_cmd(args: argparse.Namespace) -> int:
         utts = utterances_from_manifest(manifest, args.on_bad_input, report)
         result = transcriber.run(utts, on_bad_input=args.on_bad_input)
         _report_skips(report, str(manifest))
-        _report_skips(result.skipped, f"audio of {manifest}")
+        _report_skips(result.skipped, f"decoding {manifest}")
         if args.hyps is not None:
             write_jsonl(result.transcripts, args.hyps)
         scores = score(result.transcripts)

@@ -1,4 +1,9 @@
-"""`fastaed` entry point: each subcommand lives in its own small module with `register(subparsers)`."""
+"""`fastaed` entry point: each subcommand lives in its own small module with `register(subparsers)`.
+
+Expected failures (bad input, a broken config, bins, profile or checkpoint file, an unusable flag) are printed
+here, once for every command, as ``fastaed CMD: error: MESSAGE`` with exit status 2 and no traceback: their
+messages already name the file, the line and what to change. Anything else is a bug and keeps its traceback.
+"""
 
 from __future__ import annotations
 
@@ -29,19 +34,73 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> None:
+def expected_errors() -> tuple[type[BaseException], ...]:
+    """The failures a user can fix from the message alone (imported on use: `fastaed --help` stays cheap)."""
+    from fastaed.cli.errors import UsageError
+    from fastaed.data.errors import BadInputError
+    from fastaed.data.realcheck import DownloadError
+    from fastaed.formats import CheckpointError
+    from fastaed.synth.engines import EngineMissingError
+    from fastaed.synth.text import SourceMissingError
+    from fastaed.train.config import ConfigError
+    from fastaed.train.faults import NonFiniteLossError, UtteranceOOMError
+    from fastaed.util.files import FileFormatError
+
+    return (
+        BadInputError, CheckpointError, ConfigError, FileFormatError, UsageError,  # a file or flag to fix
+        NonFiniteLossError, UtteranceOOMError,  # training stopped, with what to change
+        DownloadError, EngineMissingError, SourceMissingError,  # something to install or fetch
+        FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError, PermissionError,
+    )  # fmt: skip
+
+
+def parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Parse ``argv``; a command that sets ``overrides_anywhere`` takes its ``KEY=VALUE`` words anywhere
+    (argparse alone only takes one run of them), any other leftover word is an error."""
+    args, extra = parser.parse_known_args(argv)
+    if not getattr(args, "overrides_anywhere", False):
+        if extra:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        return args
+    flags = [x for x in extra if x.startswith("-")]
+    if flags:
+        print(
+            f"fastaed {command_name(args)}: error: unknown option {' '.join(flags)}; config keys are set as "
+            "KEY=VALUE (e.g. optim.lr=1e-3)",
+            file=sys.stderr,
+        )
+        sys.exit(2)
+    args.overrides = [*args.overrides, *extra]  # in command-line order: a repeated key's last value wins
+    return args
+
+
+def _skip_hint(args: argparse.Namespace) -> str:
+    """How this command would leave a bad item out instead of stopping."""
+    if hasattr(args, "on_bad_input"):
+        return " (or pass --on-bad-input skip to leave it out and count it)"
+    if args.command == "train":
+        return " (or set data.on_bad_input=skip to leave it out and count it)"
+    return ""
+
+
+def command_name(args: argparse.Namespace) -> str:
+    """``train``, ``bench convergence``, ``tokenizer train``: the words that chose the command."""
+    actions = ("bench_name", "tokenizer_command", "data_command", "model_command")
+    words = [args.command, *(getattr(args, k, None) for k in actions)]
+    return " ".join(w for w in words if isinstance(w, str))
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Run the parsed command; an expected error becomes its message on stderr and status 2."""
     from fastaed.data.errors import BadInputError
 
-    args = build_parser().parse_args(argv)
     try:
-        rc = args.func(args)
-    except (BadInputError, FileNotFoundError) as err:
-        # Expected user-facing failures: the message already names file, line and field; no traceback.
-        hint = (
-            " (or pass --on-bad-input skip to leave it out and count it)"
-            if isinstance(err, BadInputError)
-            else ""
-        )
-        print(f"fastaed {args.command}: error: {err}{hint}", file=sys.stderr)
-        rc = 2
-    sys.exit(rc or 0)
+        return args.func(args) or 0
+    except expected_errors() as err:
+        hint = _skip_hint(args) if isinstance(err, BadInputError) else ""
+        print(f"fastaed {command_name(args)}: error: {err}{hint}", file=sys.stderr)
+        return 2
+
+
+def main(argv: list[str] | None = None) -> None:
+    sys.exit(run_command(parse(build_parser(), argv)))

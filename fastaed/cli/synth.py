@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
@@ -29,17 +28,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def synth_cmd(args: argparse.Namespace) -> int:
     from fastaed.synth.corpus import generate_corpus
-    from fastaed.synth.engines import EngineMissingError
-    from fastaed.synth.text import SourceMissingError
 
     t0 = time.perf_counter()
-    try:
-        result = generate_corpus(
-            args.out, args.preset, workers=args.workers, seed=args.seed, progress=not args.no_progress
-        )
-    except (EngineMissingError, SourceMissingError, FileExistsError) as e:
-        print(f"fastaed synth: {e}", file=sys.stderr)
-        return 2
+    # A missing engine or source, or an existing corpus, is printed by fastaed.cli.main as an expected error.
+    result = generate_corpus(
+        args.out, args.preset, workers=args.workers, seed=args.seed, progress=not args.no_progress
+    )
     card = result.card
     print(f"wrote {args.out} in {time.perf_counter() - t0:.1f} s ({card['generation']['workers']} workers)")
     for name, m in card["manifests"].items():

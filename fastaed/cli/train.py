@@ -4,7 +4,8 @@
     torchrun --nproc-per-node 2 -m fastaed train --config configs/train_test.yaml
 
 The module also runs on its own (``python -m fastaed.cli.train --config ...``), which is what torchrun needs
-when the ``train`` subcommand is not registered in ``fastaed.cli.main``.
+when the ``train`` subcommand is not registered in ``fastaed.cli.main``; it parses and reports errors the
+same way.
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train",
         help="train an AED model from a YAML config",
-        description="Train an attention encoder-decoder model. KEY=VALUE arguments override config keys "
-        "(e.g. optim.lr=1e-3 runtime.out_dir=runs/x). Under torchrun every rank runs this command.",
+        description="Train an attention encoder-decoder model. KEY=VALUE arguments, anywhere on the line, "
+        "override config keys (e.g. optim.lr=1e-3 runtime.out_dir=runs/x). Under torchrun every rank runs "
+        "this command.",
     )
     p.add_argument("--config", type=Path, required=True, help="YAML training config (see configs/)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, type-checked")
@@ -29,37 +31,28 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="auto: continue from out_dir's latest checkpoint if any (default); none: start fresh; "
         "or a checkpoint directory",
     )
-    p.set_defaults(func=train_cmd)
+    # argparse gives the positional only the first run of KEY=VALUE words; fastaed.cli.main.parse appends
+    # the runs after other flags (`--config c.yaml a=1 --resume none b=2`) and refuses unknown --flags.
+    p.set_defaults(func=train_cmd, overrides_anywhere=True)
 
 
 def train_cmd(args: argparse.Namespace) -> int:
-    from fastaed.train.config import ConfigError, TrainConfig
-    from fastaed.train.faults import NonFiniteLossError, UtteranceOOMError
+    from fastaed.train.config import TrainConfig
     from fastaed.train.loop import train
 
-    try:
-        cfg = TrainConfig.from_yaml(args.config, overrides=args.overrides)
-        train(cfg, resume=args.resume)
-    except (ConfigError, NonFiniteLossError, UtteranceOOMError) as err:
-        # Expected failures with a message that says what to change; a traceback would only bury it.
-        print(f"fastaed train: error: {err}", file=sys.stderr)
-        return 2
+    # Errors (config, bad input, checkpoint, non-finite loss, OOM) are reported by fastaed.cli.main.
+    train(TrainConfig.from_yaml(args.config, overrides=args.overrides), resume=args.resume)
     return 0
 
 
 def main(argv: list[str] | None = None) -> None:
-    from fastaed.data.errors import BadInputError
+    from fastaed.cli.main import parse, run_command
 
     parser = argparse.ArgumentParser(prog="fastaed")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     register(sub)
-    args = parser.parse_args(["train", *(sys.argv[1:] if argv is None else argv)])
-    try:
-        rc = args.func(args)
-    except (BadInputError, FileNotFoundError) as err:
-        print(f"fastaed train: error: {err}", file=sys.stderr)
-        rc = 2
-    sys.exit(rc)
+    args = parse(parser, ["train", *(sys.argv[1:] if argv is None else argv)])
+    sys.exit(run_command(args))
 
 
 if __name__ == "__main__":

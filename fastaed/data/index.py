@@ -79,6 +79,11 @@ class MetadataIndex:
         i = int(i)
         return read_line_at(self.manifests[self.source[i]], int(self.byte_offsets[i]), int(self.lines[i]))
 
+    def location(self, i: int) -> str:
+        """``manifest:line`` of utterance ``i``, for messages that must name the line to fix."""
+        i = int(i)
+        return f"{self.manifests[self.source[i]]}:{self.lines[i]}"
+
     def summary(self) -> dict:
         d, u = self.durations.astype(np.float64), self.out_lengths.astype(np.float64)
         out = {"utterances": len(self), "hours": float(d.sum() / 3600), "manifests": self.manifests}

@@ -140,24 +140,49 @@ def load_for_inference(
 
 
 def utterances_from_audio(
-    paths: Sequence[str | Path], *, source_lang: str, target_lang: str, task: str, pnc: bool
+    paths: Sequence[str | Path],
+    *,
+    source_lang: str,
+    target_lang: str,
+    task: str,
+    pnc: bool,
+    on_bad_input: str = "error",
+    report: E.BadInputReport | None = None,
 ) -> list[Utterance]:
-    """Whole audio files as utterances with one prompt for all (durations from the file headers)."""
+    """Whole audio files as utterances with one prompt for all (durations from the file headers).
+
+    A missing, empty or unreadable file (or a directory) raises :class:`BadInputError` naming it, or under
+    ``on_bad_input="skip"`` is left out and counted in ``report``, as a bad manifest entry would be.
+    """
     out = []
     for p in paths:
-        frames, sample_rate, _ = audio_info(p)
+        try:
+            seconds = _audio_seconds(Path(p))
+        except E.BadInputError as err:
+            E.handle(err, on_bad_input, report)  # type: ignore[arg-type]
+            continue
         out.append(
             Utterance(
-                audio_filepath=str(p),
-                duration=frames / sample_rate,
-                text="",
-                source_lang=source_lang,
-                target_lang=target_lang,
-                task=task,
-                pnc=pnc,
+                audio_filepath=str(p), duration=seconds, text="", source_lang=source_lang,
+                target_lang=target_lang, task=task, pnc=pnc,
             )
-        )
+        )  # fmt: skip
     return out
+
+
+def _audio_seconds(path: Path) -> float:
+    """Duration from the header; errors name the file itself (there is no manifest line to name)."""
+    if path.is_dir():
+        raise E.BadInputError(E.MISSING_AUDIO, "a directory, not an audio file", path=str(path))
+    if path.is_file() and path.stat().st_size == 0:
+        raise E.BadInputError(E.EMPTY_AUDIO, "empty file (0 bytes)", path=str(path))
+    try:
+        frames, sample_rate, _ = audio_info(path)
+    except E.BadInputError as err:
+        raise err.with_location(str(path), None) from None
+    if frames == 0:
+        raise E.BadInputError(E.EMPTY_AUDIO, "no samples", path=str(path))
+    return frames / sample_rate
 
 
 def utterances_from_manifest(
@@ -214,10 +239,27 @@ class Transcriber:
         self.frontend = LogMelFeatures(FeatureConfig(dither=0.0)).to(self.device).eval()
         return self
 
-    def _batches(self, utterances: Sequence[Utterance]) -> list[list[int]]:
-        order = sorted(range(len(utterances)), key=lambda i: -utterances[i].duration)
+    def _batches(self, utterances: Sequence[Utterance], usable: list[int]) -> list[list[int]]:
+        order = sorted(usable, key=lambda i: -utterances[i].duration)
         size = self.config.batch_size
         return [order[i : i + size] for i in range(0, len(order), size)]
+
+    def _usable(
+        self, utterances: Sequence[Utterance], on_bad_input: str, report: E.BadInputReport
+    ) -> list[int]:
+        """Indices of the utterances whose prompt this tokenizer can build (a language it lacks is bad input,
+        found here before any decoding rather than by the batch it lands in)."""
+        usable = []
+        for i, u in enumerate(utterances):
+            try:
+                self.tokenizer.utterance_prompt(u)
+            except E.BadInputError as err:
+                if not u.manifest:  # an audio file given directly: name it, as there is no manifest line
+                    err = E.BadInputError(err.reason, err.detail, path=u.audio_filepath, field=err.field)
+                E.handle(err, on_bad_input, report)  # type: ignore[arg-type]
+                continue
+            usable.append(i)
+        return usable
 
     def prompts(self, utterances: Sequence[Utterance]) -> torch.Tensor:
         """(B, P) prompt ids, one row per utterance from its own language/task/pnc fields."""
@@ -257,7 +299,7 @@ class Transcriber:
     ) -> TranscribeResult:
         """Transcribe ``utterances``; results in input order, the bad ones skipped (counted) or raised."""
         report = E.BadInputReport()
-        batches = self._batches(utterances)
+        batches = self._batches(utterances, self._usable(utterances, on_bad_input, report))
         audio = _AudioSet(utterances)
         if warmup and batches:  # untimed: first-call allocations, kernel selection, thread-pool start
             loaded = [audio[i] for i in batches[0]]
@@ -271,7 +313,8 @@ class Transcriber:
         )  # fmt: skip
         results: dict[int, Transcript] = {}
         audio_seconds = 0.0
-        bar = tqdm(total=len(utterances), desc="transcribe", unit="utt", disable=not self.config.progress)
+        total = sum(map(len, batches))
+        bar = tqdm(total=total, desc="transcribe", unit="utt", disable=not self.config.progress)
         synchronize(self.device)
         t0 = time.perf_counter()
         for items in loader:

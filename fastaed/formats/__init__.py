@@ -1,20 +1,28 @@
 """Model files on disk: fastaed's own self-describing checkpoints (``native``: ``model.safetensors`` +
-``config.json``). Kept out of ``fastaed.model`` so that package stays pure torch."""
+``config.json`` + ``checksums.json``). Kept out of ``fastaed.model`` so that package stays pure torch."""
 
 from fastaed.formats.native import (
+    CHECKSUMS_FILE,
     CONFIG_FILE,
     WEIGHTS_FILE,
     CheckpointError,
+    UnverifiedCheckpointWarning,
     load_model,
     read_checkpoint_meta,
     save_model,
+    verify_checksums,
+    write_checksums,
 )
 
 __all__ = [
+    "CHECKSUMS_FILE",
     "CONFIG_FILE",
     "WEIGHTS_FILE",
     "CheckpointError",
+    "UnverifiedCheckpointWarning",
     "load_model",
     "read_checkpoint_meta",
     "save_model",
+    "verify_checksums",
+    "write_checksums",
 ]

@@ -1,22 +1,33 @@
-"""Self-describing model checkpoints: a directory with ``model.safetensors`` and ``config.json``.
+"""Self-describing model checkpoints: a directory with ``model.safetensors``, ``config.json`` and
+``checksums.json``.
 
 ``config.json`` holds the format version, the :class:`ModelConfig` as a dict, the tokenizer identity, the
 parameter counts and the weights file size, so :func:`load_model` rebuilds the model with no flags and
 notices a truncated or swapped weights file. Training resume state (optimizer, scheduler, sampler) is not
 a model concern and is stored elsewhere.
 
+``checksums.json`` lists the size and sha256 of every file of the checkpoint and is written last. Loading
+checks the files it reads against it, so bytes flipped on disk or in transfer (same size, still a valid
+safetensors file) raise :class:`CheckpointError` instead of decoding garbage. Checkpoints written before
+checksums existed still load, with a warning.
+
 Writes are atomic per file: each is written to a temporary file in the same directory and moved into place
 with ``os.replace``, so a crash never leaves a half-written ``model.safetensors`` under its real name.
-``config.json`` is replaced last.
+``config.json`` is replaced after the weights and ``checksums.json`` last; a crash in between leaves files
+that disagree with the listed checksums, which loading reports rather than trusts. Files and folders get
+the permissions an ordinary ``open()``/``mkdir`` would give (the umask applies), not ``tempfile``'s 0600.
 
 This lives outside ``fastaed.model`` so that the model package imports nothing but torch.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
-import tempfile
+import secrets
+import warnings
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -29,11 +40,17 @@ from fastaed.model.config import ModelConfig
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
+CHECKSUMS_FILE = "checksums.json"
 FORMAT_VERSION = 1  # bump when the layout of config.json or the parameter names change
+_HASH_CHUNK = 1 << 20
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint directory is missing, incomplete, corrupted or from an incompatible version."""
+
+
+class UnverifiedCheckpointWarning(UserWarning):
+    """A checkpoint written before checksums existed: it loads, but corruption cannot be detected."""
 
 
 def save_model(
@@ -58,6 +75,7 @@ def save_model(
         "tokenizer_identity": tokenizer_identity,
         "num_params": model.num_params(),
         "weights_file": WEIGHTS_FILE,
+        "checksums_file": CHECKSUMS_FILE,  # so a loader knows a missing checksums.json was deleted
         "extra": extra or {},
     }
     try:
@@ -65,37 +83,174 @@ def save_model(
     except TypeError as e:
         raise TypeError(f"checkpoint metadata (extra=...) must be JSON-serialisable: {e}") from None
 
-    temps: list[Path] = []
+    weights_tmp = make_temp(path / WEIGHTS_FILE)
     try:
-        weights_tmp = _temp_path(path / WEIGHTS_FILE, temps)
+        # safetensors replaces the file with a 0600 one of its own; give it back the mode ``make_temp`` got
+        mode = weights_tmp.stat().st_mode & 0o777
         save_file(state, str(weights_tmp))
+        os.chmod(weights_tmp, mode)
         meta["weights_bytes"] = weights_tmp.stat().st_size
-        config_tmp = _temp_path(path / CONFIG_FILE, temps)
-        config_tmp.write_text(json.dumps(meta, indent=2) + "\n")
         os.replace(weights_tmp, path / WEIGHTS_FILE)
-        os.replace(config_tmp, path / CONFIG_FILE)
     finally:
-        for tmp in temps:  # only left over when something above failed
-            tmp.unlink(missing_ok=True)
+        weights_tmp.unlink(missing_ok=True)  # only left over when something above failed
+    write_atomic(path / CONFIG_FILE, json.dumps(meta, indent=2) + "\n")
+    write_checksums(path, [CONFIG_FILE, WEIGHTS_FILE])
     return path
 
 
-def _temp_path(target: Path, registry: list[Path]) -> Path:
-    """A fresh hidden temporary file next to ``target`` (same filesystem, so ``os.replace`` is atomic)."""
-    fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(fd)
-    registry.append(Path(name))
-    return registry[-1]
+# ---- atomic, umask-honouring writes ------------------------------------------------------------------------
+
+
+def make_temp(target: Path, *, directory: bool = False) -> Path:
+    """A fresh hidden temporary file (or folder) next to ``target``, so ``os.replace`` onto it is atomic.
+
+    Created like ``open(..., "x")``/``os.mkdir`` would, mode 0666/0777 less the umask: ``tempfile``'s
+    0600/0700 would leave checkpoints unreadable to the rest of a team."""
+    while True:
+        tmp = target.parent / f".{target.name}.{secrets.token_hex(4)}.tmp"
+        try:
+            if directory:
+                os.mkdir(tmp, 0o777)
+            else:
+                os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            return tmp
+        except FileExistsError:
+            continue
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` in one step, durably."""
+    tmp = make_temp(path)
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+# ---- checksums ---------------------------------------------------------------------------------------------
+
+
+def file_sha256(path: Path) -> str:
+    """Streamed, so memory stays flat for any size (about 1 s per GB)."""
+    h = hashlib.sha256()
+    buf = bytearray(_HASH_CHUNK)
+    view = memoryview(buf)
+    with open(path, "rb", buffering=0) as f:
+        while n := f.readinto(buf):
+            h.update(view[:n])
+    return h.hexdigest()
+
+
+def write_checksums(
+    path_dir: str | os.PathLike[str], names: Iterable[str] | None = None, *, extend: bool = False
+) -> None:
+    """Write ``checksums.json`` (size and sha256 per file) into a checkpoint folder, atomically.
+
+    names: paths relative to the folder; default every file under it except hidden temporaries.
+    extend: keep the entries already listed and hash only the other files (the folder gained files since
+    :func:`save_model` listed its own; those were hashed moments ago by this process).
+    """
+    path = Path(path_dir)
+    if names is None:
+        names = sorted(
+            p.relative_to(path).as_posix()
+            for p in path.rglob("*")
+            if p.is_file() and p.name != CHECKSUMS_FILE and not p.name.startswith(".")
+        )
+    listed = (_read_checksums(path) or {}) if extend else {}
+    files = {
+        name: listed.get(name) or {"bytes": (path / name).stat().st_size, "sha256": file_sha256(path / name)}
+        for name in names
+    }
+    write_atomic(path / CHECKSUMS_FILE, json.dumps({"algorithm": "sha256", "files": files}, indent=2) + "\n")
+
+
+def _read_checksums(path: Path) -> dict[str, dict[str, Any]] | None:
+    """The ``files`` table of ``checksums.json``, None if the folder has none."""
+    listing_path = path / CHECKSUMS_FILE
+    if not listing_path.is_file():
+        return None
+    try:
+        listing = json.loads(listing_path.read_text())
+        files = listing["files"]
+        if listing.get("algorithm") != "sha256" or not all(
+            isinstance(e["sha256"], str) and isinstance(e["bytes"], int) for e in files.values()
+        ):
+            raise ValueError("unknown algorithm or malformed entry")
+    except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{listing_path}: corrupted ({e})") from None
+    return files
+
+
+_warned_unverified: set[Path] = set()
+
+
+def verify_checksums(path_dir: str | os.PathLike[str], names: Iterable[str] | None = None) -> bool:
+    """Check a checkpoint's files against its ``checksums.json``: sizes first (cheap), then contents.
+
+    names: only these files (default: every listed one). Raises :class:`CheckpointError` naming the first
+    file that is missing or differs. Returns False, with one warning per checkpoint, for a checkpoint
+    written before checksums existed.
+    """
+    path = Path(path_dir)
+    files = _read_checksums(path)
+    if files is None:
+        _require_legacy(path)
+        if path.resolve() not in _warned_unverified:
+            _warned_unverified.add(path.resolve())
+            warnings.warn(
+                f"{path}: no {CHECKSUMS_FILE} (written before fastaed checked checksums); loading it "
+                "unverified, so on-disk corruption would go unnoticed",
+                UnverifiedCheckpointWarning,
+                stacklevel=3,
+            )
+        return False
+    wanted = list(files if names is None else names)
+    for name in wanted:
+        if name not in files:
+            raise CheckpointError(f"{path / CHECKSUMS_FILE}: does not list {name}")
+        file, expected = path / name, files[name]["bytes"]
+        if not file.is_file():
+            raise CheckpointError(f"{file}: missing (listed in {CHECKSUMS_FILE})")
+        if (size := file.stat().st_size) != expected:
+            raise CheckpointError(
+                f"{file}: {size} bytes, {CHECKSUMS_FILE} says {expected} (truncated or replaced)"
+            )
+    for name in wanted:
+        if file_sha256(path / name) != files[name]["sha256"]:
+            raise CheckpointError(
+                f"{path / name}: sha256 differs from {CHECKSUMS_FILE}: the file changed after it was written "
+                "(corrupted on disk or in transfer)"
+            )
+    return True
+
+
+def _require_legacy(path: Path) -> None:
+    """No checksums: fine for an old checkpoint, an error for one whose config says they were written."""
+    try:
+        meta = json.loads((path / CONFIG_FILE).read_text())
+    except (OSError, ValueError):
+        return  # reported by whoever reads config.json
+    if isinstance(meta, dict) and meta.get("checksums_file"):
+        raise CheckpointError(f"{path}: missing {CHECKSUMS_FILE} (deleted, or the save was interrupted)")
+
+
+# ---- reading -----------------------------------------------------------------------------------------------
 
 
 def read_checkpoint_meta(path_dir: str | os.PathLike[str]) -> dict[str, Any]:
-    """The parsed ``config.json`` of a checkpoint (format version, model config, tokenizer identity, ...)."""
+    """The parsed, checksum-verified ``config.json`` of a checkpoint (format version, model config, ...)."""
     path = Path(path_dir)
     if not path.is_dir():
         raise CheckpointError(f"{path}: no such checkpoint directory")
     config_path = path / CONFIG_FILE
     if not config_path.is_file():
         raise CheckpointError(f"{path}: missing {CONFIG_FILE}; not a fastaed model checkpoint")
+    verify_checksums(path, [CONFIG_FILE])
     try:
         meta = json.loads(config_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -133,6 +288,8 @@ def load_model(
             f"{weights_path}: {weights_path.stat().st_size} bytes, {CONFIG_FILE} says {expected} "
             "(truncated, or not the weights this config was saved with)"
         )
+    # Hashing first reads the file once more; the load below then comes from the page cache.
+    verify_checksums(path, [WEIGHTS_FILE])
     try:
         state = load_file(str(weights_path), device=str(torch.device(map_location)))
     except (SafetensorError, OSError, ValueError) as e:

@@ -3,6 +3,7 @@
 from fastaed.sampling.assign import REJECT_REASONS, Assignment, assign_buckets
 from fastaed.sampling.bins import Bins, estimate_bins, plot_bins
 from fastaed.sampling.budget import batch_sizes_from_budget, load_profile, resolve_batch_sizes
+from fastaed.sampling.limits import LengthLimits
 from fastaed.sampling.sampler import BucketingSampler, epoch_seed
 from fastaed.sampling.stats import padding_stats, synthetic_lengths
 from fastaed.sampling.streaming import (
@@ -21,6 +22,7 @@ __all__ = [
     "BucketingSampler",
     "CallableShard",
     "JsonlShard",
+    "LengthLimits",
     "ShardError",
     "StreamItem",
     "StreamingBucketingSampler",

@@ -6,7 +6,9 @@ cover the example; this may promote an utterance with many tokens into a longer 
 
 Rejections are counted by reason, checked in this order (the first that applies wins):
 
-- ``invalid``: duration not positive or not finite, or U < 0;
+- ``invalid``, ``too_short``, ``tokens_exceed_frames``, ``over_budget``: the utterance breaks a
+  bin-independent ``LengthLimits`` (see ``limits.py``; by default only ``invalid`` is checked: duration not
+  positive or not finite, or U < 0);
 - ``too_long``: d is above the last duration edge;
 - ``tps_outlier``: U / d is above the max TPS of the bin *the duration falls in*. Lenient mode applies the
   same rule rather than the TPS bound of the bin it would be promoted to: an outlier is an outlier relative to
@@ -24,8 +26,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from fastaed.sampling.bins import Bins, as_lengths
+from fastaed.sampling.limits import LIMIT_REASONS, LengthLimits
 
-REJECT_REASONS = ("invalid", "too_long", "tps_outlier", "too_many_tokens")
+REJECT_REASONS = (*LIMIT_REASONS, "too_long", "tps_outlier", "too_many_tokens")
 
 
 @dataclass(frozen=True, eq=False)
@@ -56,20 +59,34 @@ class Assignment:
         kept = self.bucket[self.bucket >= 0]
         return np.bincount(kept, minlength=self.num_buckets).astype(np.int64)
 
+    def reject_buckets(self, buckets: np.ndarray, reason: str) -> Assignment:
+        """A copy with every utterance of the flattened ``buckets`` rejected as ``reason``."""
+        hit = np.isin(self.bucket, np.asarray(buckets, dtype=np.int64))  # -1 is never a bucket id
+        rejected = {**self.rejected, reason: self.rejected[reason] + int(hit.sum())}
+        bucket = np.where(hit, -1, self.bucket).astype(np.int32)
+        return Assignment(bucket=bucket, rejected=rejected, num_buckets=self.num_buckets)
+
 
 def assign_buckets(
-    durations: np.ndarray, out_lengths: np.ndarray, bins: Bins, strict: bool = True
+    durations: np.ndarray,
+    out_lengths: np.ndarray,
+    bins: Bins,
+    strict: bool = True,
+    limits: LengthLimits | None = None,
 ) -> Assignment:
-    """Assign (N,) durations (s, compared as float32) and (N,) output lengths U to the buckets of ``bins``."""
+    """Assign (N,) durations (s, compared as float32) and (N,) output lengths U to the buckets of ``bins``.
+
+    limits: per-utterance limits checked before the bins (default: only ``invalid``)."""
     d, u = as_lengths(durations, out_lengths)
     s = bins.num_subbuckets
     n = len(d)
     bucket = np.full(n, -1, dtype=np.int32)
 
-    invalid = ~np.isfinite(d) | (d <= 0) | (u < 0)
+    violations = (limits or LengthLimits()).violations(d, u)
+    broken = np.logical_or.reduce(list(violations.values()))
     row = bins.duration_bin(d)
-    too_long = ~invalid & (row >= bins.num_duration_bins)
-    ok = ~invalid & ~too_long
+    too_long = ~broken & (row >= bins.num_duration_bins)
+    ok = ~broken & ~too_long
     row_ok = row[ok]
     # Same float64 expression as the estimator, so a kept estimation example never fails its own bound.
     tps = u[ok] / d[ok].astype(np.float64)
@@ -96,7 +113,7 @@ def assign_buckets(
             pr = np.where(sel, bins.num_duration_bins, pr)  # resolved: never matches again
         fits = bucket[idx] >= 0
     rejected = {
-        "invalid": int(invalid.sum()),
+        **{reason: int(mask.sum()) for reason, mask in violations.items()},
         "too_long": int(too_long.sum()),
         "tps_outlier": int(outlier.sum()),
         "too_many_tokens": int((~fits).sum()),

@@ -35,6 +35,9 @@ from typing import Literal
 
 import numpy as np
 
+from fastaed.sampling.limits import LengthLimits
+from fastaed.util.files import FileFormatError, parse_json, read_json
+
 BINS_FORMAT = "fastaed.bins"
 BINS_FORMAT_VERSION = 1
 MAX_DP_CANDIDATES = 1024  # the min-padding DP is O(S · m²) in the distinct U values m of a bin; cap m
@@ -130,15 +133,25 @@ class Bins:
         return json.dumps(doc)
 
     @classmethod
-    def from_json(cls, text: str) -> Bins:
-        doc = json.loads(text)
+    def from_json(cls, text: str, source: str = "bins JSON") -> Bins:
+        """Parse :meth:`to_json`'s document; :class:`FileFormatError` names ``source`` (the file) and the
+        line of a syntax error, or what is wrong with the document."""
+        return cls.from_doc(parse_json(text, source), source)
+
+    @classmethod
+    def from_doc(cls, doc: object, source: str = "bins JSON") -> Bins:
+        """Bins from the parsed document (:meth:`from_json`; a profile embeds one)."""
+        doc = doc if isinstance(doc, dict) else {}
         if doc.get("format") != BINS_FORMAT or doc.get("version") != BINS_FORMAT_VERSION:
-            raise ValueError(
-                f"not a {BINS_FORMAT} v{BINS_FORMAT_VERSION} document "
+            raise FileFormatError(
+                f"{source}: not a {BINS_FORMAT} v{BINS_FORMAT_VERSION} document "
                 f"(format={doc.get('format')!r}, version={doc.get('version')!r})"
             )
-        tps = [np.inf if t is None else t for t in doc["max_tps"]]
-        return cls(duration_edges=doc["duration_edges"], max_u=doc["max_u"], max_tps=tps)
+        try:
+            tps = [np.inf if t is None else t for t in doc["max_tps"]]
+            return cls(duration_edges=doc["duration_edges"], max_u=doc["max_u"], max_tps=tps)
+        except (KeyError, TypeError, ValueError) as err:  # a missing key, or bounds the checks refuse
+            raise FileFormatError(f"{source}: unusable bins ({type(err).__name__}: {err})") from None
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
@@ -148,7 +161,7 @@ class Bins:
 
     @classmethod
     def load(cls, path: str | Path) -> Bins:
-        return cls.from_json(Path(path).read_text())
+        return cls.from_doc(read_json(path), str(path))
 
 
 def as_lengths(durations: np.ndarray, out_lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -212,6 +225,7 @@ def estimate_bins(
     num_subbuckets: int = 2,
     tps_outlier_z: float | None = 4.0,
     method: Method = "equal_mass",
+    limits: LengthLimits | None = None,
 ) -> Bins:
     """Estimate 2D (or 1D with ``num_subbuckets <= 1``) bucket bins from per-utterance lengths.
 
@@ -222,12 +236,20 @@ def estimate_bins(
     method: ``"equal_mass"`` cuts durations into equal total audio and U into equal total tokens;
         ``"min_padding"`` chooses both the duration edges and the U bounds that minimise padded seconds
         Σ_k n_k · edge_k and padded tokens Σ_j n_j · max_u_j (exact DP, ~0.3 s per 30 bins).
+    limits: utterances they reject (too short, over the per-batch budget, ...) are left out, so no bin edge
+        stretches to cover one that the sampler rejects anyway, and a budget given here can hold one example
+        of every estimated bucket (an edge is a kept duration).
     """
     if num_buckets < 1:
         raise ValueError(f"num_buckets must be >= 1, got {num_buckets}")
     if method not in ("equal_mass", "min_padding"):
         raise ValueError(f"unknown method {method!r}; expected 'equal_mass' or 'min_padding'")
     d, u = as_lengths(durations, out_lengths)
+    if limits is not None:
+        keep = limits.admissible(d, u)
+        if len(d) and not keep.any():
+            raise ValueError(f"all {len(d)} utterances break the length limits {limits}")
+        d, u = d[keep], u[keep]
     if len(d) == 0:
         raise ValueError("cannot estimate bins from zero utterances")
     if not (np.all(np.isfinite(d)) and np.all(d > 0)):

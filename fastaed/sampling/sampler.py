@@ -25,6 +25,11 @@ bucket (< world_size × B_b utterances per bucket, counted as ``dropped``).
 
 ``shuffle=False``: buckets in ascending flattened order, utterances in index order within a bucket.
 
+Manifest weights (``sources`` + ``weights``, see ``weights.py``): an epoch draws ``round(n_m · w_m / min w)``
+utterances of manifest m (whole copies, then a rotating subset for the fractional rest) instead of every
+utterance once; the steps are then laid out over that multiset exactly as above (``epoch_report()``'s
+``per_source`` counts the draws). Equal weights give the unweighted plan, batch for batch.
+
 Epochs and resume: call ``set_epoch(e)`` before each epoch (PyTorch convention); iterating again without it
 replays the same epoch. ``state_dict()`` is a few integers plus a fingerprint of the data, bins and batch
 sizes; ``load_state_dict`` rebuilds the plan and the next iteration starts at ``steps_done`` — no replay.
@@ -39,7 +44,7 @@ import hashlib
 import struct
 import warnings
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -49,6 +54,8 @@ from torch.utils.data import Sampler
 from fastaed.sampling.assign import assign_buckets
 from fastaed.sampling.bins import Bins, as_lengths
 from fastaed.sampling.budget import resolve_batch_sizes
+from fastaed.sampling.limits import LengthLimits
+from fastaed.sampling.weights import SourceMix
 
 STATE_FORMAT = "fastaed.sampler"
 STATE_VERSION = 1
@@ -126,6 +133,12 @@ class BucketingSampler(Sampler[list[int]]):
     ``rank`` / ``world_size`` default to torch.distributed's when it is initialised, else 0 / 1.
     ``strict`` selects the bucket assignment rule (see ``assign.py``); rejected utterances are never yielded
     and are counted in ``epoch_report()``. Use as ``DataLoader(dataset, batch_sampler=sampler)``.
+    ``limits``: per-utterance length limits (``limits.py``; their budget fields are replaced by this sampler's
+    budget). An utterance a batch of one cannot hold, and every utterance of a bucket the budget cannot hold
+    one example of (given bins wider than the budget), is rejected as ``over_budget`` (that bucket's batch
+    size is 0) instead of failing the construction.
+    ``sources`` (N,) manifest index of each utterance and ``weights`` (one per manifest) set each manifest's
+    draws per epoch (module doc); both or neither.
     """
 
     def __init__(
@@ -144,6 +157,9 @@ class BucketingSampler(Sampler[list[int]]):
         world_size: int | None = None,
         drop_last: bool = False,
         strict: bool = True,
+        limits: LengthLimits | None = None,
+        sources: np.ndarray | None = None,
+        weights: Sequence[float] | None = None,
     ) -> None:
         if not isinstance(seed, int | np.integer) or not 0 <= seed < 2**63:
             raise ValueError(f"seed must be an int in [0, 2**63), got {seed!r}")
@@ -155,11 +171,29 @@ class BucketingSampler(Sampler[list[int]]):
         self.strict = bool(strict)
         self.rank, self.world_size = _resolve_dist(rank, world_size)
         self.num_examples = len(d)
-        self.assignment = assign_buckets(d, u, bins, strict=strict)
-        self.batch_sizes = resolve_batch_sizes(
-            bins, batch_sizes, max_duration, max_tokens=max_tokens, quadratic_duration=quadratic_duration
+        self.limits = replace(
+            limits or LengthLimits(),
+            max_duration=max_duration,
+            max_tokens=max_tokens,
+            quadratic_duration=quadratic_duration,
         )
-        self._layout = _Layout.build(self.assignment.counts(), self.batch_sizes, self.world_size, drop_last)
+        self.batch_sizes = resolve_batch_sizes(
+            bins, batch_sizes, max_duration, max_tokens, quadratic_duration, allow_empty=True
+        )
+        self.assignment = assign_buckets(d, u, bins, strict=strict, limits=self.limits).reject_buckets(
+            np.flatnonzero(self.batch_sizes == 0), "over_budget"
+        )
+        if (sources is None) != (weights is None):
+            raise ValueError("give both sources and weights (manifest weights), or neither")
+        bucket = self.assignment.bucket
+        self.mix = (
+            None
+            if sources is None
+            else SourceMix.build(sources, weights, bucket, bins.num_buckets, self.seed, self.shuffle)
+        )
+        counts = self.assignment.counts() if self.mix is None else self.mix.bucket_counts
+        # A bucket of size 0 holds no utterance; size 1 keeps the layout arithmetic free of divisions by 0.
+        self._layout = _Layout.build(counts, np.maximum(self.batch_sizes, 1), self.world_size, drop_last)
         dropped, kept_total = int(self._layout.dropped.sum()), int(self._layout.counts.sum())
         if dropped > 0.1 * kept_total:
             # Small data over many buckets and ranks: most buckets never fill world_size × B_b.
@@ -168,12 +202,11 @@ class BucketingSampler(Sampler[list[int]]):
                 f"({self.bins.num_buckets} buckets, world_size={self.world_size}); consider drop_last=False",
                 stacklevel=2,
             )
-        bucket = self.assignment.bucket
         kept = np.flatnonzero(bucket >= 0)
         self._kept = kept
         # int16 bucket keys let numpy's stable sort use radix sort (the per-epoch grouping of 1M ids).
-        key_dtype = np.int16 if bins.num_buckets < 2**15 else np.int32
-        self._kept_bucket = bucket[kept].astype(key_dtype)
+        self._key_dtype = np.int16 if bins.num_buckets < 2**15 else np.int32
+        self._kept_bucket = bucket[kept].astype(self._key_dtype)
         self._bucket_base = np.concatenate([[0], np.cumsum(self._layout.counts)[:-1]]).astype(np.int64)
         self.fingerprint = self._fingerprint(d, u)
         self.epoch = 0
@@ -271,7 +304,7 @@ class BucketingSampler(Sampler[list[int]]):
         examples = int((lay.counts - lay.dropped).sum())
         repeats = int(lay.repeats.sum())
         steps = self.num_steps
-        return {
+        report = {
             "epoch": self.epoch,
             "world_size": self.world_size,
             "steps": steps,
@@ -282,14 +315,22 @@ class BucketingSampler(Sampler[list[int]]):
             "mean_batch_size": (examples + repeats) / (steps * self.world_size) if steps else 0.0,
             "per_bucket": per_bucket,
         }
+        if self.mix is not None:
+            report["per_source"] = self.mix.report()
+        return report
 
     # ---- planning -----------------------------------------------------------------------------------
     def _fingerprint(self, d: np.ndarray, u: np.ndarray) -> str:
         h = hashlib.blake2b(digest_size=16)
-        for part in (d, u, self.batch_sizes.astype(np.int64)):
+        # The ids rejected (by the length limits, which bins and sizes alone do not determine); none rejected
+        # adds nothing, so the fingerprint of clean data does not depend on the limits.
+        rejected = np.flatnonzero(self.assignment.bucket < 0).astype(np.int64)
+        for part in (d, u, self.batch_sizes.astype(np.int64), rejected):
             h.update(np.ascontiguousarray(part).tobytes())
         h.update(self.bins.to_json().encode())
         h.update(bytes([self.shuffle, self.drop_last, self.strict]))
+        if self.mix is not None and not self.mix.trivial:  # equal weights keep the unweighted fingerprint
+            h.update(self.mix.digest)
         return h.hexdigest()
 
     def _get_plan(self) -> _EpochPlan:
@@ -301,13 +342,17 @@ class BucketingSampler(Sampler[list[int]]):
         lay, w, r = self._layout, self.world_size, self.rank
         nb = len(lay.counts)
         labels = np.repeat(np.arange(nb), lay.steps)
+        ids, keys = self._kept, self._kept_bucket
+        if self.mix is not None and not self.mix.trivial:  # this epoch's weighted multiset of ids
+            ids = self.mix.epoch_ids(epoch)
+            keys = self.assignment.bucket[ids].astype(self._key_dtype)
         if self.shuffle:
             rng = np.random.default_rng(epoch_seed(self.seed, epoch))
-            perm = rng.permutation(len(self._kept))
-            order = self._kept[perm][np.argsort(self._kept_bucket[perm], kind="stable")]
+            perm = rng.permutation(len(ids))
+            order = ids[perm][np.argsort(keys[perm], kind="stable")]
             labels = rng.permutation(labels)
         else:
-            order = self._kept[np.argsort(self._kept_bucket, kind="stable")]
+            order = ids[np.argsort(keys, kind="stable")]
         # j = how many earlier steps used the same bucket (the occurrence index of each label).
         by_label = np.argsort(labels, kind="stable")
         first_step = np.concatenate([[0], np.cumsum(lay.steps)[:-1]])

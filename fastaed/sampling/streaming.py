@@ -2,10 +2,13 @@
 
 Per epoch and rank (all randomness from blake2b ``epoch_seed(seed, epoch)``, identical on every rank):
 
-- **Shards.** The shard order is shuffled; rank r reads shards r, r + W, r + 2W, ... of that order. Fewer
-  shards than ranks is an error at construction: a rank without data would hang DDP, and re-using shards
-  would silently repeat data. Ranks may still get unequal shard counts (and so unequal step counts): train
-  for a fixed number of steps per epoch, or split the data into equally sized shards, a multiple of W.
+- **Shards and equal steps.** Each rank reads its share of the shuffled shards (balanced by item counts
+  when shards know their ``num_items``) and all ranks run the same S steps, so DDP never hangs: S is
+  ``steps_per_epoch``, or on several ranks estimated from the item counts (``stream_plan.py``); one rank
+  without it reads until its shards end. Several ranks with neither, or fewer shards than ranks: an error.
+  A rank whose shards run dry flushes its buffers (every item of the pass is yielded), then reads them again
+  from its first one (a *pass*; items of passes ≥ 1 count as ``repeated``) until step S. A rank with more
+  data stops at S (its ``buffered`` and ``unread`` items are counted).
 - **Buffers.** Items (buckets assigned by ``assign_buckets``; rejections counted by reason) go into
   per-bucket buffers. Before each step the buffers are filled to ``buffer_size`` items. If no bucket then
   holds a full batch, reading goes on until one does: by pigeonhole that takes at most Σ_b (B_b − 1) + 1
@@ -15,13 +18,12 @@ Per epoch and rank (all randomness from blake2b ``epoch_seed(seed, epoch)``, ide
   bucket, ``bucket_weights[b] / B_b`` (pass ``bucket_weights`` = per-bucket example counts of the sample the
   bins were estimated on, i.e. ``assign_buckets(d, u, bins).counts()``). Without them: uniform over the
   non-degenerate buckets, which is close for equal-mass bins under a duration budget (each row holds equal
-  audio and B_b · max_d_b is ~constant, so rows yield similar step counts). The draws are stratified (a
-  golden-ratio sequence, shuffled in blocks of ``DRAW_BLOCK`` steps; see ``_draw_block``), so every bucket is
-  drawn at its expected rate without the random-walk drift of independent draws.
+  audio and B_b · max_d_b is ~constant, so rows yield similar step counts). The draws are stratified
+  (``stream_plan.draw_block``): every bucket is drawn at its expected rate, without random-walk drift.
 - **Nearest-ready fallback.** If the drawn bucket has fewer than B_b items *on this rank*, the nearest bucket
   holding a full batch is used (flattened order, distance 1, 2, ...; ties toward the shorter bucket). This
   is local, so ranks may use different buckets at that step (as in Lhotse); counted as ``fallbacks``. At the
-  end of the stream the buffers are flushed as partial batches (nearest non-empty bucket; ``flushed``).
+  end of a pass the buffers are flushed as partial batches (nearest non-empty bucket; ``flushed``).
   Nothing is dropped. Every batch comes from one bucket with B_b items at most, so budgets are never exceeded.
 - **Within a bucket** the B_b items are picked at random (RNG seeded by (epoch seed, rank, k)).
 
@@ -31,7 +33,8 @@ and pulls exactly the items the policy above needs. The batches are therefore id
 the thread, for any thread timing, chunk size or queue depth.
 
 **Exact resume in O(buffer).** ``state_dict()`` (per rank) holds the epoch, the steps done, the stream
-position (index in the rank's shard order, items consumed in that shard), the buffered items themselves and
+position (index in the rank's shard order, counting on through later passes, and items consumed in that
+shard; a position on a pass boundary means the pass is flushing), the buffered items themselves and
 the report counters. ``load_state_dict()`` restores the buffers and resumes the stream: earlier shards are not
 opened; the current shard is re-read up to the position (O(shard), a generic iterator cannot seek).
 ``StreamItem`` buffers survive ``torch.load(weights_only=True)``; other item types need
@@ -55,6 +58,7 @@ from typing import Any
 import numpy as np
 from torch.utils.data import Sampler
 
+from fastaed.sampling import stream_plan as P
 from fastaed.sampling.assign import REJECT_REASONS, assign_buckets
 from fastaed.sampling.bins import Bins
 from fastaed.sampling.budget import resolve_batch_sizes
@@ -73,6 +77,7 @@ from fastaed.sampling.streaming_filler import (
     default_lengths,
     encode_item,
     iter_chunks,
+    shard_items,
 )
 
 __all__ = [
@@ -87,9 +92,7 @@ __all__ = [
 
 STATE_FORMAT = "fastaed.streaming_sampler"
 STATE_VERSION = 1
-_DRAW_STREAM, _PICK_STREAM = 0x5EED_B0C4, 0x5EED_91C4  # separate RNG streams for bucket draws and picks
-DRAW_BLOCK = 32  # steps per shuffled block of bucket draws (32 gave fewer fallbacks than 8 or 128)
-_GOLDEN = (np.sqrt(5.0) - 1.0) / 2.0  # the most evenly spreading Weyl step
+_PICK_STREAM = 0x5EED_91C4  # the within-bucket picks' RNG stream (the bucket draws use another)
 
 
 @dataclass
@@ -98,7 +101,8 @@ class _Counters:
     items_yielded: int = 0
     batches: int = 0
     fallbacks: int = 0  # full batches from a bucket other than the drawn one
-    flushed: int = 0  # partial batches at the end of the stream
+    flushed: int = 0  # partial batches at the end of a pass
+    repeated: int = 0  # items read again: passes after the first over the rank's shards
     max_buffered: int = 0
     rejected: dict[str, int] = field(default_factory=lambda: dict.fromkeys(REJECT_REASONS, 0))
 
@@ -161,8 +165,16 @@ class StreamingBucketingSampler(Sampler[list[Any]]):
         sizes = resolve_batch_sizes(bins, batch_sizes, max_duration, max_tokens, quadratic_duration)
         self.batch_sizes = sizes
         self._sizes = self.batch_sizes.tolist()
-        self.step_weights = self._step_weights(bucket_weights)
+        self.step_weights = P.step_weights(bins, self.batch_sizes, bucket_weights)
         self._cum_weights = np.cumsum(self.step_weights)
+        counts = [shard_items(s) for s in self.shards]
+        self.shard_items = None if None in counts else counts
+        if self.world_size > 1 and self.config.steps_per_epoch is None and self.shard_items is None:
+            raise ValueError(
+                f"{self.world_size} ranks must run equal steps (DDP): give steps_per_epoch, or shards that "
+                "know their num_items (JsonlShard counts its lines; CallableShard(num_items=...))"
+            )
+        self._assignments: dict[int, tuple[list[int], int | None]] = {}  # epoch -> (own shards, steps)
         self.fingerprint = self._fingerprint(names)
         self.epoch = 0
         self._resume = self._initial(0)  # where the next iteration starts
@@ -184,17 +196,22 @@ class StreamingBucketingSampler(Sampler[list[Any]]):
 
     def rank_shards(self, epoch: int | None = None) -> list[Shard]:
         """This rank's shards of ``epoch`` (default: the current one), in reading order."""
-        epoch = self.epoch if epoch is None else epoch
-        order = np.random.default_rng(epoch_seed(self.config.seed, epoch)).permutation(len(self.shards))
-        return [self.shards[i] for i in order[self.rank :: self.world_size]]
+        return [self.shards[i] for i in self._assignment(self.epoch if epoch is None else epoch)[0]]
+
+    def num_steps(self, epoch: int | None = None) -> int | None:
+        """Steps of ``epoch`` on every rank (module doc); None: a single rank reading until its shards end."""
+        return self._assignment(self.epoch if epoch is None else epoch)[1]
 
     def drawn_bucket(self, step: int, epoch: int | None = None) -> int:
         """The synchronized bucket draw of ``step`` (the same on every rank); O(1) amortised."""
         epoch = self.epoch if epoch is None else int(epoch)
-        block = int(step) // DRAW_BLOCK
+        block = int(step) // P.DRAW_BLOCK
         if self._draw_cache[0] != (epoch, block):
-            self._draw_cache = ((epoch, block), self._draw_block(epoch, block))
-        return self._draw_cache[1][int(step) % DRAW_BLOCK]
+            self._draw_cache = (
+                (epoch, block),
+                P.draw_block(self.config.seed, epoch, block, self._cum_weights),
+            )
+        return self._draw_cache[1][int(step) % P.DRAW_BLOCK]
 
     def __iter__(self) -> Iterator[list[Any]]:
         self.close()  # one live iteration per sampler: a new one stops the previous one's filler thread
@@ -259,7 +276,8 @@ class StreamingBucketingSampler(Sampler[list[Any]]):
             raise ValueError(f"saved state has {len(buffers)} buckets, the bins have {len(self._sizes)}")
         epoch = int(state["epoch"])
         position = (int(state["position"][0]), int(state["position"][1]))
-        if not 0 <= position[0] <= len(self.rank_shards(epoch)) or position[1] < 0:
+        last = len(self.rank_shards(epoch)) if self.num_steps(epoch) is None else float("inf")  # passes
+        if not 0 <= position[0] <= last or position[1] < 0:
             raise ValueError(f"saved stream position {position} is outside this rank's shards")
         counters = _Counters(**{**state["counters"], "rejected": dict(state["counters"]["rejected"])})
         buffered = tuple(tuple(decode_item(e) for e in b) for b in buffers)
@@ -279,43 +297,35 @@ class StreamingBucketingSampler(Sampler[list[Any]]):
             **{k: v for k, v in snap.counters.__dict__.items() if k != "rejected"},
             "rejected": dict(snap.counters.rejected),
             "buffered": sum(len(b) for b in snap.buffers),
+            "num_steps": self.num_steps(snap.epoch),
+            "unread": self._unread(snap),
         }
 
     # ---- internals ----------------------------------------------------------------------------------
+    def _assignment(self, epoch: int) -> tuple[list[int], int | None]:
+        """(this rank's shard ids in reading order, the common step count) of ``epoch`` (``stream_plan``)."""
+        if epoch not in self._assignments:
+            cfg, w, counts = self.config, self.world_size, self.shard_items
+            if counts is None:
+                mine, most = P.round_robin(cfg.seed, epoch, len(self.shards), w, self.rank), 0
+            else:
+                mine, most = P.split_shards(cfg.seed, epoch, counts, w, self.rank)
+            steps = cfg.steps_per_epoch
+            if steps is None and w > 1:
+                steps = P.common_steps(most, self.step_weights, self.batch_sizes)
+            self._assignments = {epoch: (mine, steps)}  # the current epoch is all an iteration needs
+        return self._assignments[epoch]
+
+    def _unread(self, snap: _Snapshot) -> int | None:
+        """Items of this rank's shards its first pass has not read (None: item counts unknown)."""
+        if self.shard_items is None:
+            return None
+        mine = self._assignment(snap.epoch)[0]
+        pos, offset = snap.position
+        return sum(self.shard_items[i] for i in mine[pos:]) - (offset if pos < len(mine) else 0)
+
     def _initial(self, epoch: int) -> _Snapshot:
         return _Snapshot(epoch, 0, (0, 0), tuple(() for _ in self._sizes), _Counters())
-
-    def _step_weights(self, bucket_weights: Sequence[float] | np.ndarray | None) -> np.ndarray:
-        nb = self.bins.num_buckets
-        if bucket_weights is None:
-            # Uniform over the buckets assignment can use (a repeated bound in a row is an empty sub-bucket).
-            mu = self.bins.max_u
-            usable = np.ones_like(mu, dtype=bool)
-            usable[:, 1:] = mu[:, 1:] > mu[:, :-1]
-            return usable.reshape(-1).astype(np.float64)
-        w = np.asarray(bucket_weights, dtype=np.float64)
-        if w.shape != (nb,) or not np.all(np.isfinite(w)) or np.any(w < 0) or w.sum() <= 0:
-            raise ValueError(f"bucket_weights must be {nb} finite non-negative values with a positive sum")
-        return w / self.batch_sizes  # expected examples / batch size = expected steps of the bucket
-
-    def _draw_block(self, epoch: int, block: int) -> list[int]:
-        """Bucket draws of steps [block·M, (block+1)·M): a golden-ratio (Weyl) sequence through the CDF of the
-        step weights, shuffled within the block.
-
-        Independent draws let each bucket's draw count drift from its expected share like a random walk
-        (∝ √steps), and each extra draw of a bucket costs B_b items its buffer may not hold: fallbacks. The
-        Weyl points u + k·φ (mod 1) are equidistributed with O(log k) discrepancy, so the count of every
-        bucket stays within a few draws of its share at any step; the per-block shuffle keeps the order
-        random. Measured (200k utterances, 30 × 2 buckets, budget 600 s, buffer 20k, one rank): 0.9 %
-        fallback steps against 15 % with independent draws (buffer 5k: 16 % against 54 %).
-        """
-        es = epoch_seed(self.config.seed, epoch)
-        offset = np.random.default_rng([_DRAW_STREAM, es]).random()
-        k = np.arange(block * DRAW_BLOCK, (block + 1) * DRAW_BLOCK, dtype=np.float64)
-        points = np.mod(offset + k * _GOLDEN, 1.0) * self._cum_weights[-1]
-        labels = np.searchsorted(self._cum_weights, points, side="right")
-        labels = np.minimum(labels, len(self._sizes) - 1)  # float rounding at the very top of the CDF
-        return np.random.default_rng([_DRAW_STREAM, es, block]).permutation(labels).tolist()
 
     def _fingerprint(self, names: list[str]) -> str:
         h = hashlib.blake2b(digest_size=16)
@@ -324,6 +334,8 @@ class StreamingBucketingSampler(Sampler[list[Any]]):
         h.update(self.step_weights.tobytes())
         h.update("\0".join(names).encode())
         h.update(f"{self.config.buffer_size}|{self.config.strict}".encode())
+        if self.world_size > 1 or self.config.steps_per_epoch is not None:  # one rank until the end: as ever
+            h.update(f"{self.config.steps_per_epoch}|{self.shard_items}".encode())
         return h.hexdigest()
 
     def _classify(self, items: list[Any]) -> tuple[np.ndarray, dict[int, str]]:
@@ -340,9 +352,9 @@ class StreamingBucketingSampler(Sampler[list[Any]]):
             reasons[i] = next(r for r, n in rej.items() if n)
         return buckets, reasons
 
-    def _open(self, epoch: int, position: tuple[int, int]) -> StreamReader:
+    def _open(self, epoch: int, position: tuple[int, int], stop: int) -> StreamReader:
         cfg = self.config
-        chunks = iter_chunks(self.rank_shards(epoch), position, self._classify, cfg.chunk_size)
+        chunks = iter_chunks(self.rank_shards(epoch), position, self._classify, cfg.chunk_size, stop)
         if cfg.background:
             return StreamReader(BackgroundFiller(chunks, cfg.prefetch_chunks, cfg.join_timeout_s), position)
         return StreamReader(chunks, position)
@@ -367,25 +379,30 @@ class StreamingBucketingSampler(Sampler[list[Any]]):
         cap, sizes = self.config.buffer_size, self._sizes
         buffered = sum(len(b) for b in buffers)
         dirty: set[int] = set()  # buckets changed since the last snapshot; the others share its tuples
-        reader = self._open(start.epoch, start.position)
+        num_shards, total = len(self.rank_shards(start.epoch)), self.num_steps(start.epoch)
+        reader = self._open(start.epoch, start.position, P.pass_stop(start.position, num_shards))
+        fresh, kept = False, 0  # a pass opened at its start, and the items it has kept so far
 
         def read_one() -> int | None:
-            """Move one stream item into its buffer; its bucket (-1: rejected), None when exhausted."""
+            """Move one stream item into its buffer; its bucket (-1: rejected), None when the pass ends."""
+            nonlocal kept
             got = reader.read()
             if got is None:
                 return None
-            item, bucket, why = got
+            item, bucket, why, shard_pos = got
             c.items_read += 1
+            c.repeated += shard_pos >= num_shards
             if bucket < 0:
                 c.rejected[why] += 1  # type: ignore[index]  # a rejected item always has a reason
             else:
                 buffers[bucket].append(item)
                 dirty.add(bucket)
+                kept += 1
             return bucket
 
         try:
             step = start.steps
-            while True:
+            while total is None or step < total:
                 while buffered < cap and (got := read_one()) is not None:
                     buffered += got >= 0
                 drawn = self.drawn_bucket(step, start.epoch)
@@ -395,14 +412,20 @@ class StreamingBucketingSampler(Sampler[list[Any]]):
                     if got >= 0 and len(buffers[got]) >= sizes[got]:
                         b = self._nearest(buffers, drawn, full=True)
                 c.max_buffered = max(c.max_buffered, buffered)
-                if b is None:  # stream exhausted and no full batch anywhere: flush a partial one
+                if b is None:  # pass exhausted and no full batch anywhere: flush a partial one
                     b = self._nearest(buffers, drawn, full=False)
-                    if b is None:  # all done; record the rejections read after the last batch
-                        last = self._history[-1]
-                        self._history[-1] = _Snapshot(
-                            last.epoch, step, reader.position, last.buffers, c.copy()
-                        )
-                        return
+                    if b is None and total is None:
+                        break
+                    if b is None:  # every item of the pass yielded, steps left: read the shards again
+                        if fresh and not kept:
+                            raise RuntimeError(
+                                f"rank {self.rank}: a whole pass over its shards kept no item, so it cannot "
+                                "run the common number of steps (all rejected, or empty shards?)"
+                            )
+                        reader.close()
+                        reader = self._open(start.epoch, reader.position, reader.position[0] + num_shards)
+                        fresh, kept = True, 0
+                        continue
                     c.flushed += 1
                 elif b != drawn:
                     c.fallbacks += 1
@@ -418,6 +441,8 @@ class StreamingBucketingSampler(Sampler[list[Any]]):
                 dirty.clear()
                 self._history.append(_Snapshot(start.epoch, step, reader.position, frozen, c.copy()))
                 yield batch
+            last = self._history[-1]  # record the rejections read after the last batch
+            self._history[-1] = _Snapshot(last.epoch, step, reader.position, last.buffers, c.copy())
         finally:
             reader.close()
 

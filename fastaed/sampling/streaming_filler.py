@@ -26,6 +26,7 @@ import threading
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -80,6 +81,8 @@ class StreamingConfig:
     background: read shards in a thread. chunk_size: items per queue entry; prefetch_chunks: queue depth.
     history: past step states kept for ``state_dict(steps_done=k)`` (≥ the DataLoader's batches in flight).
     join_timeout_s: how long ``close()`` waits for the filler thread.
+    steps_per_epoch: the common step count of every rank (None: estimated from the shards' ``num_items``,
+    or, on a single rank, until its shards run out; see ``streaming.py``).
     """
 
     buffer_size: int = 10_000
@@ -90,6 +93,7 @@ class StreamingConfig:
     prefetch_chunks: int = 32
     history: int = 16
     join_timeout_s: float = 10.0
+    steps_per_epoch: int | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.seed, int | np.integer) or not 0 <= self.seed < 2**63:
@@ -101,23 +105,37 @@ class StreamingConfig:
             raise ValueError(f"history must be >= 0, got {self.history}")
         if not self.join_timeout_s > 0:
             raise ValueError(f"join_timeout_s must be > 0, got {self.join_timeout_s}")
+        if self.steps_per_epoch is not None and int(self.steps_per_epoch) < 1:
+            raise ValueError(f"steps_per_epoch must be >= 1 or None, got {self.steps_per_epoch}")
 
 
 @runtime_checkable
 class Shard(Protocol):
-    """A named source of examples that can be iterated from the start any number of times."""
+    """A named source of examples that can be iterated from the start any number of times.
+
+    A shard may also tell its item count as ``num_items`` (an int; None or absent: unknown), which lets
+    several ranks balance shards and agree on a step count (``shard_items``).
+    """
 
     name: str
 
     def __iter__(self) -> Iterator[Any]: ...
 
 
+def shard_items(shard: Shard) -> int | None:
+    """The shard's ``num_items``, None when it does not know."""
+    n = getattr(shard, "num_items", None)
+    return None if n is None else int(n)
+
+
 @dataclass(frozen=True)
 class CallableShard:
-    """A shard whose items come from calling ``fn()`` (a fresh iterable on every call)."""
+    """A shard whose items come from calling ``fn()`` (a fresh iterable on every call); ``num_items``: how
+    many it yields, when known."""
 
     name: str
     fn: Callable[[], Iterable[Any]]
+    num_items: int | None = None
 
     def __iter__(self) -> Iterator[Any]:
         return iter(self.fn())
@@ -150,9 +168,17 @@ class JsonlShard:
     def name(self) -> str:
         return str(self.path)
 
+    def _open(self):
+        return (gzip.open if str(self.path).endswith(".gz") else open)(self.path, "rt", encoding="utf-8")
+
+    @cached_property
+    def num_items(self) -> int:
+        """Non-blank lines (one pass over the file, once)."""
+        with self._open() as f:
+            return sum(1 for line in f if line.strip())
+
     def __iter__(self) -> Iterator[StreamItem]:
-        opener = gzip.open if str(self.path).endswith(".gz") else open
-        with opener(self.path, "rt", encoding="utf-8") as f:
+        with self._open() as f:
             for line_no, line in enumerate(f, start=1):
                 if not line.strip():
                     continue
@@ -162,10 +188,11 @@ class JsonlShard:
 
 
 class ShardError(RuntimeError):
-    """A shard failed (or changed since a checkpoint); ``shard`` names it, ``offset``: where reading stood."""
+    """A shard failed (or changed since a checkpoint); ``shard`` names it, ``offset``: the 0-based index in
+    the shard of the item that failed (or of the first item that was missing)."""
 
     def __init__(self, shard: str, offset: int, why: str) -> None:
-        super().__init__(f"shard {shard!r} failed at or after item {offset}: {why}")
+        super().__init__(f"shard {shard!r} failed at item {offset} (0-based): {why}")
         self.shard, self.offset = shard, offset
 
 
@@ -188,33 +215,57 @@ class Chunk:
 Classify = Callable[[list[Any]], tuple[np.ndarray, dict[int, str]]]
 
 
+def _first_bad(items: list[Any], classify: Classify) -> int:
+    """Index of the first item ``classify`` fails on alone (the chunk failed, so one does; 0 if none)."""
+    for i, x in enumerate(items):
+        try:
+            classify([x])
+        except Exception:
+            return i
+    return 0
+
+
 def iter_chunks(
-    shards: list[Shard], position: tuple[int, int], classify: Classify, chunk_size: int
+    shards: list[Shard],
+    position: tuple[int, int],
+    classify: Classify,
+    chunk_size: int,
+    stop: int | None = None,
 ) -> Iterator[Chunk]:
-    """Chunks of ``shards`` from ``position`` = (shard index, items already consumed in that shard).
+    """Chunks of ``shards`` from ``position`` = (shard index, items already consumed in that shard) up to
+    shard index ``stop`` (exclusive; default ``len(shards)``). Indices go on past the last shard, cyclically:
+    index ``p · len(shards) + i`` is shard i read in pass p (a rank that repeats its shards).
 
     Shards before the position are not opened; within the current one the consumed items are read and
     discarded (O(shard): a generic iterator cannot seek). Errors of a shard, including its items failing
-    ``classify`` (bad lengths), become a ``ShardError`` naming it.
+    ``classify`` (bad lengths), become a ``ShardError`` naming it and the failing item.
     """
     first, skip = position
-    for pos in range(first, len(shards)):
-        shard, offset = shards[pos], (skip if pos == first else 0)
+    for pos in range(first, len(shards) if stop is None else stop):
+        shard, offset = shards[pos % len(shards)], (skip if pos == first else 0)
+        skipped = 0
         try:
             it = iter(shard)
-            skipped = sum(1 for _ in itertools.islice(it, offset))
+            for _ in itertools.islice(it, offset):
+                skipped += 1
         except Exception as exc:
-            raise ShardError(shard.name, 0, f"{type(exc).__name__}: {exc}") from exc
+            raise ShardError(shard.name, skipped, f"{type(exc).__name__}: {exc}") from exc
         if skipped < offset:
             raise ShardError(
                 shard.name, skipped, f"only {skipped} items, resume position is {offset}; changed?"
             )
         while True:
+            items: list[Any] = []
+            try:  # one item at a time: the item that fails is offset + len(items)
+                for x in itertools.islice(it, chunk_size):
+                    items.append(x)
+            except Exception as exc:
+                raise ShardError(shard.name, offset + len(items), f"{type(exc).__name__}: {exc}") from exc
             try:
-                items = list(itertools.islice(it, chunk_size))
                 buckets, reasons = classify(items)
             except Exception as exc:
-                raise ShardError(shard.name, offset, f"{type(exc).__name__}: {exc}") from exc
+                bad = offset + _first_bad(items, classify)
+                raise ShardError(shard.name, bad, f"{type(exc).__name__}: {exc}") from exc
             end = len(items) < chunk_size  # a short read means the shard is done
             yield Chunk(pos, offset, items, buckets, reasons, end)
             offset += len(items)
@@ -321,8 +372,9 @@ class StreamReader:
             return self._source.get()
         return next(self._source, None)
 
-    def read(self) -> tuple[Any, int, str | None] | None:
-        """(item, bucket or -1, rejection reason or None), or None once the stream is exhausted."""
+    def read(self) -> tuple[Any, int, str | None, int] | None:
+        """(item, bucket or -1, rejection reason or None, its shard index), or None once the stream is
+        exhausted."""
         chunk = self._chunk
         while chunk is None or self._i >= len(chunk.items):
             if self.exhausted:
@@ -340,7 +392,7 @@ class StreamReader:
             self.position = (chunk.shard_pos + 1, 0)
         else:
             self.position = (chunk.shard_pos, chunk.start + self._i)
-        return chunk.items[i], int(chunk.buckets[i]), chunk.reasons.get(i)
+        return chunk.items[i], int(chunk.buckets[i]), chunk.reasons.get(i), chunk.shard_pos
 
     def close(self) -> None:
         if isinstance(self._source, BackgroundFiller):

@@ -12,19 +12,68 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
+from fastaed.constants import HOP_LENGTH
 from fastaed.data.dataset import AEDDataset, Batch
 from fastaed.data.errors import BadInputError
 from fastaed.data.index import MetadataIndex
-from fastaed.sampling import Bins, BucketingSampler, estimate_bins, load_profile
+from fastaed.data.tokenizer import PROMPT_LENGTH
+from fastaed.sampling import Bins, BucketingSampler, LengthLimits, estimate_bins, load_profile
 from fastaed.train import checkpoint as ckpt
 from fastaed.train import distributed as D
 from fastaed.train.config import TrainConfig
 from fastaed.train.faults import CollateWithFirstError
+from fastaed.train.metrics import format_counts
 from fastaed.train.profile.profile import ProfileIdentity, check_profile
 
 SamplerFactory = Callable[..., BucketingSampler]  # sampler(shuffle=...) -> the cached sampler
+
+# Transcript tokens allowed per encoder frame before a line is rejected as ``tokens_exceed_frames``. Not 1:
+# the attention decoder is not bound to a token per frame and CTC zeroes infeasible utterances, so the guard
+# only has to catch transcripts that cannot belong to their audio (10,000 characters on a 1.4 s clip are
+# hundreds per frame), not fast speech under a small vocabulary (the test corpus reaches 3.2).
+MAX_TOKENS_PER_FRAME = 4.0
+
+
+def length_limits(cfg: TrainConfig) -> LengthLimits:
+    """The run's per-utterance limits: at least 2 encoder frames (the model preset's subsampling), at most
+    ``MAX_TOKENS_PER_FRAME`` transcript tokens per frame, and a batch of one within the sampler's budget."""
+    s = cfg.sampler
+    subsampling = cfg.model.model_config(None).encoder.subsampling_factor
+    return LengthLimits(
+        encoder_frame_samples=HOP_LENGTH * subsampling,
+        non_text_tokens=PROMPT_LENGTH + 1,  # U = prompt + transcript + EOS
+        max_tokens_per_frame=MAX_TOKENS_PER_FRAME,
+        max_duration=s.max_duration,
+        quadratic_duration=s.quadratic_duration,
+        max_tokens=s.max_tokens,
+    )
+
+
+def nothing_trainable(index: MetadataIndex, rejected: dict[str, int]) -> ValueError:
+    """The error when every utterance is rejected, naming a manifest line to look at."""
+    where = f"; e.g. {index.location(0)}" if len(index) else ""
+    return ValueError(
+        f"no trainable utterance: all {len(index)} were rejected, {format_counts(rejected)}{where}. "
+        "Check the manifest's durations and transcripts, and the sampler's budget and bins."
+    )
+
+
+def check_sampler(sampler: BucketingSampler, index: MetadataIndex) -> None:
+    """Note buckets the budget cannot hold one example of (their utterances are rejected as ``over_budget``);
+    raise when nothing is left to train on."""
+    unusable = np.flatnonzero(sampler.batch_sizes == 0)
+    if len(unusable):
+        max_d, max_u = sampler.bins.flat()[int(unusable[0])]
+        D.print0(
+            f"note: {len(unusable)} of {sampler.bins.num_buckets} buckets cannot hold one example within "
+            f"the budget (first: bucket {unusable[0]}, {max_d:.3f} s, U <= {max_u}); their utterances are "
+            "rejected as over_budget. Estimate bins on this data, or raise the budget, to train on them."
+        )
+    if not np.any(sampler.assignment.bucket >= 0):
+        raise nothing_trainable(index, sampler.assignment.rejected)
 
 
 def make_sampler_factory(
@@ -43,10 +92,13 @@ def make_sampler_factory(
                 D.print0(f"note: using batch-size profile {s.profile} despite: {'; '.join(diffs)}")
         batch_sizes, profile_bins = load_profile(s.profile)
         bins = profile_bins if profile_bins is not None else bins
+    limits = length_limits(cfg)
     if bins is None:
-        bins = estimate_bins(
-            index.durations, index.out_lengths, s.num_buckets, s.num_subbuckets, method=s.method
-        )
+        violations = limits.violations(index.durations, index.out_lengths)
+        if np.logical_or.reduce(list(violations.values())).all():
+            raise nothing_trainable(index, {reason: int(m.sum()) for reason, m in violations.items()})
+        d, u = index.durations, index.out_lengths
+        bins = estimate_bins(d, u, s.num_buckets, s.num_subbuckets, method=s.method, limits=limits)
     cache: dict[bool, BucketingSampler] = {}
 
     def sampler(shuffle: bool) -> BucketingSampler:
@@ -64,7 +116,12 @@ def make_sampler_factory(
                 rank=info.rank,
                 world_size=info.world_size,
                 drop_last=s.drop_last,
+                limits=limits,
+                sources=index.source,  # PATH:WEIGHT: each manifest's draws per epoch (sampling/weights.py)
+                weights=index.weights,
             )
+            if len(cache) == 1:  # the first one: the assignment (what is rejected) is the same for both
+                check_sampler(cache[shuffle], index)
         return cache[shuffle]
 
     return sampler
@@ -105,7 +162,7 @@ def batch_stream(
             rep = sampler.epoch_report()
             D.print0(
                 f"epoch {epoch}: {rep['steps']} steps, mean batch {rep['mean_batch_size']:.1f}, "
-                f"repeats {rep['repeats']}, rejected {sum(rep['rejected'].values())}"
+                f"repeats {rep['repeats']}, rejected {format_counts(rep['rejected'])}"
             )
         buckets = sampler.step_buckets()
         loader = torch.utils.data.DataLoader(

@@ -7,12 +7,19 @@ Layout of a run directory::
         model.safetensors        weights  } a self-describing model (``fastaed.model.save_model``):
         config.json              config   } ``load_model(out_dir / "ckpt-1500")`` needs no flags
         trainer_state.pt         optimizer, step, epoch, sampler state, RNG states, counters
+        tokenizer/               the tokenizer, so the checkpoint decodes on its own
+        checksums.json           size and sha256 of every file above, written last
       latest                     "ckpt-1500": the newest complete checkpoint
 
 A checkpoint is written into a hidden temporary directory next to its final name and moved into place with
 one ``os.replace``, and ``latest`` is replaced the same way afterwards: a process killed at any moment leaves
 either the previous checkpoint or the new one, never a half-written one under a real name. Only the last
 ``keep`` checkpoints are kept.
+
+Resuming checks every file against ``checksums.json``. ``resume="auto"`` passes over a corrupted checkpoint
+to the newest intact one, says so, and moves the corrupted one aside to ``ckpt-N.corrupt`` (kept for
+inspection, no longer counted by pruning, so it can never displace an intact checkpoint); an explicitly
+named corrupted checkpoint is an error.
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ import random
 import re
 import shutil
 import struct
-import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +38,16 @@ import numpy as np
 import torch
 
 from fastaed.data.tokenizer import Tokenizer
-from fastaed.formats import CONFIG_FILE, WEIGHTS_FILE, load_model, save_model
+from fastaed.formats import (
+    CONFIG_FILE,
+    WEIGHTS_FILE,
+    CheckpointError,
+    load_model,
+    save_model,
+    verify_checksums,
+    write_checksums,
+)
+from fastaed.formats.native import make_temp, write_atomic
 
 PREFIX = "ckpt-"
 LATEST_FILE = "latest"
@@ -109,7 +125,7 @@ def save_checkpoint(
     for stale in out.glob(f".{PREFIX}*"):  # temp dirs of a save that was killed half-way
         shutil.rmtree(stale, ignore_errors=True)
     final = out / f"{PREFIX}{step}"
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=out))
+    tmp = make_temp(final, directory=True)
     try:
         save_model(model, tmp, tokenizer_identity=tokenizer_identity, extra={"step": step, **(extra or {})})
         if tokenizer is not None:
@@ -117,27 +133,19 @@ def save_checkpoint(
         state_path = tmp / STATE_FILE
         torch.save({"version": STATE_VERSION, **trainer_state}, state_path)
         _fsync(state_path)
+        write_checksums(tmp, extend=True)  # save_model listed its own two files; add the rest
         if final.exists():  # the same step saved again (a resumed run that ends where it started)
             shutil.rmtree(final)
         os.replace(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    _write_atomic(out / LATEST_FILE, final.name + "\n")
+    write_atomic(out / LATEST_FILE, final.name + "\n")
     _fsync(out)
     for _, old in list_checkpoints(out)[:-keep]:
         if old != final:
             shutil.rmtree(old, ignore_errors=True)
     return final
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(name, path)
 
 
 def _fsync(path: Path) -> None:
@@ -186,25 +194,84 @@ def find_latest(out_dir: str | os.PathLike[str]) -> Path | None:
     return found[-1][1] if found else None
 
 
-def resolve_resume(resume: str | os.PathLike[str] | None, out_dir: str | os.PathLike[str]) -> Path | None:
-    """``"auto"``: ``out_dir``'s latest checkpoint or None; ``"none"``/None: None; else that checkpoint."""
+def verify_checkpoint(path: Path) -> None:
+    """Raise :class:`CheckpointError` naming the file unless every file of ``path`` matches its checksum.
+
+    A checkpoint written before checksums existed passes (with a warning): there is nothing to compare."""
+    if not path.is_dir():
+        raise CheckpointError(f"{path}: no such checkpoint directory")
+    for name in (CONFIG_FILE, WEIGHTS_FILE, STATE_FILE):
+        if not (path / name).is_file():
+            raise CheckpointError(f"{path}: missing {name}; not a complete resume checkpoint")
+    verify_checksums(path)
+
+
+def find_intact(
+    out_dir: str | os.PathLike[str], *, report: Callable[[str], None] = print, quarantine: bool = True
+) -> Path | None:
+    """Like :func:`find_latest`, but the newest checkpoint whose files match their checksums.
+
+    Each corrupted one passed over is reported with the reason and, with ``quarantine`` (one process per
+    run directory: rank 0), renamed to ``ckpt-N.corrupt``.
+    """
+    out = Path(out_dir)
+    candidates = [p for _, p in reversed(list_checkpoints(out))]
+    named = find_latest(out)
+    if named is not None and named in candidates:  # ``latest`` first, as find_latest would
+        candidates.remove(named)
+        candidates.insert(0, named)
+    for path in candidates:
+        try:
+            verify_checkpoint(path)
+            return path
+        except CheckpointError as err:
+            moved = f"; moved it aside to {_quarantine(path).name}" if quarantine else ""
+            report(f"skipped checkpoint {path}: {err}{moved}")
+    return None
+
+
+def _quarantine(path: Path) -> Path:
+    """Rename a corrupted checkpoint out of the ``ckpt-N`` namespace (never deleted: it may be inspected)."""
+    dest, n = path.with_name(f"{path.name}.corrupt"), 1
+    while dest.exists():  # corrupted at the same step before
+        dest, n = path.with_name(f"{path.name}.corrupt-{n}"), n + 1
+    os.replace(path, dest)
+    return dest
+
+
+def resolve_resume(
+    resume: str | os.PathLike[str] | None,
+    out_dir: str | os.PathLike[str],
+    *,
+    report: Callable[[str], None] = print,
+    quarantine: bool = True,
+) -> Path | None:
+    """``"auto"``: ``out_dir``'s newest intact checkpoint (see :func:`find_intact`) or None; ``"none"``/None:
+    None; else that checkpoint, which must be intact (:class:`CheckpointError` otherwise: no fallback
+    when one was asked for by name)."""
     if resume is None or str(resume) == "none":
         return None
     if str(resume) == "auto":
-        return find_latest(out_dir)
+        return find_intact(out_dir, report=report, quarantine=quarantine)
     path = Path(resume)
-    if not is_complete(path):
-        raise FileNotFoundError(f"--resume {path}: not a complete checkpoint directory")
+    try:
+        verify_checkpoint(path)
+    except CheckpointError as err:
+        raise CheckpointError(f"cannot resume from {path}: {err}") from None
     return path
 
 
 def load_trainer_state(ckpt_dir: str | os.PathLike[str]) -> dict[str, Any]:
     path = Path(ckpt_dir) / STATE_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"{ckpt_dir}: no {STATE_FILE}; not a fastaed resume checkpoint")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if state.get("version") != STATE_VERSION:
-        raise ValueError(f"{path}: trainer state version {state.get('version')} != {STATE_VERSION}")
+        raise CheckpointError(f"{ckpt_dir}: no {STATE_FILE}; not a fastaed resume checkpoint")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch.load fails in many ways on a damaged file
+        raise CheckpointError(f"{path}: unreadable ({type(e).__name__}: {e})") from None
+    if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
+        version = state.get("version") if isinstance(state, dict) else None
+        raise CheckpointError(f"{path}: trainer state version {version} != {STATE_VERSION}")
     return state
 
 

@@ -246,7 +246,12 @@ class TrainConfig:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"config file not found: {path}")
-        doc = yaml.safe_load(path.read_text()) or {}
+        try:
+            doc = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(_yaml_problem(path, err)) from None
+        except UnicodeDecodeError as err:
+            raise ConfigError(f"{path}: not UTF-8 text (byte {err.start}); expected YAML") from None
         if not isinstance(doc, dict):
             raise ConfigError(f"{path}: the top level must be a mapping of sections")
         try:
@@ -265,6 +270,14 @@ class TrainConfig:
 
 
 # ---- building and type checking ----------------------------------------------------------------------------
+
+
+def _yaml_problem(path: Path, err: yaml.YAMLError) -> str:
+    """``FILE:LINE:COLUMN: what`` of a YAML syntax error (yaml's marks are 0-based)."""
+    mark = getattr(err, "problem_mark", None)
+    where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+    what = "; ".join(str(x) for x in (getattr(err, "context", None), getattr(err, "problem", None)) if x)
+    return f"{where}: not valid YAML ({what or err})"
 
 
 def _plain(obj: Any) -> Any:

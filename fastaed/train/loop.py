@@ -50,7 +50,7 @@ from fastaed.train.faults import (
     accumulate_with_oom_split,
     apply_bad_input_policy,
 )
-from fastaed.train.metrics import STAT_FIELDS, batch_stats, peak_memory_mb, step_telemetry
+from fastaed.train.metrics import STAT_FIELDS, batch_stats, left_out_line, peak_memory_mb, step_telemetry
 from fastaed.train.schedule import lr_at
 from fastaed.train.session import Session
 from fastaed.train.setup import build_model_parts, load_data, open_metrics, resume_position
@@ -100,6 +100,10 @@ def train(cfg: TrainConfig, resume: str | Path | None = "auto") -> dict[str, Any
             f"time budget {rt.time_budget_s / 60:.1f} min of training (runtime.time_budget_s), "
             f"{left / 60:.1f} min left; then a final evaluation and checkpoint"
         )
+    # Built before the first step: a run whose data has nothing to train on stops here, naming a line.
+    sampler = data.sampler_for(shuffle=not (cfg.sampler.short_first_epoch and pos.epoch == 0))
+    sampler.set_epoch(pos.epoch)  # what save() would record if no step ran (already at max_steps)
+    D.print0(left_out_line(data.train_index.report.counts, sampler.assignment.rejected))
 
     # ---- loop ----------------------------------------------------------------------------------------------
     stream = batch_stream(
@@ -121,8 +125,6 @@ def train(cfg: TrainConfig, resume: str | Path | None = "auto") -> dict[str, Any
     last_ckpt = run.checkpoint_path()  # resumed from this very checkpoint: not written again at the end
     resumed_here = start.checkpoint is not None and start.checkpoint.resolve() == last_ckpt.resolve()
     last_ckpt_step = pos.step if resumed_here else -1
-    sampler = data.sampler_for(shuffle=not (cfg.sampler.short_first_epoch and pos.epoch == 0))
-    sampler.set_epoch(pos.epoch)  # what save() would record if no step ran (already at max_steps)
     try:
         while pos.step < cfg.optim.max_steps:
             step = optimizer_step(run, stream)
@@ -151,7 +153,7 @@ def train(cfg: TrainConfig, resume: str | Path | None = "auto") -> dict[str, Any
             last_eval = run.evaluate()
         if last_ckpt_step != pos.step:
             last_ckpt = run.save(sampler)
-        summary = run.summary(stopped_by, recent_losses, last_eval, last_ckpt)
+        summary = run.summary(stopped_by, recent_losses, last_eval, last_ckpt, sampler.assignment.rejected)
         run.write_summary(summary)
         return summary
     finally:

@@ -14,6 +14,7 @@ import math
 import resource
 import warnings
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -203,6 +204,32 @@ class RunTotals:
         }
 
 
+# ---- what training left out -------------------------------------------------------------------------------
+
+
+def format_counts(counts: Mapping[str, int]) -> str:
+    """``"3 (too_short 2, over_budget 1)"``: the total, then the nonzero counts by reason, largest first."""
+    nonzero = sorted(((r, n) for r, n in counts.items() if n), key=lambda item: -item[1])
+    reasons = ", ".join(f"{r} {n}" for r, n in nonzero)
+    return f"{sum(counts.values())} ({reasons})" if nonzero else "0"
+
+
+def left_out(bad_input: Mapping[str, int], rejected: Mapping[str, int]) -> dict[str, Any]:
+    """The summary's account of what training left out: bad input skipped (manifest lines while indexing,
+    audio while training) and utterances the sampler rejected, each by reason."""
+    return {
+        "bad_input": {"skipped": sum(bad_input.values()), "by_reason": dict(bad_input)},
+        "rejected": {"total": sum(rejected.values()), "by_reason": dict(rejected)},
+    }
+
+
+def left_out_line(bad_input: Mapping[str, int], rejected: Mapping[str, int]) -> str:
+    """One console line for :func:`left_out`'s counts."""
+    return (
+        f"left out: bad input {format_counts(bad_input)}; rejected by the sampler {format_counts(rejected)}"
+    )
+
+
 # ---- learning curve ----------------------------------------------------------------------------------------
 
 
@@ -279,6 +306,8 @@ def summary_table(summary: dict[str, Any]) -> str:
         ["mean batch size", f"{summary.get('mean_batch_size', 0.0):.1f}"],
         ["padding in / out", f"{pct(summary.get('input_padding'))} / {pct(summary.get('output_padding'))}"],
         ["OOM splits / non-finite skips", "{oom_splits} / {nonfinite_skipped}".format_map(summary)],
+        ["bad input skipped", format_counts(summary.get("bad_input", {}).get("by_reason", {}))],
+        ["rejected by the sampler", format_counts(summary.get("rejected", {}).get("by_reason", {}))],
         ["checkpoint", summary.get("checkpoint")],
     ]
     return format_table(["run summary", ""], rows)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,7 @@ from fastaed.train.metrics import (
     METRICS_FILE,
     MetricsWriter,
     RunTotals,
+    left_out,
     peak_memory_mb,
     plot_learning_curve,
     summary_table,
@@ -110,10 +112,21 @@ class Session:
         return self.checkpoint_path()
 
     def summary(
-        self, stopped_by: str, recent_losses: Sequence[float], last_eval: dict[str, Any], checkpoint: Path
+        self,
+        stopped_by: str,
+        recent_losses: Sequence[float],
+        last_eval: dict[str, Any],
+        checkpoint: Path,
+        rejected: dict[str, int],
     ) -> dict[str, Any]:
-        """The run summary (what ``train()`` returns)."""
+        """The run summary (what ``train()`` returns); ``rejected``: the sampler's rejections by reason.
+
+        ``bad_input`` counts what training skipped, by reason: training manifest lines (index build) plus
+        audio (while training); ``rejected`` the utterances the sampler left out. ``summary_table`` shows
+        both."""
         cfg, pos, data = self.cfg, self.pos, self.data
+        skipped = data.train_index.report.counts + Counter(self.totals.bad_input)
+        account = left_out(skipped, rejected)
         return {
             "steps": pos.step, "epoch": pos.epoch, "stopped_by": stopped_by, "wall_time_s": self.elapsed_s(),
             "final_train_loss": float(np.mean(recent_losses)) if recent_losses else None,
@@ -121,11 +134,13 @@ class Session:
             **self.totals.summary(batches_per_step=cfg.optim.accumulation * self.info.world_size),
             "nonfinite_skipped": self.guard.skipped,
             "bad_input": {
+                **account["bad_input"],
                 "train_index": data.train_index.report.to_dict(),
                 "dev_index": data.dev_index.report.to_dict() if data.dev_index is not None else None,
                 "audio_skipped": sum(self.totals.bad_input.values()),
                 "audio_by_reason": dict(self.totals.bad_input),
             },
+            "rejected": account["rejected"],
             "checkpoint": str(checkpoint),
             "resumed_from": str(self.resumed_from) if self.resumed_from else None,
             "model": cfg.model.preset, "params": sum(p.numel() for p in self.parts.params),

@@ -116,11 +116,12 @@ def build_model_parts(cfg: TrainConfig, vocab_size: int, device: torch.device) -
 def resume_position(
     resume: str | Path | None, out_dir: Path, info: D.DistInfo, parts: ModelParts, guard: NonFiniteGuard
 ) -> Start:
-    """``resume``: ``auto`` (``out_dir``'s latest checkpoint, if any), ``none`` or a checkpoint path.
+    """``resume``: ``auto`` (``out_dir``'s newest intact checkpoint, if any), ``none`` or a checkpoint path.
 
     Restores weights, optimizer, position, totals, guard and this rank's RNG state (last: nothing may draw
     from the RNG after it)."""
-    checkpoint = ckpt.resolve_resume(resume, out_dir)
+    # Rank 0 alone moves corrupted checkpoints aside; every rank skips them the same way.
+    checkpoint = ckpt.resolve_resume(resume, out_dir, report=D.print0, quarantine=info.is_main)
     if checkpoint is None:
         return Start(Position(), RunTotals())
     state = ckpt.load_trainer_state(checkpoint)

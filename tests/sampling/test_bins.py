@@ -9,7 +9,16 @@ import itertools
 import numpy as np
 import pytest
 
-from fastaed.sampling import Bins, BucketingSampler, assign_buckets, estimate_bins, padding_stats, plot_bins
+from fastaed.sampling import (
+    Bins,
+    BucketingSampler,
+    LengthLimits,
+    assign_buckets,
+    batch_sizes_from_budget,
+    estimate_bins,
+    padding_stats,
+    plot_bins,
+)
 from fastaed.sampling.bins import _min_padding_cuts
 from fastaed.sampling.stats import synthetic_lengths
 
@@ -185,3 +194,30 @@ def test_plot_bins_writes_a_png(corpus, tmp_path):
     bins = estimate_bins(d, u, num_buckets=8, num_subbuckets=2)
     path = plot_bins(bins, d, u, tmp_path / "bins.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("quadratic", [None, 30.0])
+def test_estimation_leaves_out_what_no_batch_can_hold(corpus, quadratic):
+    # One 61 s clip, a duration mistyped as 1e9, a 0.04 s clip and a 10,000-character line on 1.4 s: without
+    # limits the 61 s clip sits inside the last bin and the budget cannot hold that bucket (the trainer died).
+    d, u = corpus
+    d = np.concatenate([d, [61.0, 1e9, 0.04, 1.4]]).astype(np.float32)
+    u = np.concatenate([u, [20, 20, 8, 7 + 3000]])
+    budget = dict(max_duration=60.0, quadratic_duration=quadratic)
+    limits = LengthLimits(encoder_frame_samples=1280, non_text_tokens=7, **budget)
+    bins = estimate_bins(d, u, num_buckets=30, num_subbuckets=4, method="min_padding", limits=limits)
+    assert np.all(batch_sizes_from_budget(bins, **budget) >= 1)  # every bucket holds one example
+    sampler = BucketingSampler(d, u, bins=bins, limits=limits, **budget)
+    rejected = sampler.epoch_report()["rejected"]
+    assert (
+        rejected["over_budget"] >= 2 and rejected["too_short"] == 1 and rejected["tokens_exceed_frames"] == 1
+    )
+    kept = sorted(i for batch in sampler for i in batch)
+    assert len(kept) + sum(rejected.values()) == len(d) and not set(kept) & {len(d) - k for k in (1, 2, 3, 4)}
+    with pytest.raises(ValueError, match="cannot hold even one example"):
+        batch_sizes_from_budget(estimate_bins(d[:-2], u[:-2], 30, 4, method="min_padding"), **budget)
+
+
+def test_estimation_refuses_when_the_limits_leave_nothing():
+    with pytest.raises(ValueError, match="all 2 utterances break the length limits"):
+        estimate_bins([61.0, 70.0], [10, 10], limits=LengthLimits(max_duration=60.0))

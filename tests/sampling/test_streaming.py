@@ -50,7 +50,7 @@ def shards_of(items: list[StreamItem], num: int = NUM_SHARDS, jitter: bool = Fal
 
         return gen
 
-    return [CallableShard(f"shard{s}", make(items[s::num])) for s in range(num)]
+    return [CallableShard(f"shard{s}", make(items[s::num]), len(items[s::num])) for s in range(num)]
 
 
 def make(data, *, jitter: bool = False, num_shards: int = NUM_SHARDS, **kw) -> StreamingBucketingSampler:
@@ -69,19 +69,34 @@ def no_filler_thread() -> bool:
     return not any(t.name == FILLER_THREAD_NAME and t.is_alive() for t in threading.enumerate())
 
 
-@pytest.mark.parametrize("world_size", [1, 2, 4])
-def test_every_kept_item_exactly_once_over_ranks(data, world_size):
+def kept_keys(data) -> Counter:
     items, bins = data
-    samplers = [make(data, rank=r, world_size=world_size) for r in range(world_size)]
-    seen = Counter(x.key for s in samplers for b in s for x in b)
     d = np.array([x.duration for x in items])
     u = np.array([x.out_length for x in items])
     kept = assign_buckets(d, u, bins).bucket >= 0
-    assert seen == Counter(x.key for x, k in zip(items, kept) if k)
+    return Counter(x.key for x, k in zip(items, kept) if k)
+
+
+def test_every_kept_item_exactly_once_on_one_rank(data):
+    s = make(data)
+    assert Counter(x.key for b in s for x in b) == kept_keys(data)
+    r = s.report()
+    assert r["items_read"] == N and r["items_yielded"] == sum(kept_keys(data).values())
+    assert r["buffered"] == r["repeated"] == r["unread"] == 0 and r["num_steps"] is None
+
+
+@pytest.mark.parametrize("world_size", [2, 3, 4])
+def test_several_ranks_run_equal_steps_and_cover_every_kept_item(data, world_size):
+    samplers = [make(data, rank=r, world_size=world_size) for r in range(world_size)]
+    runs = [list(s) for s in samplers]
+    assert {len(run) for run in runs} == {samplers[0].num_steps()}  # no DDP hang
+    seen = Counter(x.key for run in runs for b in run for x in b)
+    kept = kept_keys(data)
+    assert set(seen) == set(kept)  # the estimated step count lets even the largest rank read all its items
     reports = [s.report() for s in samplers]
-    assert sum(r["items_read"] for r in reports) == N
-    assert sum(r["items_yielded"] for r in reports) == int(kept.sum())
-    assert all(r["buffered"] == 0 for r in reports)
+    assert sum(r["items_read"] - r["repeated"] for r in reports) == N  # one first pass over every shard
+    assert all(r["unread"] == 0 for r in reports)
+    assert sum(seen.values()) - len(kept) <= sum(r["repeated"] for r in reports)
 
 
 def test_fewer_shards_than_ranks_is_an_error(data):
@@ -139,8 +154,9 @@ def test_shard_exception_propagates_with_shard_name(data, background):
     s = StreamingBucketingSampler(
         shards, bins=bins, max_duration=BUDGET, buffer_size=600, background=background
     )
-    with pytest.raises(ShardError, match="broken-shard-007.*truncated tar member"):
+    with pytest.raises(ShardError, match="broken-shard-007.*truncated tar member") as err:
         list(s)
+    assert err.value.offset == 50  # the item the shard failed on (HEAD: 0, the start of its chunk)
     assert no_filler_thread()
 
 
@@ -300,3 +316,98 @@ def test_config_validation(data):
         StreamingConfig(seed=-1)
     with pytest.raises(ValueError, match="bucket_weights"):
         make(data, bucket_weights=[1.0])
+
+
+UNEVEN = [1500, 100, 300, 700, 50, 350]  # shard sizes; also uneven counts per rank for 2 and 3 ranks
+
+
+def uneven_shards(items: list[StreamItem], known: bool = True) -> list[CallableShard]:
+    bounds = np.cumsum([0, *UNEVEN]).tolist()
+    parts = [items[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+    return [
+        CallableShard(f"uneven{k}", (lambda p=p: iter(p)), len(p) if known else None)
+        for k, p in enumerate(parts)
+    ]
+
+
+def make_uneven(data, *, known: bool = True, **kw) -> StreamingBucketingSampler:
+    items, bins = data
+    kw.setdefault("max_duration", BUDGET)
+    kw.setdefault("buffer_size", 300)
+    kw.setdefault("background", False)
+    return StreamingBucketingSampler(uneven_shards(items, known), bins=bins, **kw)
+
+
+@pytest.mark.parametrize("world_size", [2, 3])
+def test_uneven_shards_give_equal_steps_per_rank(data, world_size):
+    samplers = [make_uneven(data, rank=r, world_size=world_size) for r in range(world_size)]
+    for epoch in (0, 1):
+        for s in samplers:
+            s.set_epoch(epoch)
+        steps = [len(list(s)) for s in samplers]
+        assert len(set(steps)) == 1, steps  # HEAD: round-robin shards, e.g. 43 / 140 / 90 steps
+        reports = [s.report() for s in samplers]
+        assert sum(r["items_read"] - r["repeated"] for r in reports) == N
+        assert all(r["unread"] == 0 for r in reports)
+        assert sum(r["repeated"] for r in reports) > 0  # the ranks with less data read theirs again
+
+
+def test_shards_go_to_ranks_by_item_count(data):
+    samplers = [make_uneven(data, rank=r, world_size=2) for r in range(2)]
+    loads = [sum(len(list(s_)) for s_ in s.rank_shards()) for s in samplers]
+    assert loads == [1500, 1500]  # largest first to the lighter rank: 1500 | 700 + 350 + 300 + 100 + 50
+
+
+def test_steps_per_epoch_when_shard_sizes_are_unknown(data):
+    with pytest.raises(ValueError, match="steps_per_epoch"):
+        make_uneven(data, known=False, rank=0, world_size=2)
+    samplers = [make_uneven(data, known=False, rank=r, world_size=3, steps_per_epoch=150) for r in range(3)]
+    assert [len(list(s)) for s in samplers] == [150, 150, 150]
+    # A rank stops at the common count even with data left: its unread items are unknown (no sizes).
+    assert all(s.report()["unread"] is None for s in samplers)
+
+
+def test_a_rank_with_more_data_than_the_steps_counts_what_it_left(data):
+    s = make_uneven(data, rank=0, world_size=2, steps_per_epoch=10)
+    assert len(list(s)) == 10
+    r = s.report()
+    own = sum(len(list(x)) for x in s.rank_shards())
+    assert r["repeated"] == 0 and r["unread"] == own - r["items_read"] > 0 and r["buffered"] > 0
+
+
+@pytest.mark.parametrize("background", [False, True])
+def test_resume_through_repeated_passes_equals_uninterrupted(data, background):
+    kw = dict(rank=1, world_size=3, seed=2, background=background, history=1000)
+    s = make_uneven(data, **kw)
+    s.set_epoch(1)
+    full = list(s)
+    assert s.report()["repeated"] > 0  # this rank runs through at least one more pass
+    num_shards = len(s.rank_shards())
+    states = [s.state_dict(steps_done=k) for k in range(len(full) + 1)]
+    # Resume at the steps that flush a pass (position on a pass boundary) and the one after, and a stride.
+    flushing = {k for k, st in enumerate(states) if st["position"][0] % num_shards == st["position"][1] == 0}
+    assert flushing - {0}
+    ks = sorted(flushing | {k + 1 for k in flushing} | set(range(0, len(full) + 1, 10)) | {len(full)})
+    for k in [k for k in ks if k <= len(full)]:
+        b = make_uneven(data, **kw)
+        b.load_state_dict(roundtrip(states[k]))
+        assert keys(full[:k]) + keys(b) == keys(full), k
+        assert b.report() == s.report()
+
+
+@pytest.mark.parametrize("background", [False, True])
+def test_shard_error_names_the_failing_item(data, background):
+    items, bins = data
+
+    def bad_second():  # the second item has no lengths: classifying it fails
+        yield items[0]
+        yield {"key": "no-lengths"}
+        yield from items[1:10]
+
+    shards = [CallableShard("good", lambda: iter(items[10:])), CallableShard("bad-item", bad_second)]
+    s = StreamingBucketingSampler(
+        shards, bins=bins, max_duration=BUDGET, buffer_size=600, background=background
+    )
+    with pytest.raises(ShardError, match="bad-item.*item 1") as err:
+        list(s)
+    assert err.value.offset == 1  # HEAD: 0, the start of the chunk

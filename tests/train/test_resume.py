@@ -13,6 +13,7 @@ import time
 
 import pytest
 
+from fastaed.formats import CheckpointError
 from fastaed.train.checkpoint import find_latest, list_checkpoints, load_trainer_state
 from tests.train import subprocess_env, tiny_data, train_command, train_records
 
@@ -101,5 +102,5 @@ def test_resume_none_starts_fresh_and_a_bad_path_is_an_error(tmp_path, resume):
         summary = train(cfg, resume="none")
         assert summary["resumed_from"] is None and summary["steps"] == 2
     else:
-        with pytest.raises(FileNotFoundError, match="not a complete checkpoint"):
+        with pytest.raises(CheckpointError, match="cannot resume from .*nope: no such checkpoint"):
             train(cfg, resume=tmp_path / "nope")

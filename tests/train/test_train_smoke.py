@@ -11,6 +11,7 @@ import torch
 
 from fastaed.cli.train import main
 from fastaed.formats import load_model
+from fastaed.sampling import REJECT_REASONS
 from fastaed.train.evaluate import duration_batches
 from fastaed.train.loop import train
 from tests.train import TEST_CONFIG, data_overrides, make_config, tiny_data, train_records
@@ -40,6 +41,8 @@ def test_cli_run_leaves_a_complete_run_directory(data, tmp_path, capsys):
     assert summary["steps"] == 8 and summary["stopped_by"] == "max_steps"
     assert 0 <= summary["input_padding"] < 1 and 0 <= summary["output_padding"] < 1
     assert summary["wer"] is not None and summary["cer"] is not None and summary["wer_utts"] == 4
+    assert summary["rejected"]["total"] == 0 and set(summary["rejected"]["by_reason"]) == set(REJECT_REASONS)
+    assert summary["bad_input"]["skipped"] == 0 and summary["bad_input"]["by_reason"] == {}
 
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in records if r["type"] == "train"]

@@ -27,6 +27,7 @@ import numpy as np
 
 from fastaed.sampling.bins import Bins
 from fastaed.train.config import ConfigError
+from fastaed.util.files import FileFormatError, read_json
 
 PROFILE_FORMAT = "fastaed.batch_size_profile"
 PROFILE_VERSION = 1
@@ -158,7 +159,7 @@ class BatchSizeProfile:
                 f"{where}: profile version {version!r}, this fastaed reads up to {PROFILE_VERSION}"
             )
         return cls(
-            bins=Bins.from_json(json.dumps(d["bins"])),
+            bins=Bins.from_doc(d["bins"], f"{where}: bins"),
             batch_sizes=[int(b) for b in d["batch_sizes"]],
             identity=ProfileIdentity(**d["identity"]),
             budget_bytes=int(d["budget_bytes"]),
@@ -175,13 +176,26 @@ class BatchSizeProfile:
 
     @classmethod
     def load(cls, path: str | Path) -> BatchSizeProfile:
-        return cls.from_dict(json.loads(Path(path).read_text()), where=str(path))
+        """Read a profile file; :class:`FileFormatError` names the file (and the line of a JSON error)."""
+        doc = read_json(path)
+        try:
+            return cls.from_dict(doc if isinstance(doc, dict) else {}, where=str(path))
+        except FileFormatError:  # the embedded bins, named already
+            raise
+        except ValueError as err:  # from_dict's own checks name the file
+            raise FileFormatError(str(err)) from None
+        except (KeyError, TypeError) as err:
+            raise FileFormatError(f"{path}: missing or malformed field ({err!r})") from None
 
 
 def read_identity(path: str | Path) -> ProfileIdentity | None:
     """The identity stored in a profile file; None for a plain ``{"batch_sizes", "bins"}`` profile."""
-    doc = json.loads(Path(path).read_text())
-    return ProfileIdentity(**doc["identity"]) if isinstance(doc.get("identity"), dict) else None
+    doc = read_json(path)
+    identity = doc.get("identity") if isinstance(doc, dict) else None
+    try:
+        return ProfileIdentity(**identity) if isinstance(identity, dict) else None
+    except TypeError as err:
+        raise FileFormatError(f"{path}: malformed 'identity' ({err})") from None
 
 
 def check_profile(path: str | Path, run: ProfileIdentity, force: bool = False) -> list[str]:
