@@ -33,6 +33,10 @@ APT_PACKAGES := espeak-ng flite festival festvox-kallpc16k festvox-kdlpc16k fest
 	wordnet-base fortunes fortunes-min fortunes-de fortunes-es bible-kjv bible-kjv-text \
 	asterisk-core-sounds-fr
 
+# Each demo stage runs under scripts/stage.sh, which appends "NAME SECONDS" here; demo prints them at the end.
+STAGE_TIMES = $(DATA)/stage_times.txt
+STAGE = scripts/stage.sh $(STAGE_TIMES)
+
 MANIFESTS := train.jsonl dev.jsonl test.jsonl test_unseen_voice.jsonl train_multilingual.jsonl test_multilingual.jsonl
 
 .PHONY: demo test lint format apt venv clean-demo clean-run convergence
@@ -67,24 +71,26 @@ test: apt venv lint
 
 # ---- demo: corpus + real clips -> tokenizer -> index + validation -> 2D bins -> padding -> profile -> train -> eval
 demo: apt venv $(DATA)/$(PRESET)/card.json $(DATA)/tokenizer/tokenizer.json $(DATA)/real/real_check.jsonl
-	$(FASTAED) data index $(addprefix $(DATA)/$(PRESET)/,$(MANIFESTS)) $(DATA)/real/real_check.jsonl \
-		--tokenizer $(DATA)/tokenizer --validate-audio --json $(DATA)/index_summary.json
-	$(FASTAED) bins $(DATA)/$(PRESET)/train.jsonl --tokenizer $(DATA)/tokenizer --num-buckets 30 \
-		--num-subbuckets 4 --method min_padding --out $(DATA)/bins.json --png $(DATA)/bins.png
-	$(FASTAED) padding $(DATA)/$(PRESET)/train.jsonl --tokenizer $(DATA)/tokenizer --bins $(DATA)/bins.json \
-		--max-duration 600 --json $(DATA)/padding.json --png $(DATA)/padding.png
+	$(STAGE) index $(FASTAED) data index $(addprefix $(DATA)/$(PRESET)/,$(MANIFESTS)) \
+		$(DATA)/real/real_check.jsonl --tokenizer $(DATA)/tokenizer --validate-audio --json $(DATA)/index_summary.json
+	$(STAGE) bins $(FASTAED) bins $(DATA)/$(PRESET)/train.jsonl --tokenizer $(DATA)/tokenizer \
+		--num-buckets 30 --out $(DATA)/bins.json --png $(DATA)/bins.png
+	$(STAGE) padding $(FASTAED) padding $(DATA)/$(PRESET)/train.jsonl --tokenizer $(DATA)/tokenizer \
+		--bins $(DATA)/bins.json --max-duration 600 --json $(DATA)/padding.json --png $(DATA)/padding.png
 	@if [ -f $(DATA)/profile.json ]; then echo "batch-size profile: $(DATA)/profile.json ($(DATA)/profile.png)"; \
-	else $(FASTAED) batch-sizes --config $(TRAIN_CONFIG) --tokenizer $(DATA)/tokenizer --bins $(DATA)/bins.json \
-		--memory-budget $(PROFILE_GIB) --out $(DATA)/profile.json --no-progress; fi
+	else $(STAGE) batch-sizes $(FASTAED) batch-sizes --config $(TRAIN_CONFIG) --tokenizer $(DATA)/tokenizer \
+		--bins $(DATA)/bins.json --memory-budget $(PROFILE_GIB) --out $(DATA)/profile.json --no-progress; fi
 	@if [ -f $(RUN)/summary.txt ]; then echo "training already finished ($(RUN)/summary.txt; make clean-run to redo it):"; \
 		cat $(RUN)/summary.txt; \
-	else $(FASTAED) train --config $(TRAIN_CONFIG) runtime.out_dir=$(RUN) runtime.time_budget_s=$(TRAIN_BUDGET_S) \
-		$(DATA_OVERRIDES) sampler.profile=$(DATA)/profile.json; fi
+	else $(STAGE) train $(FASTAED) train --config $(TRAIN_CONFIG) runtime.out_dir=$(RUN) \
+		runtime.time_budget_s=$(TRAIN_BUDGET_S) $(DATA_OVERRIDES) sampler.profile=$(DATA)/profile.json; fi
 	@set -o pipefail; if [ -f $(RUN)/eval.txt ]; then echo; cat $(RUN)/eval.txt; \
 	else echo; echo "evaluating $(RUN): in-domain test, unseen voice, real speech"; \
-		$(FASTAED) eval $(RUN) --manifest $(DATA)/$(PRESET)/test.jsonl \
+		$(STAGE) eval $(FASTAED) eval $(RUN) --manifest $(DATA)/$(PRESET)/test.jsonl \
 		--manifest $(DATA)/$(PRESET)/test_unseen_voice.jsonl --manifest $(DATA)/real/real_check.jsonl \
 		--json $(RUN)/eval.json | tee $(RUN)/eval.tmp && mv $(RUN)/eval.tmp $(RUN)/eval.txt; fi
+	@echo; echo "wall time per stage (this make demo; skipped stages are not listed):"; \
+		scripts/stage.sh --table $(STAGE_TIMES); mv -f $(STAGE_TIMES) $(DATA)/stage_times.last.txt 2>/dev/null || true
 
 # The flash-vs-balanced pair: same data, same batches (same sampler seed), one core each, equal wall time.
 convergence: apt venv $(DATA)/$(PRESET)/card.json $(DATA)/tokenizer/tokenizer.json
@@ -102,19 +108,19 @@ convergence: apt venv $(DATA)/$(PRESET)/card.json $(DATA)/tokenizer/tokenizer.js
 		--eval in-domain=$(DATA)/$(PRESET)/test.jsonl --eval unseen-voice=$(DATA)/$(PRESET)/test_unseen_voice.jsonl
 
 $(DATA)/$(PRESET)/card.json:
-	$(FASTAED) synth --preset $(PRESET) --out $(DATA)/$(PRESET)
+	$(STAGE) synth $(FASTAED) synth --preset $(PRESET) --out $(DATA)/$(PRESET)
 
 $(DATA)/tokenizer/tokenizer.json: $(DATA)/$(PRESET)/card.json
-	$(FASTAED) tokenizer train $(DATA)/$(PRESET)/train.jsonl $(DATA)/$(PRESET)/train_multilingual.jsonl \
-		--vocab-size $(VOCAB) --out $(DATA)/tokenizer
+	$(STAGE) tokenizer $(FASTAED) tokenizer train $(DATA)/$(PRESET)/train.jsonl \
+		$(DATA)/$(PRESET)/train_multilingual.jsonl --vocab-size $(VOCAB) --out $(DATA)/tokenizer
 
 # ~12 real recordings with transcripts (pocketsphinx sdist from PyPI, cached) as an honest real-speech check.
 $(DATA)/real/real_check.jsonl:
-	$(FASTAED) data real-check --out $(DATA)/real
+	$(STAGE) real-check $(FASTAED) data real-check --out $(DATA)/real
 
 clean-run:  # the trained model only (a killed run resumes by itself: just re-run make demo)
 	rm -rf $(RUN)
 
 clean-demo: clean-run
 	rm -rf $(DATA)/$(PRESET) $(DATA)/tokenizer $(DATA)/real $(DATA)/index_summary.json $(DATA)/bins.* $(DATA)/padding.* \
-		$(DATA)/profile.*
+		$(DATA)/profile.* $(DATA)/stage_times.txt $(DATA)/stage_times.last.txt

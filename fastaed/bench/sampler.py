@@ -63,7 +63,31 @@ STRATEGY_LABELS = {  # key: (table label, what it is)
     "lhotse_1d": ("Lhotse 1D dyn30", "Lhotse 1.33 DynamicBucketingSampler, 30 buckets, lazy JSONL"),
     "ours_1d": ("ours 1D 30", "BucketingSampler, 30 equal-mass duration bins"),
     "ours_2d": ("ours 2D 30x4", "BucketingSampler, min-padding 30x4 bins"),
+    "ours_2d_defaults": (
+        "ours 2D defaults",
+        "BucketingSampler, estimate_bins defaults (30 x auto, min-padding)",
+    ),
 }
+RANKS, RANK_SPREAD, RANK_SHARE = 8, 1.5, 0.95  # rank balance: padded seconds within 1.5x in >= 95 % of steps
+
+
+def rank_balance(d: np.ndarray, u: np.ndarray, bins, seed: int, world_size: int = RANKS) -> dict[str, Any]:
+    """Padded seconds (B · max d) of the ranks' batches at each step of one epoch over ``world_size`` ranks:
+    the share of steps whose largest is within RANK_SPREAD of the smallest, the worst ratio, the repeats."""
+    samplers = [
+        BucketingSampler(d, u, bins=bins, max_duration=MAX_DURATION, seed=seed, rank=r, world_size=world_size)
+        for r in range(world_size)
+    ]
+    dd = d.astype(np.float64)
+    padded = np.array([[len(b) * dd[b].max() for b in s] for s in samplers])  # (ranks, steps)
+    ratio = padded.max(axis=0) / padded.min(axis=0)
+    share = float((ratio <= RANK_SPREAD * (1 + 1e-9)).mean()) if ratio.size else 1.0
+    report = samplers[0].epoch_report()
+    return {"world_size": world_size, "steps": int(ratio.size), "within_share": share} | {
+        "worst_ratio": float(ratio.max()) if ratio.size else 1.0,
+        "repeats": report["repeats"],
+        "pass": share >= RANK_SHARE,
+    }
 
 
 def _ids(batch) -> list[int]:
@@ -112,6 +136,13 @@ def _ours(d, u, nemo: Path, tok, seed: int, repeats: int, budget: Budget) -> tup
     speed = {"index_s": t_index, "index_reload_s": t_reload, "bins_s": t_bins, "plan_s": t_plan}
     speed |= {"cold_s": t_index + after_read, "warm_s": t_reload + after_read, "batches": len(batches)}
     speed["epoch_s"] = _epoch_s(s2d, range(1, 1 + repeats))
+    defaults = estimate_bins(d, u)  # no tuning: what a user gets (30 duration bins x auto sub-buckets)
+    sdef = BucketingSampler(d, u, bins=defaults, max_duration=MAX_DURATION, seed=seed)
+    bdef = EpochBatches.from_batches(sdef)
+    res["ours_2d_defaults"] = result_from_batches("", "", bdef, dict(sdef.assignment.rejected), d, u, budget)
+    res["ours_2d_defaults"].stats["grid"] = f"{defaults.num_duration_bins}x{defaults.num_subbuckets}"
+    res["ours_2d_defaults"].stats["nonempty_buckets"] = int((sdef.assignment.counts() > 0).sum())
+    speed["rank_balance"] = rank_balance(d, u, defaults, seed)
     s1d = BucketingSampler(d, u, bins=estimate_bins(d, u, 30, 1), max_duration=MAX_DURATION, seed=seed)
     b1 = EpochBatches.from_batches(s1d)
     res["ours_1d"] = result_from_batches("", "", b1, dict(s1d.assignment.rejected), d, u, budget)
@@ -249,6 +280,15 @@ def check_targets(dists: dict[str, dict], million: dict | None) -> dict[str, Any
             "rejected": s2["rejected_fraction"]
         }
         checks = {k: (v, v <= TARGETS[k]) for k, v in values.items()}
+        sd = r["strategies"]["ours_2d_defaults"]
+        for k in ("input_padding", "output_padding"):
+            checks[f"defaults_{k}"] = (sd[k], sd[k] <= TARGETS[k])
+        checks["defaults_rejected"] = (
+            sd["rejected_fraction"],
+            sd["rejected_fraction"] <= TARGETS["rejected"],
+        )
+        rb = r["speed"]["ours"]["rank_balance"]
+        checks["rank_balance"] = (rb["within_share"], rb["pass"])
         if "speedup_epoch" in r["speed"]:
             sp = r["speed"]["speedup_epoch"]
             checks["speedup_epoch"] = (sp, sp >= TARGETS["speedup"])
@@ -287,14 +327,18 @@ def summary_table(dists: dict[str, dict], million: dict | None, targets: dict) -
         s2, sp, lr = r["strategies"]["ours_2d"], r["speed"], r.get("lhotse_restore")
         row = [name] + [pct(s2[k], 2) + mark(name, k) for k in ("input_padding", "output_padding")]
         row += [pct(s2["rejected_fraction"], 2) + mark(name, "rejected")]
+        sd, rb = r["strategies"]["ours_2d_defaults"], sp["ours"]["rank_balance"]
+        row += [f"{pct(sd['input_padding'], 2)} / {pct(sd['output_padding'], 2)}"]
+        row += [pct(rb["within_share"], 1) + mark(name, "rank_balance")]
         row += [f"{sp['ours']['epoch_batches_per_s']:,.0f}"]
         if lh := sp.get("lhotse"):
             row += [f"{lh['epoch_batches_per_s']:,.0f}"]
             row += [f"{sp['speedup_epoch']:,.0f}x" + mark(name, "speedup_epoch")]
             row += [f"{sp['speedup_cold']:.1f}x / {sp['speedup_warm']:.1f}x", f"{sp['ours']['plan_s']:.3f}"]
             row += [f"{lh['plan_s']:.3f}", f"{lr['restore_s']:.3f} ({lr['after_batches']})"]
-        rows.append(row + ["-"] * (11 - len(row)))
-    header = "distribution|2D in pad|2D out pad|2D rejected|ours b/s|Lhotse b/s|epoch ratio|cold / warm ratio"
+        rows.append(row + ["-"] * (13 - len(row)))
+    header = "distribution|2D in pad|2D out pad|2D rejected|defaults in/out|8 ranks <=1.5x|ours b/s"
+    header += "|Lhotse b/s|epoch ratio|cold / warm ratio"
     text = format_table((header + "|ours plan s|Lhotse plan s|Lhotse restore s (after)").split("|"), rows)
     if m := million:
         plan, restore = mark("1M", "plan_s"), mark("1M", "restore_s")

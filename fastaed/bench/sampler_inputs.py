@@ -49,10 +49,73 @@ def long_tail(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return _with_tokens(d[:n], rng)
 
 
+def _lognormal_durations(rng: np.random.Generator, n: int, median: float, sigma: float, lo: float, hi: float):
+    """n log-normal durations truncated to [lo, hi] by rejection."""
+    d = np.empty(0)
+    while len(d) < n:
+        draw = rng.lognormal(np.log(median), sigma, 2 * n + 16)
+        d = np.concatenate([d, draw[(draw >= lo) & (draw <= hi)]])
+    return d[:n]
+
+
+def _words_to_u(d: np.ndarray, words_per_s: np.ndarray, rng: np.random.Generator, pieces_per_word: float):
+    """Round d to 1 ms (float32); U = prompt + EOS + text pieces ~ words · pieces/word + N(0, 1.5), >= 1."""
+    d = np.round(d, 3)
+    text = np.maximum(1, np.round(words_per_s * d * pieces_per_word + rng.normal(0.0, 1.5, len(d))))
+    return d.astype(np.float32), (text + EXTRA_TOKENS).astype(np.int32)
+
+
+def librispeech_like(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Read audiobooks: log-normal durations, median ~15 s, 1-35 s; ~2.7 words/s (speaker rate ~ N(2.7,
+    0.35)), ~1.4 BPE pieces per word."""
+    rng = np.random.default_rng(seed)
+    d = _lognormal_durations(rng, n, 14.5, 0.45, 1.0, 35.0)
+    return _words_to_u(d, np.clip(rng.normal(2.7, 0.35, n), 1.2, 4.5), rng, 1.4)
+
+
+def common_voice_like(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Read prompts: 1-10 s clips, median ~4 s, ~2.3 words/s; 1 % label noise, a transcript 3-10x too long
+    (a merged prompt) or too short (a truncated one)."""
+    rng = np.random.default_rng(seed)
+    d = _lognormal_durations(rng, n, 4.0, 0.35, 1.0, 10.0)
+    rate = np.clip(rng.normal(2.3, 0.5, n), 0.8, 4.5)
+    noisy = rng.random(n) < 0.01
+    factor = rng.uniform(3.0, 10.0, n)
+    rate = np.where(noisy, np.where(rng.random(n) < 0.5, rate * factor, rate / factor), rate)
+    return _words_to_u(d, rate, rng, 1.4)
+
+
+def bimodal_multitask(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """60 % short commands (1-3 s, ASR at ~3 pieces/s) + 40 % long dictation (15-30 s) split between two
+    tasks whose output rates differ: ASR (~4 pieces/s) and speech translation into a wordier target
+    (~6.5 pieces/s)."""
+    rng = np.random.default_rng(seed)
+    long = rng.random(n) < 0.4
+    d = np.where(long, rng.uniform(15.0, 30.0, n), rng.uniform(1.0, 3.0, n))
+    translate = long & (rng.random(n) < 0.5)
+    rate = np.where(translate, 6.5, np.where(long, 4.0, 3.0)) * np.clip(rng.normal(1.0, 0.12, n), 0.6, 1.4)
+    return _words_to_u(d, rate, rng, 1.0)
+
+
+def conversational(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Ours: segmented conversations (call-centre / meetings): gamma durations 0.5-20 s (mode ~2 s, many
+    backchannels), very variable speaking rate (~N(3, 1) words/s, incl. pauses), 1.3 pieces per word."""
+    rng = np.random.default_rng(seed)
+    d = np.empty(0)
+    while len(d) < n:
+        draw = 0.5 + rng.gamma(1.6, 2.5, 2 * n + 16)
+        d = np.concatenate([d, draw[draw <= 20.0]])
+    return _words_to_u(d[:n], np.clip(rng.normal(3.0, 1.0, n), 0.5, 6.0), rng, 1.3)
+
+
 DISTRIBUTIONS: dict[str, tuple[Callable[[int, int], tuple[np.ndarray, np.ndarray]], str]] = {
     "lognormal": (lognormal, "log-normal median 6 s, sigma 0.75, 0.5-40 s (SPEC)"),
     "bimodal": (bimodal, "60% 1-3 s commands + 40% 15-30 s segments"),
     "long_tail": (long_tail, "Lomax(1.5) x 3 s + 0.5 s, up to 60 s"),
+    "librispeech": (librispeech_like, "LibriSpeech-like: log-normal 1-35 s, median ~15 s, ~2.7 words/s"),
+    "common_voice": (common_voice_like, "Common-Voice-like: 1-10 s, median ~4 s, 1% transcripts 3-10x off"),
+    "multitask": (bimodal_multitask, "1-3 s commands + 15-30 s dictation, ASR and AST token rates"),
+    "conversational": (conversational, "ours: segmented conversation, gamma 0.5-20 s, variable rate"),
 }
 
 

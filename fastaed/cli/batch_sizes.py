@@ -2,7 +2,7 @@
 
     fastaed batch-sizes --model canary-1b-flash --bins bins.json --out profile.json        # GPU, bf16
     fastaed batch-sizes --config configs/train_tiny_flash.yaml --bins data/bins.json \\
-        --memory-budget 2 --out runs/profile.json                                           # CPU, exact bytes
+        --memory-budget 2 --out runs/profile.json                                      # CPU, measured peak
 
 Then train with ``sampler.profile=profile.json`` (the trainer checks the profile's model, device, dtype and
 tokenizer against the run). See ``fastaed.train.profile`` for the method and the safety margin.

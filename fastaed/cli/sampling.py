@@ -20,8 +20,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     b = sub.add_parser("bins", help="estimate 2D bucket bins (duration x U) and save them as JSON")
     _add_data_arguments(b)
     b.add_argument("--num-buckets", type=int, default=30, help="duration bins")
-    b.add_argument("--num-subbuckets", type=int, default=2, help="U sub-buckets per duration bin (1: 1D)")
-    b.add_argument("--method", choices=("equal_mass", "min_padding"), default="equal_mass")
+    b.add_argument(
+        "--num-subbuckets",
+        type=_subbuckets,
+        default="auto",
+        help="U sub-buckets per duration bin (1: 1D; auto: per bin, until its padding meets 5%%)",
+    )
+    b.add_argument("--method", choices=("equal_mass", "min_padding"), default="min_padding")
     b.add_argument("--tps-z", type=float, default=4.0, help="TPS outlier z-score per bin (<= 0: keep all)")
     b.add_argument("--out", type=Path, required=True, help="bins JSON to write")
     b.add_argument("--png", type=Path, default=None, help="also plot the bins over the length histogram")
@@ -59,6 +64,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", type=Path, default=None, help="write the report JSON here")
     p.add_argument("--png", type=Path, default=None, help="padding bars and batch-size histograms")
     p.set_defaults(func=padding_cmd)
+
+
+def _subbuckets(text: str) -> int | str:
+    """``auto`` or an integer count of U sub-buckets."""
+    return "auto" if text == "auto" else int(text)
 
 
 def _add_data_arguments(p: argparse.ArgumentParser) -> None:

@@ -42,6 +42,29 @@ BINS_FORMAT = "fastaed.bins"
 BINS_FORMAT_VERSION = 1
 MAX_DP_CANDIDATES = 1024  # the min-padding DP is O(S · m²) in the distinct U values m of a bin; cap m
 Method = Literal["equal_mass", "min_padding"]
+SubBuckets = int | Literal["auto"]
+
+
+@dataclass(frozen=True)
+class AutoSubBuckets:
+    """How ``num_subbuckets="auto"`` chooses the U sub-buckets of each duration bin.
+
+    target: a bin gets sub-buckets until its own output padding against the bounds, 1 - Σ U / Σ n_j · max_u_j,
+        is at most this (the sampler's batches pad less: a batch's max U is at most its bucket's bound).
+    max_subbuckets: the cap per bin (and the width of the (K, S) grid at most).
+    min_batches: every sub-bucket holds at least this many batches of the bin's budget batch size
+        ``budget_s // edge_k``, so no bucket is only a sliver of one batch (a tail that trains badly).
+    budget_s: padded seconds per batch the population is counted in when the estimator has no ``limits``.
+    """
+
+    target: float = 0.05
+    max_subbuckets: int = 16
+    min_batches: float = 0.25
+    budget_s: float = 600.0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.target < 1 or self.max_subbuckets < 1 or self.min_batches < 0 or self.budget_s <= 0:
+            raise ValueError(f"invalid auto sub-bucket settings {self}")
 
 
 @dataclass(frozen=True, eq=False)
@@ -187,63 +210,104 @@ def _equal_mass_cuts(sorted_vals: np.ndarray, parts: int) -> np.ndarray:
     return np.unique(np.append(sorted_vals[idx], sorted_vals[-1]))
 
 
-def _min_padding_cuts(sorted_u: np.ndarray, parts: int) -> np.ndarray:
+def _min_padding_cuts(
+    sorted_u: np.ndarray, parts: int, *, target: float | None = None, min_count: int = 1
+) -> np.ndarray:
     """Distinct upper bounds (≤ ``parts``) minimising Σ_j n_j · bound_j, the padded tokens of the row.
 
     Exact DP over candidate bounds (the distinct values, or MAX_DP_CANDIDATES quantiles of them on huge bins):
     f_t[i] = min_{k<i} f_{t-1}[k] + v_i · (C_i - C_k), with C the count of values ≤ v; O(parts · m²) numpy.
+    ``min_count``: every group holds at least this many values (capped at the row's size, so one group is
+    always allowed). ``target``: stop at the fewest groups whose padding 1 - Σu / f_t meets it (auto mode);
+    without it, the best of up to ``parts`` groups.
     """
     vals = np.unique(sorted_u)
     if len(vals) > MAX_DP_CANDIDATES:
         vals = np.unique(np.quantile(sorted_u, np.linspace(0, 1, MAX_DP_CANDIDATES), method="higher"))
-    if len(vals) <= parts:
+    min_count = max(1, min(int(min_count), len(sorted_u)))
+    if len(vals) <= parts and min_count == 1 and target is None:
         return vals
     v = vals.astype(np.float64)
     c = np.searchsorted(sorted_u, vals, side="right").astype(np.float64)  # C_i: examples with U <= v_i
     m = len(v)
-    invalid = np.tril(np.ones((m, m), dtype=bool))  # [k, i] with k >= i: k cannot precede i
-    f = v * c  # exactly one group, ending at i
-    back = []
-    # Splitting a group never raises the cost, so exactly `parts` groups (possible as m > parts) is optimal.
-    for _ in range(parts - 1):
+    # [k, i]: k must precede i, and the group (v_k, v_i] must hold at least min_count values.
+    invalid = np.tril(np.ones((m, m), dtype=bool)) | (c[None, :] - c[:, None] < min_count)
+    f = np.where(c >= min_count, v * c, np.inf)  # exactly one group, ending at i
+    goal = -np.inf if target is None else float(np.sum(sorted_u, dtype=np.float64)) / (1.0 - target)
+    best_t, best_cost, back = 1, f[m - 1], []
+    # Without a minimum count, splitting a group never raises the cost: exactly `parts` groups is optimal.
+    for t in range(2, max(parts, 1) + 1):
+        if best_cost <= goal:
+            break
         cand = f[:, None] - c[:, None] * v[None, :]  # [k, i] = f[k] - C_k · v_i
         cand[invalid] = np.inf
         arg = np.argmin(cand, axis=0)
         f = cand[arg, np.arange(m)] + v * c
         back.append(arg)
+        if not np.isfinite(f).any():
+            break  # no row can be cut into t groups of min_count: none into more either
+        if f[m - 1] < best_cost or (target is None and f[m - 1] <= best_cost):
+            best_t, best_cost = t, f[m - 1]
     bounds, i = [m - 1], m - 1  # the row max is always a bound
-    for arg in reversed(back):
+    for arg in reversed(back[: best_t - 1]):
         i = int(arg[i])
         bounds.append(i)
     return vals[np.array(sorted(bounds))]
+
+
+def _equal_mass_auto(sorted_u: np.ndarray, cap: int, target: float, min_count: int) -> np.ndarray:
+    """Fewest equal-mass U cuts (≤ ``cap``) whose padding meets ``target``, every group ≥ ``min_count``."""
+    if sorted_u[-1] == 0:
+        return sorted_u[-1:]
+    real, best = float(sorted_u.sum(dtype=np.float64)), sorted_u[-1:]
+    min_count = max(1, min(int(min_count), len(sorted_u)))
+    for parts in range(1, cap + 1):
+        row = _equal_mass_cuts(sorted_u, parts)
+        n = np.diff(np.concatenate([[0], np.searchsorted(sorted_u, row, side="right")]))
+        if n.min() < min_count:
+            break  # finer equal-mass cuts only make smaller groups
+        best = row
+        if 1 - real / float((n * row).sum()) <= target:
+            break
+    return best
 
 
 def estimate_bins(
     durations: np.ndarray,
     out_lengths: np.ndarray,
     num_buckets: int = 30,
-    num_subbuckets: int = 2,
+    num_subbuckets: SubBuckets = "auto",
     tps_outlier_z: float | None = 4.0,
-    method: Method = "equal_mass",
+    method: Method = "min_padding",
     limits: LengthLimits | None = None,
+    auto: AutoSubBuckets | None = None,
 ) -> Bins:
     """Estimate 2D (or 1D with ``num_subbuckets <= 1``) bucket bins from per-utterance lengths.
 
     durations: (N,) seconds (compared as float32); out_lengths: (N,) int U = prompt + text + EOS.
     num_buckets: number of duration bins K (fewer after merging duplicate edges).
     num_subbuckets: U sub-buckets S per duration bin; ≤ 1 gives 1D bins whose bound is the bin's max U.
+        ``"auto"`` (default) chooses S per bin from the data (``AutoSubBuckets``: the fewest sub-buckets whose
+        padding meets a target, each holding a minimum population); rows with fewer than the widest row are
+        padded with empty sub-buckets (their repeated row max), so the bins stay a (K, S_max) grid.
     tps_outlier_z: one-sided z-score above which an example is a TPS outlier of its bin (None: keep all).
-    method: ``"equal_mass"`` cuts durations into equal total audio and U into equal total tokens;
-        ``"min_padding"`` chooses both the duration edges and the U bounds that minimise padded seconds
-        Σ_k n_k · edge_k and padded tokens Σ_j n_j · max_u_j (exact DP, ~0.3 s per 30 bins).
+    method: ``"min_padding"`` (default) chooses both the duration edges and the U bounds that minimise padded
+        seconds Σ_k n_k · edge_k and padded tokens Σ_j n_j · max_u_j (exact DP, ~0.3 s per 30 bins);
+        ``"equal_mass"`` cuts durations into equal total audio and U into equal total tokens.
     limits: utterances they reject (too short, over the per-batch budget, ...) are left out, so no bin edge
         stretches to cover one that the sampler rejects anyway, and a budget given here can hold one example
-        of every estimated bucket (an edge is a kept duration).
+        of every estimated bucket (an edge is a kept duration). Its ``max_duration`` is also the budget that
+        the auto mode's minimum population is counted in.
+    auto: the auto mode's settings (default ``AutoSubBuckets()``).
     """
     if num_buckets < 1:
         raise ValueError(f"num_buckets must be >= 1, got {num_buckets}")
     if method not in ("equal_mass", "min_padding"):
         raise ValueError(f"unknown method {method!r}; expected 'equal_mass' or 'min_padding'")
+    is_auto = num_subbuckets == "auto"
+    if not is_auto and not isinstance(num_subbuckets, int | np.integer):
+        raise ValueError(f"num_subbuckets must be an int or 'auto', got {num_subbuckets!r}")
+    auto = auto or AutoSubBuckets()
     d, u = as_lengths(durations, out_lengths)
     if limits is not None:
         keep = limits.admissible(d, u)
@@ -256,7 +320,8 @@ def estimate_bins(
         raise ValueError("durations must be positive and finite")
     if np.any(u < 0):
         raise ValueError("out_lengths must be non-negative")
-    s = max(1, int(num_subbuckets))
+    s = auto.max_subbuckets if is_auto else max(1, int(num_subbuckets))
+    budget_s = limits.max_duration if limits is not None and limits.max_duration else auto.budget_s
 
     order = np.argsort(d, kind="stable")
     d_sorted, u_sorted = d[order].astype(np.float64), u[order]
@@ -268,7 +333,7 @@ def estimate_bins(
     edges = np.array([float(str(np.float32(e))) for e in edges])  # shortest decimal of the same float32
 
     rows, max_tps = [], []
-    for lo, hi in zip(starts, ends):
+    for lo, hi, edge in zip(starts, ends, edges):
         bu, bd = u_sorted[lo:hi], d_sorted[lo:hi]
         tps = bu / bd
         keep = np.ones(len(tps), dtype=bool)
@@ -279,14 +344,20 @@ def estimate_bins(
             keep = (tps - mean) / std <= tps_outlier_z
         max_tps.append(float(tps[keep].max()))
         kept_u = np.sort(bu[keep])
+        # A sub-bucket of the auto mode holds at least min_batches batches of this bin's budget batch size.
+        min_count = int(np.ceil(auto.min_batches * max(1, int(budget_s // edge)))) if is_auto else 1
         if s == 1:
             row = kept_u[-1:]
+        elif method == "equal_mass" and is_auto:
+            row = _equal_mass_auto(kept_u, s, auto.target, min_count)
         elif method == "equal_mass":
             row = _equal_mass_cuts(kept_u, s) if kept_u[-1] > 0 else kept_u[-1:]
         else:
-            row = _min_padding_cuts(kept_u, s)
-        # Fewer distinct bounds than S: repeat the row max, so the extra sub-buckets are empty tail slots.
-        rows.append(np.concatenate([row, np.full(s - len(row), row[-1])]))
+            row = _min_padding_cuts(kept_u, s, target=auto.target if is_auto else None, min_count=min_count)
+        rows.append(row)
+    # Fewer distinct bounds than S: repeat the row max, so the extra sub-buckets are empty tail slots.
+    width = s if not is_auto else max(len(r) for r in rows)
+    rows = [np.concatenate([r, np.full(width - len(r), r[-1])]) for r in rows]
     return Bins(duration_edges=edges, max_u=np.stack(rows), max_tps=np.array(max_tps))
 
 

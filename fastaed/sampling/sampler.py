@@ -13,9 +13,12 @@ Plan of one epoch (vectorised numpy; for 1M utterances ~0.05 s per epoch plan, ~
 
 Tail of a bucket (fewer than ``world_size × B_b`` left), ``drop_last=False``:
 
-- ≥ world_size left: one last step, the remainder split as evenly as possible over the ranks;
-- fewer than world_size left but a full step before it (and B_b ≥ 2): the last full step and the remainder are
-  balanced over two steps, every rank getting ⌊·⌋ or ⌈·⌉ of (W·B_b + rem) / 2W ≤ B_b; no repeats;
+- ≥ 2 × world_size left: one last step, the remainder split as evenly as possible over the ranks;
+- fewer than 2 × world_size left but a full step before it (and B_b ≥ 2): the last full step and the
+  remainder are balanced over two steps, every rank getting ⌊·⌋ or ⌈·⌉ of (W·B_b + rem) / 2W ≤ B_b;
+- with shuffling, a tail's utterances are dealt longest first, round-robin, smaller batches picking first,
+  and ranks left with 1 beside ranks with 2 take one repeat each, so the ranks' padded seconds at one step
+  stay within 1.5x of each other (repeats counted in ``epoch_report()``);
 - otherwise (a bucket with fewer utterances than ranks, or B_b = 1): ranks that would get nothing get one
   *repeat* of an utterance of the same bucket (at most world_size − 1 per bucket, counted in
   ``epoch_report()``). This keeps every rank at the same step count, so DDP never hangs.
@@ -104,13 +107,18 @@ class _Layout:
             return cls(counts, full, full, zero, zero, zero, rem)
         tail = rem > 0
         steps = full + tail
-        # Two balanced steps when the remainder alone would leave a rank empty but can borrow a full step.
-        two = tail & (rem < w) & (full >= 1) & (sizes >= 2)
+        # Two balanced steps when the remainder alone would leave a rank empty or with a batch of one beside
+        # batches of two (a 2:1 spread of padded seconds at one step) but can borrow a full step.
+        two = tail & (rem < 2 * w) & (full >= 1) & (sizes >= 2)
         balanced = np.where(two, 2, tail.astype(np.int64))
         full_steps = steps - balanced
         pool = counts - full_steps * g
         slots = balanced * w
-        repeats = np.maximum(slots - pool, 0)
+        q, e = pool // np.maximum(slots, 1), pool % np.maximum(slots, 1)
+        # Fewer utterances than slots: one repeat per empty slot. Batches of 1 and 2 at one step: the ranks
+        # of 1 take a neighbour's utterance too (only the step that mixes them: < w repeats).
+        pairs = np.where((q == 1) & (e % w > 0), w - e % w, 0)
+        repeats = np.where(pool < slots, slots - pool, pairs)
         return cls(counts, steps, full_steps, pool, slots, repeats, zero)
 
 
@@ -171,6 +179,7 @@ class BucketingSampler(Sampler[list[int]]):
         self.strict = bool(strict)
         self.rank, self.world_size = _resolve_dist(rank, world_size)
         self.num_examples = len(d)
+        self._durations = d
         self.limits = replace(
             limits or LengthLimits(),
             max_duration=max_duration,
@@ -338,6 +347,32 @@ class BucketingSampler(Sampler[list[int]]):
             self._plan = self._make_plan(self.epoch)
         return self._plan
 
+    def _deal_tails(self, order: np.ndarray) -> None:
+        """Rearrange each bucket's tail pool in place so the ranks' batches of a tail step pad alike.
+
+        The pool is sorted by duration, longest first, and dealt round-robin over the slots, then laid out
+        contiguously as the plan slices it: every rank's
+        batch at a tail step starts with one of the step's longest utterances, so padded seconds (size × max
+        duration) differ by the spread of the top ``world_size`` durations instead of the pool's. A
+        permutation within the pool: coverage, synchronized buckets and resume are untouched.
+        """
+        lay, w = self._layout, self.world_size
+        size = np.maximum(self.batch_sizes, 1)
+        for b in np.flatnonzero((lay.slots > 0) & (lay.pool > 1)).tolist():
+            a, pool, slots = (
+                int(self._bucket_base[b] + lay.full[b] * w * size[b]),
+                int(lay.pool[b]),
+                int(lay.slots[b]),
+            )
+            seg = order[a : a + pool]
+            longest_first = seg[np.argsort(-self._durations[seg], kind="stable")]
+            i = np.arange(pool)
+            q, e = divmod(pool, slots)
+            # Full rounds pick smaller batches first: their longest utterance is longer, so a batch of q + 1
+            # pads at most (q + 1) / q of one of q. The partial last round (the shortest) goes to the first e.
+            slot = np.where(i < q * slots, (i + e) % slots, i - q * slots)
+            order[a + slot * q + np.minimum(slot, e) + np.minimum(i // slots, q)] = longest_first
+
     def _make_plan(self, epoch: int) -> _EpochPlan:
         lay, w, r = self._layout, self.world_size, self.rank
         nb = len(lay.counts)
@@ -351,7 +386,8 @@ class BucketingSampler(Sampler[list[int]]):
             perm = rng.permutation(len(ids))
             order = ids[perm][np.argsort(keys[perm], kind="stable")]
             labels = rng.permutation(labels)
-        else:
+            self._deal_tails(order)
+        else:  # index order within a bucket, as documented (tails keep equal sizes, not dealt durations)
             order = ids[np.argsort(keys, kind="stable")]
         # j = how many earlier steps used the same bucket (the occurrence index of each label).
         by_label = np.argsort(labels, kind="stable")
@@ -377,5 +413,10 @@ class BucketingSampler(Sampler[list[int]]):
             empty = t_size == 0  # more slots than utterances: repeat one of the bucket's pool
             t_start[empty] = pool_start[empty] + s[empty] % np.maximum(pool[empty], 1)
             t_size[empty] = 1
+            # Batches of one at a step whose other ranks get two (the layout's pairs): start one earlier, so
+            # the batch repeats its neighbour's utterance and every rank's batch holds two.
+            pad = (q == 1) & (s >= e) & (s // w == e // w) & (e % w > 0)
+            t_start[pad] -= 1
+            t_size[pad] = 2
             starts[tail], sizes[tail] = t_start, t_size
         return _EpochPlan(epoch=epoch, order=order, starts=starts, sizes=sizes, step_bucket=labels)

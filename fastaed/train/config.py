@@ -58,7 +58,9 @@ class DataConfig:
 class SamplerConfig:
     bins: str | None = None  # bins JSON (`fastaed bins`); None: estimate from the training data
     num_buckets: int = 30  # duration bins when estimating
-    num_subbuckets: int = 4  # U sub-buckets per duration bin when estimating (1: 1D bucketing)
+    num_subbuckets: int | str = (
+        "auto"  # U sub-buckets per duration bin ("auto": per bin from the data; 1: 1D)
+    )
     method: str = "min_padding"  # bin estimation: "equal_mass" | "min_padding"
     max_duration: float | None = 90.0  # padded seconds per batch and rank (a strict cap)
     max_tokens: int | None = None  # padded output tokens per batch and rank (a strict cap)
@@ -71,7 +73,12 @@ class SamplerConfig:
 
     def __post_init__(self) -> None:
         _require(self.method in BIN_METHODS, f"sampler.method: one of {BIN_METHODS}")
-        _require(self.num_buckets >= 1 and self.num_subbuckets >= 1, "sampler.num_(sub)buckets must be >= 1")
+        subs_ok = self.num_subbuckets == "auto" or (
+            isinstance(self.num_subbuckets, int) and self.num_subbuckets >= 1
+        )
+        _require(
+            self.num_buckets >= 1 and subs_ok, "sampler.num_buckets must be >= 1, num_subbuckets >= 1 or auto"
+        )
         _require(
             self.profile is not None or self.max_duration is not None or self.max_tokens is not None,
             "sampler: give a profile or a budget (max_duration and/or max_tokens)",

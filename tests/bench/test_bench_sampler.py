@@ -20,7 +20,8 @@ def test_quick_bench_returns_every_distribution_strategy_and_target(tmp_path, ca
     assert out.with_suffix(".png").stat().st_size > 0  # the PNG beside the JSON (the CLI writes the JSON)
     assert result["quick"] and result["one_million"] is None and isinstance(result["pass"], bool)
     assert set(result["distributions"]) == set(DISTRIBUTIONS)
-    expected = {"random", "ours_1d", "ours_2d"}
+    assert {"librispeech", "common_voice", "multitask", "conversational"} <= set(result["distributions"])
+    expected = {"random", "ours_1d", "ours_2d", "ours_2d_defaults"}
     if result["lhotse_version"]:
         expected |= {"lhotse_simple", "lhotse_1d"}
     for name, dist in result["distributions"].items():
@@ -33,6 +34,8 @@ def test_quick_bench_returns_every_distribution_strategy_and_target(tmp_path, ca
             assert {"speedup_epoch", "speedup_cold", "speedup_warm"} <= set(dist["speed"])
             assert dist["lhotse_restore"]["identical_next_batch"]
         assert {"input_padding", "output_padding", "rejected"} <= set(result["targets"][name])
+        assert {"defaults_output_padding", "rank_balance"} <= set(result["targets"][name])
+        assert 0 <= dist["speed"]["ours"]["rank_balance"]["within_share"] <= 1
     print_report(result)
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert json.loads(last)["benchmark"] == "sampler"

@@ -18,7 +18,7 @@ BINS = Bins(duration_edges=[1.2, 2.5], max_u=[[60], [80]], max_tps=None)
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("profile-train")
-    manifest, tok_dir = tiny_data(root)
+    manifest, tok_dir = tiny_data(root, num=16)
     bins = root / "bins.json"
     bins.write_text(BINS.to_json())
     cfg = make_config(manifest, tok_dir, root / "unused", "optim.max_steps=2", "runtime.ckpt_every=0")
@@ -41,13 +41,26 @@ def run_config(setup, out, *overrides):
     return make_config(manifest, tok_dir, out, "optim.max_steps=2", "runtime.ckpt_every=0", *overrides)
 
 
-def test_trainer_uses_a_matching_profile(setup, tmp_path):
-    matching = setup[2]
-    summary = train(run_config(setup, tmp_path / "run", f"sampler.profile={matching}"), resume="none")
-    assert summary["steps"] == 2
-    sizes = json.loads(open(matching).read())["batch_sizes"]
-    records = train_records(tmp_path / "run" / "metrics.jsonl")
-    assert all(r["batch_size"] <= sizes[r["bucket"]] for r in records.values())
+@pytest.mark.parametrize("sizes", [[3, 2], [2, 3]])
+def test_trainer_trains_at_the_profiles_sizes(setup, tmp_path, sizes):
+    """With no budget capping batches (``max_duration: null``), every batch of a bucket has the profile's
+    size for it, and the full ones exactly that size. The two orders of sizes per bucket make this fail for
+    a trainer that ignores the profile: budget-derived sizes (or any fixed rule) cannot match [3, 2] and
+    [2, 3] on the same data; both are far below what the 0.05 GiB profile itself chose."""
+    doc = json.loads(open(setup[2]).read())
+    assert min(doc["batch_sizes"]) > max(sizes)  # the edit, not the budget, sets the sizes
+    doc["batch_sizes"] = sizes
+    path = tmp_path / "sizes.json"
+    path.write_text(json.dumps(doc))
+    overrides = (f"sampler.profile={path}", "sampler.max_duration=null", "optim.max_steps=8")
+    train(run_config(setup, tmp_path / "run", *overrides), resume="none")
+    records = train_records(tmp_path / "run" / "metrics.jsonl").values()
+    seen: dict[int, set[int]] = {}
+    for r in records:
+        seen.setdefault(r["bucket"], set()).add(r["batch_size"])
+    assert set(seen) == {0, 1}, seen  # both buckets trained
+    for bucket, batch_sizes in seen.items():
+        assert max(batch_sizes) == sizes[bucket], (bucket, batch_sizes)  # full batches: the profile's size
 
 
 def test_trainer_refuses_a_profile_for_another_model(setup, tmp_path):

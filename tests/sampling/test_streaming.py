@@ -35,7 +35,7 @@ N, NUM_SHARDS, BUDGET = 3000, 8, 120.0
 @pytest.fixture(scope="module")
 def data() -> tuple[list[StreamItem], Bins]:
     d, u = synthetic_lengths(N, seed=3)
-    bins = estimate_bins(d, u, num_buckets=8, num_subbuckets=2)
+    bins = estimate_bins(d, u, num_buckets=8, num_subbuckets=2, method="equal_mass")
     items = [StreamItem(f"u{i}", float(d[i]), int(u[i])) for i in range(N)]
     return items, bins
 

@@ -1,8 +1,10 @@
 """Per-bucket batch sizes that fill memory without running out: search, memory model, profile file.
 
 - ``search.py``: NeMo's OOMptimizer search against any ``fits(batch_size)`` oracle (pure Python);
-- ``memory.py``: the trainer's step on synthetic worst-case batches, measured on CUDA or counted exactly on
-  CPU, and the fitted memory model static + B·(aT + bT² + cU + dU² + eTU);
+- ``memory.py``: the trainer's step on synthetic worst-case batches, its CUDA meter, and the fitted memory
+  model static + B·(aT + bT² + cU + dU² + eTU);
+- ``cpu_meter.py``: the CPU meter, the peak of live bytes from the CPU allocator's events;
+- ``rss.py``: an independent CPU check, the peak growth of the process's resident memory in a subprocess;
 - ``run.py``: ``make_profile`` (model + verification, or the search on every bucket), the safety margin, and
   ``open_profiler``, the one set-up (model, device, precision, budget, step, meter) of both commands below;
 - ``profile.py``: the profile file with its run identity (the trainer refuses a mismatch), and its PNG;
@@ -13,16 +15,15 @@
 uses it; ``fastaed bench batch-sizes`` compares it with the heuristic.
 """
 
+from fastaed.train.profile.cpu_meter import CpuMeter
 from fastaed.train.profile.heuristic import heuristic_batch_sizes, heuristic_bins
 from fastaed.train.profile.memory import (
-    CpuMeter,
     CudaMeter,
     Measurement,
     MemoryModel,
     Shape,
     SyntheticStep,
     fit_memory_model,
-    make_meter,
 )
 from fastaed.train.profile.profile import (
     BatchSizeProfile,
@@ -33,7 +34,14 @@ from fastaed.train.profile.profile import (
     model_config_hash,
     plot_profile,
 )
-from fastaed.train.profile.run import SAFETY_MARGIN, Profiler, ProfileSettings, make_profile, open_profiler
+from fastaed.train.profile.run import (
+    SAFETY_MARGIN,
+    Profiler,
+    ProfileSettings,
+    make_meter,
+    make_profile,
+    open_profiler,
+)
 from fastaed.train.profile.search import NoBatchFitsError, SearchResult, search_batch_size, search_buckets
 
 __all__ = [

@@ -1,5 +1,5 @@
-"""Memory of one synthetic worst-case training step, measured on CUDA or counted exactly on CPU, and a
-fitted memory model that predicts it for any bucket.
+"""Memory of one synthetic worst-case training step, measured on CUDA or CPU, and a fitted memory model
+that predicts it for any bucket.
 
 **The step** (:class:`SyntheticStep`) is the trainer's own, from ``train/step.py``: ``piece_forward`` (log-mel
 front end, SpecAugment, the trainer's precision, label-smoothed CE + CTC when the model has a CTC head),
@@ -9,17 +9,15 @@ full length) and its max output length U (random token ids, prompt length 5, no 
 B = 1 creates the optimizer state first, so every trial measures the steady state (NeMo's OOMptimizer leaves
 that to its first trial, which then measures something else).
 
-**Measuring** (:class:`CudaMeter`, :class:`CpuMeter`) returns the peak bytes of one step:
+**Measuring** (:class:`CudaMeter`, ``cpu_meter.CpuMeter``) returns the peak bytes of one step:
 
 - CUDA: ``torch.cuda.max_memory_allocated`` after ``reset_peak_memory_stats``; an out-of-memory error (or
   cuFFT's "internal error", which is how the STFT of a huge batch fails) is a failed trial. The cache is not
   emptied between trials (as in NeMo: the search then sees a fragmented allocator, as training does).
-- CPU: nothing runs out of memory, so the bytes are counted: every distinct storage alive at the end of the
-  backward pass if autograd freed nothing, i.e. parameters + gradients + optimizer state + the tensors
-  autograd saved for backward (``saved_tensors_hooks``, deduplicated by storage) + the batch's audio and
-  features. Deterministic to the byte. Every term is either independent of B or proportional to it, so
-  bytes(B) is exactly linear in B for a fixed shape: trials above B = 3 are computed from real steps at
-  B = 2 and 3 (tested against direct counts), which keeps a CPU search cheap at any batch size.
+- CPU (``cpu_meter.py``): nothing runs out of memory, so the peak is measured: the maximum of the live bytes
+  during the step (the CPU allocator's events under the torch profiler) plus what was resident when it began.
+  Deterministic to the byte; trials above B = 3 come from the event-by-event line through the steps at
+  B = 2 and 3 (exact, tested against real steps), which keeps a CPU search cheap at any batch size.
 
 **The memory model** (:class:`MemoryModel`): peak(B, T, U) = static + B · (a·T + b·T² + c·U + d·U² + e·T·U),
 T in seconds, U in tokens: activations grow linearly in both lengths (convolutions, feed-forwards, logits),
@@ -53,7 +51,6 @@ from fastaed.train.profile.search import NoBatchFitsError
 from fastaed.train.step import Precision, build_optimizer, piece_forward
 
 GiB = 1 << 30
-CPU_LINE_POINTS = (2, 3)  # CPU: bytes(B) for B > 3 come from the exact line through these two counts
 
 
 @dataclass(frozen=True, order=True)
@@ -74,11 +71,11 @@ class Measurement:
 
     batch_size: int
     shape: Shape
-    peak_bytes: int | None  # CUDA: peak allocated; CPU: counted bytes; None after an out-of-memory error
+    peak_bytes: int | None  # peak allocated bytes (CUDA, CPU); None after an out-of-memory error
     reserved_bytes: int | None = None  # CUDA: peak reserved by the caching allocator
     oom: bool = False
     seconds: float = 0.0  # wall time of the trial
-    extrapolated: bool = False  # CPU: from the exact line through B = 2 and 3 (see the module docstring)
+    extrapolated: bool = False  # CPU: from the traces of B = 2 and 3 (see cpu_meter.py)
 
     def fits(self, target_bytes: float) -> bool:
         return not self.oom and self.peak_bytes is not None and self.peak_bytes <= target_bytes
@@ -237,75 +234,6 @@ class CudaMeter(Meter):
         return Measurement(batch_size, shape, peak, reserved, oom=oom, seconds=seconds)
 
 
-class CpuMeter(Meter):
-    """Exact byte counts on CPU (see the module docstring); B > 3 from the exact line through B = 2, 3."""
-
-    device_name = "cpu"
-
-    def __init__(self, step: SyntheticStep, extra_bytes: int = 0):
-        super().__init__(step, extra_bytes)
-        self._lines: dict[Shape, tuple[int, int]] = {}
-
-    def count(self, batch_size: int, shape: Shape) -> int:
-        """Bytes of one real step at ``batch_size`` (see the module docstring for what is counted).
-
-        Each group is deduplicated by storage address among tensors alive together: the saved tensors and
-        the batch at the end of forward; the gradients after backward (they may reuse the addresses of saved
-        tensors that backward freed, so the groups are summed, never merged).
-        """
-        self.trials += 1
-        step = self.step
-        params = {p.untyped_storage().data_ptr() for p in step.params}
-
-        def storages(
-            tensors: Iterable[torch.Tensor | None], into: dict[int, int] | None = None
-        ) -> dict[int, int]:
-            out = {} if into is None else into
-            for t in tensors:
-                if t is not None and t.untyped_storage().nbytes():
-                    out[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-            return out
-
-        saved: dict[int, int] = {}
-
-        def pack(t: torch.Tensor) -> torch.Tensor:
-            if t.untyped_storage().data_ptr() not in params:  # weights saved for backward are counted once
-                storages([t], saved)
-            return t
-
-        batch = step.batch(batch_size, shape)
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            loss = step.forward(batch)
-        activations = storages([batch.audio, batch.feats, batch.tokens], saved)
-        loss.backward()
-        grads = storages(p.grad for p in step.params)
-        step.update()  # the optimizer state exists since warm_up(): this step allocates nothing new
-        state = storages(
-            v for s in step.optimizer.state.values() for v in s.values() if isinstance(v, torch.Tensor)
-        )
-        weights = storages(step.params)
-        groups = (activations, grads, state, weights)
-        return sum(sum(g.values()) for g in groups) + self.extra_bytes
-
-    def measure(self, batch_size: int, shape: Shape) -> Measurement:
-        t0 = time.perf_counter()
-        lo, hi = CPU_LINE_POINTS
-        if batch_size <= hi:
-            peak, extrapolated = self.count(batch_size, shape), False
-        else:
-            if shape not in self._lines:
-                self._lines[shape] = (self.count(lo, shape), self.count(hi, shape))
-            b_lo, b_hi = self._lines[shape]
-            peak, extrapolated = b_lo + (batch_size - lo) * (b_hi - b_lo) // (hi - lo), True
-        return Measurement(
-            batch_size, shape, peak, seconds=time.perf_counter() - t0, extrapolated=extrapolated
-        )
-
-
-def make_meter(step: SyntheticStep, extra_bytes: int = 0) -> Meter:
-    return CudaMeter(step, extra_bytes) if step.device.type == "cuda" else CpuMeter(step, extra_bytes)
-
-
 # ---- the memory model ----------------------------------------------------------------------------------
 
 TERMS = ("T", "T^2", "U", "U^2", "T*U")  # per-utterance terms, T in seconds and U in tokens
@@ -436,7 +364,7 @@ def fit_memory_model(
     b1 = min(max_batch_size, max(2, math.floor(fill * (target_bytes - static) / per)))
     for shape in plan:
         run(b1, shape)
-    # B = 1 may take other kernels (and on CPU is off the exact line of B >= 2): planning only, not fitted.
+    # B = 1 may take other kernels (and on CPU is off the line of B >= 2): planning only, not fitted.
     first = MemoryModel.fit(p for p in probes if p.batch_size >= 2)
     for shape in plan:
         b2 = first.max_batch_size(shape.duration, shape.out_len, static + fill * (target_bytes - static))

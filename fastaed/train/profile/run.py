@@ -5,7 +5,7 @@ verified by real trials, or from the OOMptimizer search on every bucket.
 default); the allocator is capped there during trials, so a trial that needs more fails with a real OOM. The
 ``safety_margin`` keeps a share of the budget free for what one synthetic step does not show (see
 :data:`SAFETY_MARGIN`); every bucket's peak must stay under ``target = budget · (1 − margin)``. A trial
-*fits* when it did not run out of memory and its peak (allocated bytes on CUDA, counted bytes on CPU) is
+*fits* when it did not run out of memory and its peak (allocated bytes, on CUDA and on CPU) is
 within the target. The peak, unlike "did it OOM", does not depend on how fragmented the allocator happens to
 be at that moment, so the answer is reproducible.
 
@@ -41,6 +41,7 @@ from fastaed.sampling.bins import Bins, estimate_bins
 from fastaed.sampling.stats import synthetic_lengths
 from fastaed.train.config import LossConfig, ModelSection
 from fastaed.train.distributed import enable_expandable_segments
+from fastaed.train.profile.cpu_meter import CpuMeter
 from fastaed.train.profile.heuristic import (
     BATCH_DURATION,
     NUM_BUCKETS,
@@ -48,7 +49,7 @@ from fastaed.train.profile.heuristic import (
     heuristic_batch_sizes,
 )
 from fastaed.train.profile.memory import (
-    CpuMeter,
+    CudaMeter,
     GiB,
     Measurement,
     MemoryModel,
@@ -56,7 +57,6 @@ from fastaed.train.profile.memory import (
     Shape,
     SyntheticStep,
     fit_memory_model,
-    make_meter,
 )
 from fastaed.train.profile.profile import BatchSizeProfile, BucketResult, ProfileIdentity
 from fastaed.train.profile.search import (
@@ -82,6 +82,13 @@ from fastaed.util.devices import resolve_device
 # reserved memory, allocator retries and OOMs, so it is checked on each card (see README).
 SAFETY_MARGIN = 0.15
 DDP_OVERHEAD_BYTES = (64 + 512) << 20  # one 64 MiB flat all-reduce bucket (distributed.py) + NCCL buffers
+
+
+def make_meter(step: SyntheticStep, extra_bytes: int = 0) -> Meter:
+    """The meter of ``step``'s device: the allocator's peak on CUDA, the measured live-bytes peak on CPU."""
+    if step.device.type == "cuda":
+        return CudaMeter(step, extra_bytes)
+    return CpuMeter(step, extra_bytes)
 
 
 @dataclass(frozen=True)
@@ -180,7 +187,7 @@ def make_profile(
     bar.close()
 
     heuristic = heuristic_batch_sizes(bins)
-    exact_heuristic = isinstance(meter, CpuMeter)  # cheap and exact on CPU; predicted on a GPU
+    exact_heuristic = isinstance(meter, CpuMeter)  # cheap on CPU (from two traces); predicted on a GPU
     results = []
     for k, shape in enumerate(shapes):
         b = answer[shape]
