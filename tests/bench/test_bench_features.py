@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from fastaed.bench.features import FeaturesBenchConfig, run, synth_speech
+from fastaed.bench.features import FeaturesBenchConfig, exit_status, run, synth_speech
 from fastaed.cli.main import main
 
 
@@ -25,17 +25,19 @@ def test_bench_features_returns_xrt_for_every_stage():
     assert isinstance(result["pass"], bool)
 
 
-def test_cli_writes_the_result_json_and_check_gates_the_exit_status(tmp_path, capsys):
+def test_cli_writes_the_result_json(tmp_path, capsys):
     out = tmp_path / "r.json"
     with pytest.raises(SystemExit) as info:
         main(["bench", "features", "--num-utts", "2", "--seconds", "0.5", "--json", str(out)])
-    assert info.value.code == 0
+    assert info.value.code == 0  # without --check a missed target is reported, not an error
     result = json.loads(out.read_text())
     assert result["num_utts"] == 2 and "features benchmark: 2 x 0.5 s" in capsys.readouterr().out
-    if not result["pass"]:  # under target on this machine: --check turns that into exit status 1
-        with pytest.raises(SystemExit) as info:
-            main(["bench", "features", "--num-utts", "2", "--seconds", "0.5", "--check"])
-        assert info.value.code == 1
+
+
+@pytest.mark.parametrize("passed, check, status", [(True, True, 0), (False, True, 1), (False, False, 0)])
+def test_check_turns_a_missed_target_into_exit_status_1(passed, check, status):
+    # Decided on the result, not on this machine's speed: a timed pass/fail would make the test flaky.
+    assert exit_status({"pass": passed}, FeaturesBenchConfig(check=check)) == status
 
 
 def test_synthetic_speech_has_requested_length_and_range():
