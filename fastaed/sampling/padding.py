@@ -38,6 +38,7 @@ import numpy as np
 from fastaed.constants import HOP_LENGTH, SAMPLE_RATE
 from fastaed.sampling.assign import assign_buckets
 from fastaed.sampling.bins import Bins, Method, as_lengths, estimate_bins
+from fastaed.sampling.limits import duration_cost
 from fastaed.sampling.sampler import BucketingSampler, epoch_seed
 from fastaed.util.tables import format_table
 
@@ -66,8 +67,7 @@ class Budget:
 
     def cost(self, durations: np.ndarray) -> np.ndarray:
         """Per-utterance seconds charged against ``max_duration`` (NeMo's d + d²/q when q is set)."""
-        d = np.asarray(durations, dtype=np.float64)
-        return d + d**2 / self.quadratic_duration if self.quadratic_duration else d
+        return duration_cost(durations, self.quadratic_duration)
 
     def to_dict(self) -> dict[str, Any]:
         return {

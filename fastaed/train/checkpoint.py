@@ -165,8 +165,13 @@ def _fsync(path: Path) -> None:
 # ---- reading -----------------------------------------------------------------------------------------------
 
 
+def missing_files(path: Path) -> list[str]:
+    """The files a resume checkpoint needs that ``path`` lacks."""
+    return [name for name in (CONFIG_FILE, WEIGHTS_FILE, STATE_FILE) if not (path / name).is_file()]
+
+
 def is_complete(path: Path) -> bool:
-    return all((path / name).is_file() for name in (STATE_FILE, CONFIG_FILE, WEIGHTS_FILE))
+    return not missing_files(path)
 
 
 def list_checkpoints(out_dir: str | os.PathLike[str]) -> list[tuple[int, Path]]:
@@ -200,9 +205,8 @@ def verify_checkpoint(path: Path) -> None:
     A checkpoint written before checksums existed passes (with a warning): there is nothing to compare."""
     if not path.is_dir():
         raise CheckpointError(f"{path}: no such checkpoint directory")
-    for name in (CONFIG_FILE, WEIGHTS_FILE, STATE_FILE):
-        if not (path / name).is_file():
-            raise CheckpointError(f"{path}: missing {name}; not a complete resume checkpoint")
+    if missing := missing_files(path):
+        raise CheckpointError(f"{path}: missing {missing[0]}; not a complete resume checkpoint")
     verify_checksums(path)
 
 
