@@ -44,6 +44,7 @@ SUBCOMMAND_MODULES = (
     "fastaed.cli.batch_sizes",
     "fastaed.cli.train",
     "fastaed.cli.decode",
+    "fastaed.cli.interop",
     "fastaed.cli.bench",
 )
 

@@ -28,6 +28,7 @@ import sentencepiece as spm
 from fastaed.data import errors as E
 from fastaed.data.errors import BadInputError
 from fastaed.data.manifest import Utterance
+from fastaed.data import canary_tokenizer, whisper_tokenizer
 from fastaed.data.text import clean_pnc, strip_pnc, target_form
 
 PAD = "<pad>"
@@ -203,3 +204,34 @@ def train_tokenizer(texts: Iterable[str], out_dir: str | Path, config: Tokenizer
     tok = Tokenizer(buffer.getvalue(), config.languages)
     tok.save(out_dir)
     return tok
+
+
+def load_tokenizer(directory: str | Path):
+    """The tokenizer saved in ``directory``, whatever its kind: Whisper's byte-level BPE (``whisper.json``),
+    NeMo's Canary aggregate (``tokenizer.json`` with ``"kind": "canary-aggregate"``) or fastaed's own
+    SentencePiece tokenizer (``tokenizer.model`` + ``tokenizer.json``)."""
+    directory = Path(directory)
+    if (directory / whisper_tokenizer.META_FILE).is_file():
+        return whisper_tokenizer.WhisperTokenizer.load(directory)
+    if _kind(directory) == canary_tokenizer.KIND:
+        return canary_tokenizer.CanaryTokenizer.load(directory)
+    return Tokenizer.load(directory)
+
+
+def _kind(directory: Path) -> str | None:
+    """The ``kind`` in ``tokenizer.json`` (None when absent: fastaed's SentencePiece tokenizer)."""
+    try:
+        info = json.loads((directory / "tokenizer.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return info.get("kind") if isinstance(info, dict) else None
+
+
+def is_tokenizer_dir(directory: str | Path) -> bool:
+    """Whether ``directory`` holds a tokenizer :func:`load_tokenizer` can read."""
+    directory = Path(directory)
+    if (directory / whisper_tokenizer.META_FILE).is_file():
+        return True
+    if _kind(directory) == canary_tokenizer.KIND:
+        return True
+    return (directory / "tokenizer.json").is_file() and (directory / "tokenizer.model").is_file()

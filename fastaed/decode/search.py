@@ -47,6 +47,15 @@ def row_limits(model: EncoderDecoderModel, enc_lens: Tensor, prompt_len: int) ->
     return enc_lens.clamp(min=1, max=cap)
 
 
+def suppressed(logits: Tensor, step: int, always: Tensor | None, at_start: Tensor | None) -> Tensor:
+    """logits (N, V) with the ids of ``always`` (and of ``at_start`` at step 0) set to -inf, in place."""
+    if always is not None:
+        logits[:, always] = -torch.inf
+    if step == 0 and at_start is not None:
+        logits[:, at_start] = -torch.inf
+    return logits
+
+
 @torch.inference_mode()
 def greedy_search(
     model: EncoderDecoderModel,
@@ -58,6 +67,8 @@ def greedy_search(
     force_lengths: Tensor | None = None,
     cache_kind: CacheKind = "kv",
     compact: bool = True,
+    suppress: Tensor | None = None,
+    suppress_at_start: Tensor | None = None,
 ) -> list[Hypothesis]:
     """Batched greedy decoding with a decoder cache.
 
@@ -65,8 +76,9 @@ def greedy_search(
     many tokens before EOS (within its limit) — for timing random-weight models at realistic output
     lengths. ``cache_kind``: what the decoder keeps between steps (``"kv"``; ``"hidden"`` is the NeMo-style
     baseline, see ``fastaed.model.cache``). ``compact=False`` keeps done rows in the batch until every row is
-    done (their further tokens are ignored), as NeMo does. Returns one :class:`Hypothesis` per row, in input
-    order.
+    done (their further tokens are ignored), as NeMo does. ``suppress``: (S,) ids never emitted;
+    ``suppress_at_start``: ids not emitted as the first token (Whisper's blank and EOS). Returns one
+    :class:`Hypothesis` per row, in input order.
     """
     b, p = prompts.shape
     device = prompts.device
@@ -92,7 +104,7 @@ def greedy_search(
             out[int(rows[i])] = Hypothesis(ids, float(logprob[i]), float(logprob[i]), e)
 
     for t in range(steps):
-        logp = torch.log_softmax(logits.float(), dim=-1)  # (B', V)
+        logp = torch.log_softmax(suppressed(logits.float(), t, suppress, suppress_at_start), dim=-1)  # (B', V)
         if forced is not None:
             logp[t < forced, eos_id] = -torch.inf  # no EOS before the forced length, only EOS at it
             at_length = t >= forced
@@ -134,11 +146,14 @@ def beam_search(
     beam_size: int = 4,
     alpha: float = 1.0,
     nbest: int | None = None,
+    suppress: Tensor | None = None,
+    suppress_at_start: Tensor | None = None,
 ) -> list[list[Hypothesis]]:
     """Batched beam search with the K/V cache and the GNMT length penalty.
 
     enc: (B, T', De); enc_lens: (B,); prompts: (B, P). Returns per utterance its ``nbest`` (default
-    ``beam_size``) best hypotheses, best first, ranked by ``score``.
+    ``beam_size``) best hypotheses, best first, ranked by ``score``. ``suppress``/``suppress_at_start``: as
+    for :func:`greedy_search`.
     """
     k = beam_size
     if k < 1:
@@ -163,7 +178,8 @@ def beam_search(
 
     for t in range(int(limit.max())):
         n_items = len(items)
-        logp = torch.log_softmax(logits.float(), dim=-1).double().view(n_items, k, -1)  # (B', K, V)
+        logits = suppressed(logits.float(), t, suppress, suppress_at_start)
+        logp = torch.log_softmax(logits, dim=-1).double().view(n_items, k, -1)  # (B', K, V)
         vocab = logp.shape[-1]
         cand = (scores[:, :, None] + logp).view(n_items, k * vocab)
         top, idx = cand.topk(min(2 * k, k * vocab), dim=1)  # (B', 2K): enough for K live + some EOS

@@ -11,6 +11,7 @@ seconds, after one untimed warm-up batch, with the device synchronised before th
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Callable, Sequence
@@ -24,15 +25,18 @@ from tqdm.auto import tqdm
 from fastaed.data import errors as E
 from fastaed.data.audio import audio_info
 from fastaed.data.dataset import load_utterance_audio, pad_1d
-from fastaed.data.features import FeatureConfig, LogMelFeatures
+from fastaed.data.frontend import build_frontend, frontend_config
 from fastaed.data.manifest import Utterance, read_manifest
-from fastaed.data.tokenizer import Tokenizer
+from fastaed.data.tokenizer import Tokenizer, is_tokenizer_dir, load_tokenizer
+from fastaed.data.whisper_features import WhisperFeatureConfig
+from fastaed.data.whisper_tokenizer import WhisperTokenizer
 from fastaed.decode.search import Hypothesis, beam_search, greedy_search
 from fastaed.formats import load_model, read_checkpoint_meta
 from fastaed.model import EncoderDecoderModel
 from fastaed.util.devices import resolve_device, resolve_dtype, synchronize
 
 TOKENIZER_DIR = "tokenizer"  # a checkpoint's own copy of its tokenizer (written by the trainer)
+AnyTokenizer = Tokenizer | WhisperTokenizer  # what load_tokenizer returns
 
 
 @dataclass(frozen=True)
@@ -50,6 +54,12 @@ class DecodeConfig:
         default=0, metadata={"help": "audio-reading worker processes (0: in the main process)"}
     )
     progress: bool = field(default=True, metadata={"help": "progress bar"})
+    whisper_input: Literal["auto", "padded", "unpadded"] = field(
+        default="auto", metadata={"help": "Whisper models: 30 s padded input, or the real frames only (auto: "
+                                  "the checkpoint's front end)"})  # fmt: skip
+    whisper_padding: Literal["auto", "openai", "faster-whisper"] = field(
+        default="auto", metadata={"help": "Whisper models: padding convention of padded input (auto: the "
+                                  "checkpoint's)"})  # fmt: skip
     # False: ids only (timing random weights over a vocabulary the tokenizer lacks); benchmarks set it.
     decode_text: bool = field(default=True, metadata={"cli": False})
 
@@ -58,6 +68,10 @@ class DecodeConfig:
             raise ValueError("batch_size, beam_size and nbest must be >= 1")
         if self.dtype not in ("auto", "bf16", "fp32"):
             raise ValueError(f"dtype must be auto, bf16 or fp32, got {self.dtype!r}")
+        if self.whisper_input not in ("auto", "padded", "unpadded"):
+            raise ValueError(f"whisper_input must be auto, padded or unpadded, got {self.whisper_input!r}")
+        if self.whisper_padding not in ("auto", "openai", "faster-whisper"):
+            raise ValueError(f"whisper_padding must be auto, openai or faster-whisper, got {self.whisper_padding!r}")
 
 
 @dataclass
@@ -95,7 +109,7 @@ class TranscribeResult:
         return self.audio_seconds / max(self.wall_seconds, 1e-9)
 
 
-def find_tokenizer(checkpoint: str | Path, tokenizer_dir: str | Path | None = None) -> Tokenizer:
+def find_tokenizer(checkpoint: str | Path, tokenizer_dir: str | Path | None = None) -> AnyTokenizer:
     """The tokenizer a checkpoint was trained with, checked against the identity it recorded.
 
     Looks in order at: ``tokenizer_dir`` if given, ``CHECKPOINT/tokenizer``, the run directory above the
@@ -112,8 +126,8 @@ def find_tokenizer(checkpoint: str | Path, tokenizer_dir: str | Path | None = No
         + ([Path(train_cfg["data"]["tokenizer"])] if train_cfg.get("data", {}).get("tokenizer") else [])
     )
     for cand in candidates:
-        if (cand / "tokenizer.model").is_file() and (cand / "tokenizer.json").is_file():
-            tok = Tokenizer.load(cand)
+        if is_tokenizer_dir(cand):
+            tok = load_tokenizer(cand)
             if want is not None and tok.identity != want:
                 if tokenizer_dir is not None:
                     raise ValueError(
@@ -130,7 +144,7 @@ def find_tokenizer(checkpoint: str | Path, tokenizer_dir: str | Path | None = No
 
 def load_for_inference(
     checkpoint: str | Path, tokenizer_dir: str | Path | None = None, device: str = "auto", dtype: str = "auto"
-) -> tuple[EncoderDecoderModel, Tokenizer, torch.device, torch.dtype]:
+) -> tuple[EncoderDecoderModel, AnyTokenizer, torch.device, torch.dtype]:
     """Model (eval mode, on the device, in the inference dtype) and its tokenizer."""
     dev = resolve_device(device)
     tokenizer = find_tokenizer(checkpoint, tokenizer_dir)
@@ -224,20 +238,37 @@ class Transcriber:
         self.model, self.tokenizer, self.device, self.dtype = load_for_inference(
             checkpoint, tokenizer_dir, self.config.device, self.config.dtype
         )
-        self.frontend = LogMelFeatures(FeatureConfig(dither=0.0)).to(self.device).eval()
+        self.frontend = self._frontend(read_checkpoint_meta(checkpoint).get("frontend"))
 
     @classmethod
     def from_model(
-        cls, model: EncoderDecoderModel, tokenizer: Tokenizer, config: DecodeConfig | None = None
+        cls,
+        model: EncoderDecoderModel,
+        tokenizer: AnyTokenizer,
+        config: DecodeConfig | None = None,
+        frontend: dict[str, Any] | None = None,
     ) -> Transcriber:
-        """Wrap an in-memory model (benchmarks, tests): same device and dtype as its parameters."""
+        """Wrap an in-memory model (benchmarks, tests): same device and dtype as its parameters.
+        ``frontend``: a checkpoint's ``frontend`` entry (None: fastaed's default log-mel)."""
         self = cls.__new__(cls)
         self.config = config or DecodeConfig()
         self.model, self.tokenizer = model.eval(), tokenizer
         param = next(model.parameters())
         self.device, self.dtype = param.device, param.dtype
-        self.frontend = LogMelFeatures(FeatureConfig(dither=0.0)).to(self.device).eval()
+        self.frontend = self._frontend(frontend)
         return self
+
+    def _frontend(self, spec: dict[str, Any] | None) -> torch.nn.Module:
+        """The checkpoint's front end (``spec``: its ``frontend`` entry), with this config's Whisper input
+        mode and padding convention when they are not ``auto``."""
+        cfg = frontend_config(spec)
+        c = self.config
+        if isinstance(cfg, WhisperFeatureConfig):
+            overrides = {"input": c.whisper_input, "padding": c.whisper_padding}
+            cfg = dataclasses.replace(cfg, **{k: v for k, v in overrides.items() if v != "auto"})
+        elif cfg.dither:
+            cfg = dataclasses.replace(cfg, dither=0.0)
+        return build_frontend(cfg).to(self.device).eval()
 
     def _batches(self, utterances: Sequence[Utterance], usable: list[int]) -> list[list[int]]:
         order = sorted(usable, key=lambda i: -utterances[i].duration)
@@ -250,9 +281,15 @@ class Transcriber:
         """Indices of the utterances whose prompt this tokenizer can build (a language it lacks is bad input,
         found here before any decoding rather than by the batch it lands in)."""
         usable = []
+        window = self._max_seconds()
         for i, u in enumerate(utterances):
             try:
                 self.tokenizer.utterance_prompt(u)
+                if window is not None and u.duration > window:
+                    raise E.BadInputError(
+                        E.BAD_FIELD, f"{u.duration:.2f} s is longer than this Whisper model's {window:.0f} s "
+                        "window (split longer audio)", path=u.manifest, line=u.line, field="duration",
+                    )  # fmt: skip
             except E.BadInputError as err:
                 if not u.manifest:  # an audio file given directly: name it, as there is no manifest line
                     err = E.BadInputError(err.reason, err.detail, path=u.audio_filepath, field=err.field)
@@ -260,6 +297,13 @@ class Transcriber:
                 continue
             usable.append(i)
         return usable
+
+    def _max_seconds(self) -> float | None:
+        """Longest input the model takes (Whisper: one 30 s window), None if unbounded."""
+        cfg = getattr(self.frontend, "config", None)
+        if not isinstance(cfg, WhisperFeatureConfig):
+            return None
+        return self.model.config.encoder.max_positions * 2 * cfg.hop_length / cfg.sample_rate
 
     def prompts(self, utterances: Sequence[Utterance]) -> torch.Tensor:
         """(B, P) prompt ids, one row per utterance from its own language/task/pnc fields."""
@@ -281,13 +325,20 @@ class Transcriber:
         prompts = self.prompts(utterances)
         eos = self.tokenizer.eos_id
         c = self.config
+        suppress = self._ids(getattr(self.tokenizer, "suppress_ids", None))
+        at_start = self._ids(getattr(self.tokenizer, "suppress_at_start_ids", None))
         if c.beam_size == 1:
-            hyps = greedy_search(self.model, enc, enc_lens, prompts, eos, force_lengths=force_lengths)
+            hyps = greedy_search(self.model, enc, enc_lens, prompts, eos, force_lengths=force_lengths,
+                                 suppress=suppress, suppress_at_start=at_start)  # fmt: skip
             return [[h] for h in hyps]
         return beam_search(
             self.model, enc, enc_lens, prompts, eos,
             beam_size=c.beam_size, alpha=c.length_penalty, nbest=c.nbest,
+            suppress=suppress, suppress_at_start=at_start,
         )  # fmt: skip
+
+    def _ids(self, ids: Sequence[int] | None) -> torch.Tensor | None:
+        return torch.tensor(ids, dtype=torch.long, device=self.device) if ids else None
 
     def run(
         self,

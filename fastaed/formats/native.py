@@ -59,10 +59,13 @@ def save_model(
     *,
     tokenizer_identity: str | None = None,
     extra: dict[str, Any] | None = None,
+    frontend: dict[str, Any] | None = None,
 ) -> Path:
     """Write ``model`` to ``path_dir`` (created if needed); returns the directory.
 
     tokenizer_identity: the tokenizer's identity hash, so a loader can check it decodes with the right one.
+    frontend: the feature front end the model takes (``{"kind": ..., fields}``, see ``fastaed.data.frontend``);
+    None = fastaed's default log-mel.
     extra: any JSON-able metadata (training step, data description); checked before anything is written.
     """
     path = Path(path_dir)
@@ -78,6 +81,8 @@ def save_model(
         "checksums_file": CHECKSUMS_FILE,  # so a loader knows a missing checksums.json was deleted
         "extra": extra or {},
     }
+    if frontend is not None:
+        meta["frontend"] = frontend
     try:
         json.dumps(meta)
     except TypeError as e:

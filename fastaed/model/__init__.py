@@ -1,4 +1,4 @@
-"""Canary-style attention encoder-decoder models: FastConformer encoder + Transformer decoder.
+"""Attention encoder-decoder models: FastConformer (Canary) or Whisper encoder + Transformer decoder.
 
 Imports only torch; checkpoint files are ``fastaed.formats``. Typical use::
 
@@ -23,11 +23,13 @@ from fastaed.model.config import (
     EncoderConfig,
     ModelConfig,
     preset_config,
+    whisper_config,
 )
 from fastaed.model.conformer import ConformerBlock, ConformerEncoder, ConvModule, FeedForward
 from fastaed.model.decoder import DecoderBlock, TransformerDecoder
 from fastaed.model.loss import cross_entropy_loss, ctc_loss
 from fastaed.model.subsampling import DwStridingSubsampling, subsampled_lengths
+from fastaed.model.whisper import WhisperEncoder, whisper_sinusoids
 
 __all__ = [
     "AEDOutput",
@@ -55,4 +57,7 @@ __all__ = [
     "preset_config",
     "preset_info",
     "subsampled_lengths",
+    "whisper_config",
+    "whisper_sinusoids",
+    "WhisperEncoder",
 ]

@@ -20,6 +20,7 @@ from fastaed.model.cache import CacheKind, DecoderCache
 from fastaed.model.config import ModelConfig, preset_config
 from fastaed.model.conformer import ConformerEncoder
 from fastaed.model.decoder import TransformerDecoder
+from fastaed.model.whisper import WhisperEncoder
 
 
 class AEDOutput(NamedTuple):
@@ -31,13 +32,13 @@ class AEDOutput(NamedTuple):
 
 
 class EncoderDecoderModel(nn.Module):
-    """Canary-style AED model built from a :class:`ModelConfig`."""
+    """An AED model built from a :class:`ModelConfig`: Canary-style (FastConformer) or Whisper."""
 
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config
         enc, dec = config.encoder, config.decoder
-        self.encoder = ConformerEncoder(enc)
+        self.encoder = ConformerEncoder(enc) if enc.kind == "fastconformer" else WhisperEncoder(enc)
         # Canary-180M-Flash joins a 512-wide encoder to a 1024-wide decoder.
         self.projection: nn.Module = (
             nn.Linear(enc.d_model, dec.d_model) if enc.d_model != dec.d_model else nn.Identity()

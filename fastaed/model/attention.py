@@ -143,39 +143,73 @@ class LayerCache(Protocol):
 
 
 class SelfAttention(nn.Module):
-    """Causal decoder self-attention through SDPA.
+    """Decoder self-attention through SDPA (causal), or unmasked/key-masked for an encoder (``causal=False``).
 
     Causality alone also isolates padding: inputs are right-padded, so every key a valid query can see
     (j <= i < length) is itself valid, and ``is_causal=True`` keeps SDPA on its fastest kernels. Padded query
     rows attend to earlier positions (never an empty row, so no NaN); their outputs are ignored by the loss.
     With a cache, every row sits at the same position, so again no mask is needed: new tokens see all cached
     ones, and several new tokens (the prompt pre-fill, into an empty cache) are causal among themselves.
+
+    ``key_bias=False`` (Whisper) drops the key projection's bias: the fused projection then has no bias and
+    ``qv_bias`` holds the query and value biases. (A key bias only adds q·b to every score of a query, which
+    softmax ignores; a model trained without one is imported exactly either way, this keeps it untrainable.)
     """
 
-    def __init__(self, d_model: int, n_heads: int, dropout_att: float = 0.0):
+    def __init__(
+        self,
+        d_model: int,
+        n_heads: int,
+        dropout_att: float = 0.0,
+        *,
+        causal: bool = True,
+        key_bias: bool = True,
+    ):
         super().__init__()
         self.n_heads = n_heads
         self.dropout_att = dropout_att
-        self.qkv = nn.Linear(d_model, 3 * d_model)
+        self.causal = causal
+        self.qkv = nn.Linear(d_model, 3 * d_model, bias=key_bias)
+        self.qv_bias = None if key_bias else nn.Parameter(torch.zeros(2 * d_model))
         self.out = nn.Linear(d_model, d_model)
+
+    @property
+    def bias(self) -> Tensor | None:
+        """(3D,) bias of the fused projection (zeros for the keys without ``key_bias``)."""
+        if self.qv_bias is None:
+            return self.qkv.bias
+        return bias_with_zero_key(self.qv_bias, 1, self.qkv.weight.shape[1])
 
     def project(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """x: (B, N, D) -> queries, keys, values, (B, H, N, Dh) each."""
-        q, k, v = self.qkv(x).chunk(3, dim=-1)
+        q, k, v = F.linear(x, self.qkv.weight, self.bias).chunk(3, dim=-1)
         return split_heads(q, self.n_heads), split_heads(k, self.n_heads), split_heads(v, self.n_heads)
 
-    def forward(self, x: Tensor, cache: LayerCache | None = None) -> Tensor:
-        """x: (B, N, D) -> (B, N, D). ``cache``: attend to the cached positions too (and extend them)."""
+    def forward(self, x: Tensor, cache: LayerCache | None = None, key_mask: Tensor | None = None) -> Tensor:
+        """x: (B, N, D) -> (B, N, D). ``cache``: attend to the cached positions too (and extend them).
+        ``key_mask``: (B, 1, 1, N) True = valid key, for a non-causal (encoder) attention over padded rows."""
         if cache is None:
             q, k, v = self.project(x)
-            causal = True
+            causal = self.causal
         else:
             q, k, v = cache.self_kv(self, x)  # k, v: (B, H, S', Dh), the N new positions last
             causal = x.shape[1] > 1  # one new token sees every key; a pre-fill starts from an empty cache
         out = F.scaled_dot_product_attention(
-            q, k, v, is_causal=causal, dropout_p=self.dropout_att if self.training else 0.0
+            q,
+            k,
+            v,
+            attn_mask=key_mask,
+            is_causal=causal,
+            dropout_p=self.dropout_att if self.training else 0.0,
         )  # (B, H, N, Dh)
         return self.out(merge_heads(out))
+
+
+def bias_with_zero_key(bias_without_key: Tensor, key_index: int, d_model: int) -> Tensor:
+    """The full bias of a fused projection whose key part (``key_index``) has none: ((parts-1)·D,) ->
+    (parts·D,), zeros in the key's slice."""
+    pieces = list(bias_without_key.split(d_model))
+    return torch.cat([*pieces[:key_index], bias_without_key.new_zeros(d_model), *pieces[key_index:]])
 
 
 class CrossAttention(nn.Module):
@@ -185,17 +219,19 @@ class CrossAttention(nn.Module):
     them once per utterance (or, as NeMo does, at every step).
     """
 
-    def __init__(self, d_model: int, n_heads: int, dropout_att: float = 0.0):
+    def __init__(self, d_model: int, n_heads: int, dropout_att: float = 0.0, *, key_bias: bool = True):
         super().__init__()
         self.n_heads = n_heads
         self.dropout_att = dropout_att
         self.q = nn.Linear(d_model, d_model)
-        self.kv = nn.Linear(d_model, 2 * d_model)
+        self.kv = nn.Linear(d_model, 2 * d_model, bias=key_bias)
+        self.v_bias = None if key_bias else nn.Parameter(torch.zeros(d_model))  # see SelfAttention
         self.out = nn.Linear(d_model, d_model)
 
     def project_memory(self, memory: Tensor) -> tuple[Tensor, Tensor]:
         """memory: (B, T, D) encoder output -> keys and values, (B, H, T, Dh) each."""
-        k, v = self.kv(memory).chunk(2, dim=-1)
+        bias = self.kv.bias if self.v_bias is None else bias_with_zero_key(self.v_bias, 0, memory.shape[-1])
+        k, v = F.linear(memory, self.kv.weight, bias).chunk(2, dim=-1)
         return split_heads(k, self.n_heads), split_heads(v, self.n_heads)
 
     def forward(

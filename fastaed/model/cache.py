@@ -173,9 +173,9 @@ class _HiddenLayer:
         assert self.prefix is not None, "self_inputs() first"
         # As NeMo's separate query and key/value nets: the query of the new positions, the keys and values
         # of the whole prefix, again. Row slices of the fused weight are views (no copy).
-        w, b, d = attn.qkv.weight, attn.qkv.bias, x.shape[-1]
-        q = F.linear(x, w[:d], b[:d])
-        k, v = F.linear(self.prefix, w[d:], b[d:]).chunk(2, dim=-1)
+        w, b, d = attn.qkv.weight, attn.bias, x.shape[-1]
+        q = F.linear(x, w[:d], None if b is None else b[:d])
+        k, v = F.linear(self.prefix, w[d:], None if b is None else b[d:]).chunk(2, dim=-1)
         h = attn.n_heads
         return split_heads(q, h), split_heads(k, h), split_heads(v, h)
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 # Copied from fastaed.constants on purpose: model/ depends on torch and on itself only (style rule 2).
 N_MELS = 128  # log-mel bins of the input features
@@ -24,8 +24,12 @@ TINY_VOCAB_SIZE = 1024 + 16  # the CPU presets' tokenizer (fastaed tokenizer def
 
 @dataclass(frozen=True)
 class EncoderConfig:
-    """FastConformer encoder: dw-striding subsampling followed by Conformer blocks."""
+    """The encoder. ``kind="fastconformer"``: dw-striding subsampling followed by Conformer blocks (Canary).
+    ``kind="whisper"``: Whisper's conv stem (×2) + sinusoidal positions + pre-LN Transformer blocks; it uses
+    ``n_mels, d_model, n_layers, n_heads, ff_expansion, max_positions`` and the dropouts, and needs
+    ``subsampling_factor=2``; the Conformer-only fields are ignored."""
 
+    kind: Literal["fastconformer", "whisper"] = "fastconformer"
     n_mels: int = N_MELS  # input feature bins (F)
     d_model: int = 1024  # width D of the Conformer blocks
     n_layers: int = 24  # number of Conformer blocks
@@ -36,9 +40,17 @@ class EncoderConfig:
     subsampling_channels: int = 256  # channels C of the subsampling convolutions
     dropout: float = 0.1  # dropout on every residual branch and inside the feed-forward
     dropout_att: float = 0.1  # dropout on the attention weights
+    max_positions: int = 1500  # whisper: rows of the sinusoidal position table (30 s of encoder frames)
+    xscaling: bool = False  # multiply the subsampled frames by sqrt(d_model) before the blocks (NeMo option)
 
     def __post_init__(self) -> None:
-        _check_positive(self, ("n_mels", "d_model", "n_layers", "n_heads", "ff_expansion"))
+        if self.kind not in ("fastconformer", "whisper"):
+            raise ValueError(f"encoder kind must be 'fastconformer' or 'whisper', got {self.kind!r}")
+        if self.kind == "whisper" and self.subsampling_factor != 2:
+            raise ValueError(
+                f"a whisper encoder subsamples by 2, got subsampling_factor={self.subsampling_factor}"
+            )
+        _check_positive(self, ("n_mels", "d_model", "n_layers", "n_heads", "ff_expansion", "max_positions"))
         _check_positive(self, ("conv_kernel", "subsampling_channels"))
         _check_heads(self.d_model, self.n_heads, "encoder")
         if self.conv_kernel % 2 == 0:
@@ -56,7 +68,10 @@ class EncoderConfig:
 
 @dataclass(frozen=True)
 class DecoderConfig:
-    """Pre-LN Transformer decoder with self- and cross-attention."""
+    """Pre-LN Transformer decoder with self- and cross-attention.
+
+    The defaults are Canary's decoder; Whisper's differs in the last five fields (learned positions, no
+    embedding LayerNorm, GELU, no key bias, no output bias)."""
 
     d_model: int = 1024  # width Dd of the decoder
     n_layers: int = 24  # number of decoder blocks
@@ -66,8 +81,18 @@ class DecoderConfig:
     tie_embeddings: bool = True  # output projection shares the token embedding matrix (as Canary does)
     dropout: float = 0.1  # dropout on the embedding, on every residual branch
     dropout_att: float = 0.1  # dropout on the attention weights
+    positions: Literal["sinusoidal", "learned"] = "sinusoidal"  # learned: a (max_len, D) table (Whisper)
+    embed_norm: bool = True  # LayerNorm after token + position embedding (Canary has one, Whisper not)
+    activation: Literal["relu", "gelu"] = "relu"  # feed-forward nonlinearity
+    key_bias: bool = True  # bias on the attention key projections (Whisper has none)
+    output_bias: bool = True  # bias on the output logits
+    scaled_positions: bool = False  # sinusoidal positions divided by sqrt(D) (NeMo's FixedPositionalEncoding)
 
     def __post_init__(self) -> None:
+        if self.positions not in ("sinusoidal", "learned"):
+            raise ValueError(f"decoder positions must be 'sinusoidal' or 'learned', got {self.positions!r}")
+        if self.activation not in ("relu", "gelu"):
+            raise ValueError(f"decoder activation must be 'relu' or 'gelu', got {self.activation!r}")
         _check_positive(self, ("d_model", "n_layers", "n_heads", "ff_expansion", "max_len"))
         _check_heads(self.d_model, self.n_heads, "decoder")
         _check_dropout(self, ("dropout", "dropout_att"))
@@ -216,6 +241,47 @@ def unit_test(vocab_size: int = TINY_VOCAB_SIZE) -> ModelConfig:
     )
 
 
+def whisper_config(
+    *,
+    n_mels: int = 80,
+    d_model: int = 384,
+    n_heads: int = 6,
+    encoder_layers: int = 4,
+    decoder_layers: int = 4,
+    vocab_size: int = 51865,
+    audio_positions: int = 1500,
+    text_positions: int = 448,
+    name: str = "whisper",
+) -> ModelConfig:
+    """A Whisper model (OpenAI's ``dims``: n_mels, n_audio_state, n_audio_head, n_audio_layer, n_text_layer,
+    n_vocab, n_audio_ctx, n_text_ctx). Whisper uses one width and head count for both halves, no dropout."""
+    return ModelConfig(
+        encoder=EncoderConfig(
+            kind="whisper", n_mels=n_mels, d_model=d_model, n_layers=encoder_layers, n_heads=n_heads,
+            subsampling_factor=2, max_positions=audio_positions, dropout=0.0, dropout_att=0.0,
+        ),
+        decoder=DecoderConfig(
+            d_model=d_model, n_layers=decoder_layers, n_heads=n_heads, max_len=text_positions, dropout=0.0,
+            dropout_att=0.0, positions="learned", embed_norm=False, activation="gelu", key_bias=False,
+            output_bias=False,
+        ),
+        vocab_size=vocab_size,
+        name=name,
+    )  # fmt: skip
+
+
+def whisper_tiny(vocab_size: int = 51865) -> ModelConfig:
+    """Whisper tiny: 4 + 4 layers at d=384, 6 heads. 37.8M parameters with the multilingual vocabulary."""
+    return whisper_config(vocab_size=vocab_size, name="whisper-tiny")
+
+
+def whisper_base(vocab_size: int = 51865) -> ModelConfig:
+    """Whisper base: 6 + 6 layers at d=512, 8 heads. 72.6M parameters with the multilingual vocabulary."""
+    return whisper_config(
+        d_model=512, n_heads=8, encoder_layers=6, decoder_layers=6, vocab_size=vocab_size, name="whisper-base"
+    )
+
+
 PRESETS: dict[str, Callable[..., ModelConfig]] = {
     "canary-1b": canary_1b,
     "canary-1b-flash": canary_1b_flash,
@@ -223,6 +289,8 @@ PRESETS: dict[str, Callable[..., ModelConfig]] = {
     "tiny-balanced": tiny_balanced,
     "tiny-flash": tiny_flash,
     "test": unit_test,
+    "whisper-tiny": whisper_tiny,
+    "whisper-base": whisper_base,
 }
 
 

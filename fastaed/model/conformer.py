@@ -11,7 +11,8 @@ Block (every sub-module pre-LN, dropout on every residual branch)::
     x = x + 0.5 · FFN(x)
     x = LayerNorm(x)
 
-No input scaling by sqrt(D) ("xscaling=false" in Canary). Relative positions are encoded once per forward
+No input scaling by sqrt(D) unless ``EncoderConfig.xscaling`` (NeMo's option of that name; Canary
+checkpoints differ). Relative positions are encoded once per forward
 pass and shared by all blocks; each block projects them with its own linear layer.
 
 Padding invariance (an utterance's valid frames do not depend on the padding after it): attention masks
@@ -21,6 +22,8 @@ frames, as the reference does; in eval mode it is a per-channel affine map and t
 """
 
 from __future__ import annotations
+
+import math
 
 from torch import Tensor, nn
 
@@ -118,6 +121,8 @@ class ConformerEncoder(nn.Module):
         Returns encoder states (B, T', D), zero on padded frames, and their lengths (B,) int64.
         """
         x, lens = self.subsampling(feats, feat_lens)  # (B, T', D), (B,)
+        if self.cfg.xscaling:  # NeMo's ``xscaling``: Canary configs differ, so it is the checkpoint's choice
+            x = x * math.sqrt(self.cfg.d_model)
         mask = lengths_to_mask(lens, x.shape[1])  # (B, T')
         pos_emb = sinusoidal_encoding(relative_positions(x.shape[1], x.device), self.cfg.d_model)
         pos_emb = pos_emb.to(x.dtype)  # (2T'-1, D)

@@ -13,7 +13,8 @@ Input: token embedding + fixed sinusoidal positions, not scaled by sqrt(D) (as i
 LayerNorm (Canary's embedding layer has one; with 1/sqrt(D) initialisation the positions would otherwise
 dominate the token vectors), then dropout. Output: final LayerNorm, then logits through the token embedding
 matrix (tied, as Canary's classifier head is) plus a bias — with tying, the Canary presets land on their
-published parameter counts.
+published parameter counts. Whisper's decoder is the same blocks with options (``DecoderConfig``): learned
+positions, no embedding LayerNorm, GELU, no key bias, no output bias.
 
 One block forward serves both uses. Teacher forcing (:meth:`TransformerDecoder.forward`) runs it over whole
 sequences; decoding starts a cache from the encoder output (:meth:`TransformerDecoder.start`) and feeds
@@ -41,18 +42,19 @@ from fastaed.model.config import DecoderConfig
 
 
 class DecoderBlock(nn.Module):
-    """Self-attention, cross-attention and a ReLU feed-forward, each pre-LN with a residual."""
+    """Self-attention, cross-attention and a ReLU (or GELU) feed-forward, each pre-LN with a residual."""
 
     def __init__(self, cfg: DecoderConfig):
         super().__init__()
         d = cfg.d_model
         self.self_norm = nn.LayerNorm(d)
-        self.self_attn = SelfAttention(d, cfg.n_heads, cfg.dropout_att)
+        self.self_attn = SelfAttention(d, cfg.n_heads, cfg.dropout_att, key_bias=cfg.key_bias)
         self.cross_norm = nn.LayerNorm(d)
-        self.cross_attn = CrossAttention(d, cfg.n_heads, cfg.dropout_att)
+        self.cross_attn = CrossAttention(d, cfg.n_heads, cfg.dropout_att, key_bias=cfg.key_bias)
         self.ff_norm = nn.LayerNorm(d)
+        activation = nn.GELU() if cfg.activation == "gelu" else nn.ReLU()
         self.ff = nn.Sequential(
-            nn.Linear(d, cfg.ff_expansion * d), nn.ReLU(), nn.Linear(cfg.ff_expansion * d, d)
+            nn.Linear(d, cfg.ff_expansion * d), activation, nn.Linear(cfg.ff_expansion * d, d)
         )
         self.dropout = nn.Dropout(cfg.dropout)
 
@@ -76,14 +78,16 @@ class TransformerDecoder(nn.Module):
         self.cfg = cfg
         self.vocab_size = vocab_size
         self.embedding = nn.Embedding(vocab_size, cfg.d_model)
-        self.embed_norm = nn.LayerNorm(cfg.d_model)
+        # Learned positions (Whisper): one row per position up to max_len, which then also caps training.
+        self.positions = nn.Embedding(cfg.max_len, cfg.d_model) if cfg.positions == "learned" else None
+        self.embed_norm = nn.LayerNorm(cfg.d_model) if cfg.embed_norm else nn.Identity()
         self.dropout = nn.Dropout(cfg.dropout)
         self.layers = nn.ModuleList(DecoderBlock(cfg) for _ in range(cfg.n_layers))
         self.final_norm = nn.LayerNorm(cfg.d_model)
         # Tied: logits = h · Eᵀ + b, via F.linear on the embedding weight, so no tensor is shared between
         # modules and checkpoints stay plain (safetensors refuses shared storage).
         self.output = None if cfg.tie_embeddings else nn.Linear(cfg.d_model, vocab_size, bias=False)
-        self.output_bias = nn.Parameter(torch.zeros(vocab_size))
+        self.output_bias = nn.Parameter(torch.zeros(vocab_size)) if cfg.output_bias else None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -98,7 +102,8 @@ class TransformerDecoder(nn.Module):
                 nn.init.normal_(module.weight, std=std)
                 if isinstance(module, nn.Linear) and module.bias is not None:
                     nn.init.zeros_(module.bias)
-        nn.init.zeros_(self.output_bias)
+        if self.output_bias is not None:
+            nn.init.zeros_(self.output_bias)
 
     def embed(self, tokens: Tensor, pos: Tensor) -> Tensor:
         """tokens: (B, U) ids; pos: (U, D) their position encodings. Returns (B, U, D)."""
@@ -106,7 +111,15 @@ class TransformerDecoder(nn.Module):
 
     def position_table(self, length: int, device: torch.device) -> Tensor:
         """(length, D) encodings of positions 0 .. length - 1, in the embedding's dtype."""
+        if self.positions is not None:
+            if length > self.cfg.max_len:
+                raise ValueError(
+                    f"{length} decoder positions requested; this decoder learned {self.cfg.max_len}"
+                )
+            return self.positions.weight[:length]
         pos = sinusoidal_encoding(torch.arange(length, device=device), self.cfg.d_model)
+        if self.cfg.scaled_positions:  # NeMo's FixedPositionalEncoding divides its table by sqrt(D)
+            pos = pos / math.sqrt(self.cfg.d_model)
         return pos.to(self.embedding.weight.dtype)
 
     def logits(self, hidden: Tensor) -> Tensor:

@@ -1,0 +1,115 @@
+"""Whisper's log-mel front end, in torch, with the two padding conventions of its engines.
+
+Per utterance: Hann window of 400 samples (periodic), hop 160, centred STFT with reflect padding, the last
+frame dropped, power spectrum, Slaney mel filterbank (80 bins; 128 for large-v3), ``log10(max(x, 1e-10))``,
+values clamped to at most 8 below the maximum (dynamic range 80 dB), then ``(x + 4) / 4``.
+
+Input modes (:attr:`WhisperFeatureConfig.input`):
+
+* ``padded`` — what Whisper was trained on: every utterance becomes exactly 3000 frames (30 s).
+  ``padding="openai"`` (openai-whisper, Hugging Face): the *audio* is padded with 30 s of zeros before the
+  STFT and the first 3000 frames are kept. ``padding="faster-whisper"``: the audio is padded by one hop
+  (160 samples), and the log-mel frames are zero-padded to 3000 afterwards. The two differ near the end of
+  the speech and in the value of the padded frames; transcripts can differ slightly.
+* ``unpadded`` — the real frames alone (faster-whisper's per-clip features, ``N // 160 + 1`` frames); the
+  encoder then slices its position table. The paper's padding argument applied to inference.
+
+Utterances are computed one at a time (reflect padding reads a clip's own samples, so a batched STFT over
+zero-padded rows would differ at the clip's end); the STFT is a small part of Whisper's cost.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+
+from fastaed.data.features import FeatureConfig, mel_filterbank
+
+CHUNK_FRAMES = 3000  # 30 s at 100 frames/s: Whisper's training window
+WhisperInput = Literal["padded", "unpadded"]
+WhisperPadding = Literal["openai", "faster-whisper"]
+
+
+@dataclass(frozen=True)
+class WhisperFeatureConfig:
+    """Whisper's front end; the checkpoint stores it (``{"kind": "whisper", ...}``)."""
+
+    n_mels: int = 80
+    sample_rate: int = 16000
+    n_fft: int = 400
+    hop_length: int = 160
+    chunk_frames: int = CHUNK_FRAMES
+    input: WhisperInput = "padded"
+    padding: WhisperPadding = "openai"
+
+    def __post_init__(self) -> None:
+        if self.input not in ("padded", "unpadded"):
+            raise ValueError(f"whisper input must be 'padded' or 'unpadded', got {self.input!r}")
+        if self.padding not in ("openai", "faster-whisper"):
+            raise ValueError(f"whisper padding must be 'openai' or 'faster-whisper', got {self.padding!r}")
+        if min(self.n_mels, self.sample_rate, self.n_fft, self.hop_length, self.chunk_frames) <= 0:
+            raise ValueError(f"WhisperFeatureConfig fields must be positive: {self}")
+
+    @property
+    def chunk_samples(self) -> int:
+        return self.chunk_frames * self.hop_length
+
+
+class WhisperLogMel(nn.Module):
+    """waves (B, N), wave_lens (B,) -> feats (B, T, n_mels) float32, feat_lens (B,) int64.
+
+    Padded input: T = 3000 and every length is 3000. Unpadded: ``feat_lens = wave_lens // 160 + 1``, rows
+    right-padded with zeros. Audio longer than 30 s is an error in padded mode (one window per utterance).
+    """
+
+    def __init__(self, config: WhisperFeatureConfig | None = None):
+        super().__init__()
+        self.config = config or WhisperFeatureConfig()
+        cfg = self.config
+        self.register_buffer("window", torch.hann_window(cfg.n_fft), persistent=False)
+        fb = mel_filterbank(FeatureConfig(sample_rate=cfg.sample_rate, n_fft=cfg.n_fft, win_length=cfg.n_fft,
+                                          n_mels=cfg.n_mels))  # fmt: skip
+        self.register_buffer("mel_fb", fb, persistent=False)  # (n_mels, n_fft/2+1)
+
+    def log_mel(self, wave: torch.Tensor) -> torch.Tensor:
+        """(N,) float waveform -> (n_mels, N // hop) log-mel before the dynamic-range clamp."""
+        cfg = self.config
+        spec = torch.stft(wave, cfg.n_fft, cfg.hop_length, window=self.window, center=True,
+                          pad_mode="reflect", return_complex=True)  # fmt: skip
+        power = spec[:, :-1].abs() ** 2  # (n_fft/2+1, frames): the last frame dropped, as Whisper does
+        return torch.clamp(self.mel_fb @ power, min=1e-10).log10()
+
+    def one(self, wave: torch.Tensor) -> torch.Tensor:
+        """(N,) waveform -> (T, n_mels) features of one utterance in the configured mode."""
+        cfg = self.config
+        wave = wave.float()
+        if cfg.input == "padded" and cfg.padding == "openai":
+            if wave.shape[0] > cfg.chunk_samples:
+                raise ValueError(self._too_long(wave.shape[0]))
+            mel = self.log_mel(torch.nn.functional.pad(wave, (0, cfg.chunk_samples)))[:, : cfg.chunk_frames]
+        else:
+            mel = self.log_mel(torch.nn.functional.pad(wave, (0, cfg.hop_length)))
+        mel = (torch.maximum(mel, mel.max() - 8.0) + 4.0) / 4.0
+        if cfg.input == "padded" and cfg.padding == "faster-whisper":
+            if mel.shape[1] > cfg.chunk_frames + 1:  # N // 160 + 1 frames: exactly 30 s makes 3001
+                raise ValueError(self._too_long(wave.shape[0]))
+            mel = torch.nn.functional.pad(
+                mel[:, : cfg.chunk_frames], (0, cfg.chunk_frames - min(mel.shape[1], cfg.chunk_frames))
+            )
+        return mel.T
+
+    def _too_long(self, samples: int) -> str:
+        seconds = samples / self.config.sample_rate
+        return f"{seconds:.2f} s of audio: Whisper's padded input holds one 30 s window (split longer audio)"
+
+    @torch.no_grad()
+    def forward(self, waves: torch.Tensor, wave_lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        feats = [self.one(waves[i, : int(n)]) for i, n in enumerate(wave_lens.tolist())]
+        lens = torch.tensor([f.shape[0] for f in feats], dtype=torch.long, device=waves.device)
+        out = waves.new_zeros(len(feats), int(lens.max()), self.config.n_mels, dtype=torch.float32)
+        for i, f in enumerate(feats):
+            out[i, : f.shape[0]] = f
+        return out, lens

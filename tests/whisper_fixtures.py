@@ -1,0 +1,76 @@
+"""Small random Whisper models and a byte-level BPE tokenizer with Whisper's special tokens, for tests.
+
+The BPE is trained here with the ``tokenizers`` library on a few sentences; the specials follow it in
+Whisper's order, so every id rule of the real tokenizers holds, only with a small vocabulary.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+from fastaed.bench.fixtures import SENTENCES
+from fastaed.data.whisper_tokenizer import WhisperTokenizer
+from fastaed.model import EncoderDecoderModel, whisper_config
+
+LANGUAGES = ("en", "de", "fr")
+TIMESTAMPS = 20  # real models have 1501; a few suffice to test that decode drops them
+
+
+def tokenizer_json(directory: Path, languages: tuple[str, ...] = LANGUAGES) -> tuple[Path, int]:
+    """Write a Whisper-style tokenizer.json; returns it and the model vocabulary size (incl. timestamps)."""
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=300, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
+    )
+    bpe.train_from_iterator(list(SENTENCES) * 2, trainer)
+    specials = ["<|endoftext|>", "<|startoftranscript|>", *[f"<|{lang}|>" for lang in languages]]
+    specials += ["<|translate|>", "<|transcribe|>", "<|startoflm|>", "<|startofprev|>", "<|nospeech|>"]
+    specials += ["<|notimestamps|>"]
+    bpe.add_special_tokens(specials)
+    path = directory / "tokenizer.json"
+    bpe.save(str(path))
+    return path, bpe.get_vocab_size() + TIMESTAMPS
+
+
+def tokenizer(directory: Path, multilingual: bool = True) -> WhisperTokenizer:
+    path, vocab = tokenizer_json(directory)
+    return WhisperTokenizer(path.read_text(), vocab, multilingual=multilingual)
+
+
+def random_model(
+    vocab_size: int,
+    *,
+    n_mels: int = 80,
+    seed: int = 0,
+    d_model: int = 64,
+    heads: int = 4,
+    layers: int = 2,
+    audio_positions: int = 1500,
+    text_positions: int = 64,
+) -> EncoderDecoderModel:
+    """A Whisper-layout model with every parameter perturbed (no zero bias or unit norm hides a mapping
+    mistake), scaled so outputs depend on the input."""
+    torch.manual_seed(seed)
+    config = whisper_config(n_mels=n_mels, d_model=d_model, n_heads=heads, encoder_layers=layers,
+                            decoder_layers=layers, vocab_size=vocab_size, audio_positions=audio_positions,
+                            text_positions=text_positions, name="whisper-test")  # fmt: skip
+    model = EncoderDecoderModel(config)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name and name.endswith("weight"):
+                p.copy_(1.0 + 0.2 * torch.randn_like(p))
+            elif p.dim() == 1:
+                p.copy_(0.1 * torch.randn_like(p))
+            else:
+                p.copy_(torch.randn_like(p) / p.shape[-1] ** 0.5)
+    return model.eval()
+
+
+def metadata(model: EncoderDecoderModel) -> str:
+    return json.dumps(model.config.to_dict())
