@@ -16,19 +16,99 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     rc = dsub.add_parser(
         "real-check",
-        help="real transcribed recordings (pocketsphinx sdist) as a test manifest",
-        description="Download (once, cached in OUT/cache) the pocketsphinx 5.1.1 source archive and write "
-        "its transcribed recordings as 16 kHz wavs and OUT/real_check.jsonl.",
+        help="real transcribed recordings (pocketsphinx sdist, Asterisk prompts) as test manifests",
+        description="pocketsphinx: download (once, cached in OUT/cache) the pocketsphinx 5.1.1 source "
+        "archive and write its transcribed recordings as 16 kHz wavs and OUT/real_check.jsonl. asterisk: "
+        "decode the Debian Asterisk English prompts (G.722, ffmpeg) to 16 kHz wavs and write "
+        "OUT/asterisk.jsonl; silence, non-speech and untranscribed entries are counted in the report.",
     )
     rc.add_argument("--out", type=Path, required=True, help="output folder")
     rc.add_argument("--archive", type=Path, default=None, help="use this pocketsphinx-5.1.1.tar.gz")
     rc.add_argument("--index-url", default=None, help="simple index URL (default: $PIP_INDEX_URL or PyPI)")
     rc.add_argument("--timeout", type=float, default=60.0, help="network timeout in seconds")
+    rc.add_argument(
+        "--sets", default="pocketsphinx,asterisk",
+        help="comma-separated: pocketsphinx, asterisk (default both; Asterisk is left out with a note when "
+        "its Debian packages are missing, and is an error when asked for alone)",
+    )  # fmt: skip
+    rc.add_argument("--workers", type=int, default=2, help="parallel ffmpeg decoders (asterisk)")
     rc.set_defaults(func=real_check_cmd)
     add_index_commands(dsub)
+    add_shard_command(dsub)
+
+
+def add_shard_command(dsub: argparse._SubParsersAction) -> None:
+    p = dsub.add_parser(
+        "shard",
+        help="write NeMo-tarred shards (manifest_N.json + audio_N.tar + shard index) from manifests",
+        description="Deterministic: a seeded shuffle and fixed tar headers, so the same input gives the same "
+        "bytes. Train on the result with data.train_shards=[OUT].",
+    )
+    p.add_argument("manifests", nargs="+", help="NeMo JSONL manifests")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    size = p.add_mutually_exclusive_group(required=True)
+    size.add_argument("--items-per-shard", type=int, default=None, help="utterances per shard")
+    size.add_argument(
+        "--seconds-per-shard", type=float, default=None, help="audio seconds per shard (at most)"
+    )
+    p.add_argument("--no-shuffle", action="store_true", help="keep the manifests' order")
+    p.add_argument("--seed", type=int, default=0, help="shuffle seed")
+    p.add_argument("--on-bad-input", choices=ON_BAD_INPUT_CHOICES, default="error")
+    p.set_defaults(func=shard_cmd)
+
+
+def shard_cmd(args: argparse.Namespace) -> int:
+    from fastaed.data.shards import SHARD_INDEX_FILE, write_shards
+
+    result = write_shards(
+        args.manifests, args.out, items_per_shard=args.items_per_shard,
+        seconds_per_shard=args.seconds_per_shard, shuffle=not args.no_shuffle, seed=args.seed,
+        on_bad_input=args.on_bad_input,
+    )  # fmt: skip
+    print(
+        f"wrote {result.num_shards} shards, {result.num_items:,} utterances, {result.seconds / 3600:.2f} h "
+        f"to {result.out_dir} (index: {SHARD_INDEX_FILE})"
+    )
+    print(result.report.summary())
+    return 0
 
 
 def real_check_cmd(args: argparse.Namespace) -> int:
+    from fastaed.cli.errors import UsageError
+
+    sets = [s.strip() for s in args.sets.split(",") if s.strip()]
+    unknown = sorted(set(sets) - {"pocketsphinx", "asterisk"})
+    if unknown or not sets:
+        raise UsageError(f"--sets: unknown {unknown or 'empty'}; expected pocketsphinx and/or asterisk")
+    if "pocketsphinx" in sets:
+        _pocketsphinx_set(args)
+    if "asterisk" in sets:
+        _asterisk_set(args, required=sets == ["asterisk"])
+    return 0
+
+
+def _asterisk_set(args: argparse.Namespace, required: bool) -> None:
+    from fastaed.data.asterisk import AsteriskSourceError, missing_sources, prepare_asterisk
+
+    if not required and missing_sources():
+        print(f"asterisk: not built, missing {', '.join(missing_sources())} (make apt installs them)")
+        return
+    try:
+        result = prepare_asterisk(args.out, workers=args.workers)
+    except AsteriskSourceError as e:
+        from fastaed.cli.errors import UsageError
+
+        raise UsageError(str(e)) from e
+    by_category: dict[str, list[float]] = {}
+    for e in result.entries:
+        by_category.setdefault(e["category"], []).append(e["duration"])
+    print(f"wrote {result.manifest}: {len(result.entries)} clips, {result.seconds:.1f} s of real speech")
+    for name, durations in sorted(by_category.items()):
+        print(f"  {name:10s} {len(durations):3d} clips {sum(durations):6.1f} s")
+    print(f"  {result.report.summary()}")
+
+
+def _pocketsphinx_set(args: argparse.Namespace) -> None:
     from fastaed.data.realcheck import prepare_real_check
 
     # A DownloadError is printed by fastaed.cli.main, as every expected error.
@@ -43,7 +123,6 @@ def real_check_cmd(args: argparse.Namespace) -> int:
         print(f"  {corpus:10s} {len(durations):3d} clips {sum(durations):6.1f} s")
     print(f"  archive: {result.archive}")
     print(f"  {result.report.summary()}")
-    return 0
 
 
 def add_index_commands(dsub: argparse._SubParsersAction) -> None:

@@ -12,6 +12,7 @@ scipy or librosa is needed and the same code runs on CPU and CUDA.
 from __future__ import annotations
 
 import functools
+import io
 import math
 import os
 from pathlib import Path
@@ -69,6 +70,7 @@ def load_audio(
     sample_rate: int = SAMPLE_RATE,
     expected_duration: float | None = None,
     duration_tolerance: float = 0.1,
+    data: bytes | None = None,
 ) -> torch.Tensor:
     """Read ``[offset, offset + duration)`` seconds of a sound file as a mono waveform.
 
@@ -82,6 +84,7 @@ def load_audio(
             available duration (``min(duration, file length − offset)``) must agree within
             ``duration_tolerance`` seconds.
         duration_tolerance: seconds of disagreement allowed with ``expected_duration``.
+        data: the file's bytes, already read (a member of a tar shard); ``path`` then only names it.
 
     Returns:
         (N,) float32 waveform in [-1, 1] (for PCM files), channels averaged to mono.
@@ -97,9 +100,10 @@ def load_audio(
     if sample_rate <= 0:
         raise ValueError(f"sample_rate must be > 0, got {sample_rate}")
     name = str(path)
-    _check_exists(path)
+    if data is None:
+        _check_exists(path)
     try:
-        with sf.SoundFile(name) as f:
+        with sf.SoundFile(name if data is None else io.BytesIO(data)) as f:
             file_sr, total = int(f.samplerate), int(f.frames)
             if total <= 0:
                 raise BadInputError(EMPTY_AUDIO, f"audio file {name} has no samples")

@@ -27,6 +27,7 @@ CORRUPT_AUDIO = "corrupt_audio"
 EMPTY_AUDIO = "empty_audio"
 NONFINITE_AUDIO = "nonfinite_audio"
 DURATION_MISMATCH = "duration_mismatch"
+MISSING_SHARD = "missing_shard"  # a shard's manifest or tar is absent (the whole shard is left out)
 
 
 class BadInputError(ValueError):

@@ -62,6 +62,7 @@ from fastaed.sampling import stream_plan as P
 from fastaed.sampling.assign import REJECT_REASONS, assign_buckets
 from fastaed.sampling.bins import Bins
 from fastaed.sampling.budget import resolve_batch_sizes
+from fastaed.sampling.limits import LengthLimits
 from fastaed.sampling.sampler import _resolve_dist, epoch_seed
 from fastaed.sampling.streaming_filler import (
     BackgroundFiller,
@@ -127,6 +128,7 @@ class StreamingBucketingSampler(Sampler[list[Any]]):
     Batch sizes come from ``batch_sizes`` (a profile), the budgets ``max_duration`` / ``max_tokens`` /
     ``quadratic_duration``, or both (``budget.resolve_batch_sizes``). ``bucket_weights``: expected examples
     per bucket (sets the synchronized draw). ``get_lengths(item) -> (duration, U)`` reads other item types.
+    ``limits``: per-utterance ``LengthLimits`` (too short, over budget, ...) rejected and counted by reason.
     Either ``config=StreamingConfig(...)`` or its fields as keywords (``buffer_size``, ``seed``, ``strict``,
     ``background``, ``chunk_size``, ``prefetch_chunks``, ``history``, ``join_timeout_s``).
     """
@@ -144,6 +146,7 @@ class StreamingBucketingSampler(Sampler[list[Any]]):
         rank: int | None = None,
         world_size: int | None = None,
         get_lengths: LengthsFn = default_lengths,
+        limits: LengthLimits | None = None,
         config: StreamingConfig | None = None,
         **config_kwargs: Any,
     ) -> None:
@@ -162,6 +165,7 @@ class StreamingBucketingSampler(Sampler[list[Any]]):
             )
         self.bins = bins
         self.get_lengths = get_lengths
+        self.limits = limits  # checked before the bins (assign.py); None: only ``invalid``
         sizes = resolve_batch_sizes(bins, batch_sizes, max_duration, max_tokens, quadratic_duration)
         self.batch_sizes = sizes
         self._sizes = self.batch_sizes.tolist()
@@ -333,7 +337,7 @@ class StreamingBucketingSampler(Sampler[list[Any]]):
         h.update(self.batch_sizes.astype(np.int64).tobytes())
         h.update(self.step_weights.tobytes())
         h.update("\0".join(names).encode())
-        h.update(f"{self.config.buffer_size}|{self.config.strict}".encode())
+        h.update(f"{self.config.buffer_size}|{self.config.strict}|{self.limits}".encode())
         if self.world_size > 1 or self.config.steps_per_epoch is not None:  # one rank until the end: as ever
             h.update(f"{self.config.steps_per_epoch}|{self.shard_items}".encode())
         return h.hexdigest()
@@ -345,10 +349,13 @@ class StreamingBucketingSampler(Sampler[list[Any]]):
         lengths = [self.get_lengths(x) for x in items]
         d = np.array([x[0] for x in lengths], dtype=np.float64)
         u = np.array([x[1] for x in lengths])
-        buckets = assign_buckets(d, u, self.bins, strict=self.config.strict).bucket
+        buckets = assign_buckets(d, u, self.bins, strict=self.config.strict, limits=self.limits).bucket
         reasons = {}
         for i in np.flatnonzero(buckets < 0).tolist():  # rare: one small call each gives its reason
-            rej = assign_buckets(d[i : i + 1], u[i : i + 1], self.bins, strict=self.config.strict).rejected
+            one = assign_buckets(
+                d[i : i + 1], u[i : i + 1], self.bins, strict=self.config.strict, limits=self.limits
+            )
+            rej = one.rejected
             reasons[i] = next(r for r, n in rej.items() if n)
         return buckets, reasons
 

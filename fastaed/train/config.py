@@ -1,9 +1,9 @@
 """Training configuration: one frozen dataclass per concern, loaded from YAML with ``key=value`` overrides.
 
 A config file has one mapping per section (``data``, ``sampler``, ``model``, ``optim``, ``loss``,
-``specaugment``, ``features``, ``runtime``, ``debug``); every key is optional except ``data.train_manifests``
-and ``data.tokenizer``. Values are type-checked against the field annotations, and an unknown or mistyped
-key is an error that names the key::
+``specaugment``, ``features``, ``runtime``, ``debug``); every key is optional except ``data.tokenizer`` and
+one of ``data.train_manifests`` / ``data.train_shards``. Values are type-checked against the field
+annotations, and an unknown or mistyped key is an error that names the key::
 
     cfg = TrainConfig.from_yaml("configs/train_tiny_flash.yaml", overrides=["optim.lr=1e-3"])
 
@@ -42,13 +42,23 @@ def _require(ok: bool, message: str) -> None:
 
 @dataclass(frozen=True)
 class DataConfig:
-    train_manifests: list[str]  # NeMo JSONL manifests, each PATH or PATH:WEIGHT
     tokenizer: str  # tokenizer directory (defines the output length U and the vocabulary)
+    train_manifests: list[str] = field(default_factory=list)  # NeMo JSONL manifests, each PATH or PATH:WEIGHT
+    # Tar shards instead of manifests (streamed: each rank reads its own shards; see fastaed/train/shards.py):
+    # a DIR (`fastaed data shard` output, NeMo manifest_N.json + audio_N.tar, or Lhotse Shar) or NeMo brace
+    # patterns MANIFESTS::TARS (manifest__OP_0..63_CL_.json::audio__OP_0..63_CL_.tar).
+    train_shards: list[str] = field(default_factory=list)
+    shard_buffer_size: int = 10_000  # items each rank holds in its bucket buffers (streaming sampler)
+    shard_bins_items: int = 100_000  # items read (manifests only) from a sample of shards to estimate bins
     dev_manifest: str | None = None  # dev set for loss and greedy WER; None disables evaluation
     on_bad_input: str = "error"  # "error": stop at the first bad item; "skip": leave it out and count it
 
     def __post_init__(self) -> None:
-        _require(len(self.train_manifests) > 0, "data.train_manifests: give at least one manifest")
+        _require(
+            bool(self.train_manifests) != bool(self.train_shards),
+            "data: give data.train_manifests or data.train_shards (exactly one of them)",
+        )
+        _require(self.shard_buffer_size >= 1 and self.shard_bins_items >= 1, "data.shard_*: must be >= 1")
         _require(
             self.on_bad_input in ON_BAD_INPUT_CHOICES, f"data.on_bad_input: one of {ON_BAD_INPUT_CHOICES}"
         )

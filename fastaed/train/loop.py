@@ -54,6 +54,7 @@ from fastaed.train.metrics import STAT_FIELDS, batch_stats, left_out_line, peak_
 from fastaed.train.schedule import lr_at
 from fastaed.train.session import Session
 from fastaed.train.setup import build_model_parts, load_data, open_metrics, resume_position
+from fastaed.train.shards import shard_stream, stream_rejections
 from fastaed.train.step import Precision, piece_forward
 
 
@@ -91,7 +92,7 @@ def train(cfg: TrainConfig, resume: str | Path | None = "auto") -> dict[str, Any
     pos = run.pos
     n_params = sum(p.numel() for p in parts.params)
     D.print0(
-        f"fastaed train: {cfg.model.preset} ({n_params / 1e6:.2f}M params), {len(data.train_index)} train "
+        f"fastaed train: {cfg.model.preset} ({n_params / 1e6:.2f}M params), {data.train_items} train "
         f"utts, {device}, {precision.name}, world size {info.world_size}, out_dir {out_dir}"
     )
     if rt.time_budget_s is not None:
@@ -103,12 +104,15 @@ def train(cfg: TrainConfig, resume: str | Path | None = "auto") -> dict[str, Any
     # Built before the first step: a run whose data has nothing to train on stops here, naming a line.
     sampler = data.sampler_for(shuffle=not (cfg.sampler.short_first_epoch and pos.epoch == 0))
     sampler.set_epoch(pos.epoch)  # what save() would record if no step ran (already at max_steps)
-    D.print0(left_out_line(data.train_index.report.counts, sampler.assignment.rejected))
+    # On shards, rejections are counted as the shards are read (the summary has them).
+    D.print0(left_out_line(data.train_report.counts, {} if data.shards else sampler.assignment.rejected))
 
     # ---- loop ----------------------------------------------------------------------------------------------
-    stream = batch_stream(
-        cfg, data.train_set, data.sampler_for, pos.epoch, start.sampler_state, device.type == "cuda"
-    )
+    pin = device.type == "cuda"
+    if data.shards is not None:
+        stream = shard_stream(cfg, data.shards, sampler, pos.epoch, start.sampler_state, pin)
+    else:
+        stream = batch_stream(cfg, data.train_set, data.sampler_for, pos.epoch, start.sampler_state, pin)
     # Under a time budget the bar runs in seconds of the budget, so its ETA is when the run really ends.
     by_time = rt.time_budget_s is not None
     bar = tqdm(
@@ -153,7 +157,8 @@ def train(cfg: TrainConfig, resume: str | Path | None = "auto") -> dict[str, Any
             last_eval = run.evaluate()
         if last_ckpt_step != pos.step:
             last_ckpt = run.save(sampler)
-        summary = run.summary(stopped_by, recent_losses, last_eval, last_ckpt, sampler.assignment.rejected)
+        rejected = stream_rejections(sampler) if data.shards else sampler.assignment.rejected
+        summary = run.summary(stopped_by, recent_losses, last_eval, last_ckpt, rejected)
         run.write_summary(summary)
         return summary
     finally:

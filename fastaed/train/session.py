@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from fastaed.sampling import BucketingSampler
+from fastaed.sampling.streaming import StreamingBucketingSampler
 from fastaed.train import checkpoint as ckpt
 from fastaed.train import distributed as D
 from fastaed.train.config import TrainConfig
@@ -32,6 +33,7 @@ from fastaed.train.metrics import (
     summary_table,
 )
 from fastaed.train.setup import ModelParts, Position, TrainData
+from fastaed.train.shards import stream_states
 from fastaed.train.step import Precision
 
 SUMMARY_FILE = "summary.json"
@@ -89,17 +91,22 @@ class Session:
         D.barrier()
         return result
 
-    def save(self, sampler: BucketingSampler) -> Path:
+    def save(self, sampler: BucketingSampler | StreamingBucketingSampler) -> Path:
         """A resume checkpoint of the current step (every rank's RNG state; rank 0 writes)."""
         rng_states = D.all_gather_objects(ckpt.capture_rng_state())
+        pos = self.pos
+        if isinstance(sampler, StreamingBucketingSampler):  # one state per rank: each holds its own buffers
+            sampler_state: Any = stream_states(sampler, pos.batches_in_epoch)
+        else:
+            sampler_state = sampler.state_dict(steps_done=pos.batches_in_epoch)  # trained, not prefetched
         if self.info.is_main:
-            pos, parts = self.pos, self.parts
+            parts = self.parts
             state = {
                 "optimizer": parts.optimizer.state_dict(),
                 "position": {**dataclasses.asdict(pos), "elapsed_s": self.elapsed_s()},
                 "totals": dataclasses.asdict(self.totals),
                 "guard": self.guard.state_dict(),
-                "sampler": sampler.state_dict(steps_done=pos.batches_in_epoch),  # trained, not prefetched
+                "sampler": sampler_state,
                 "rng": rng_states,
             }
             extra = {"epoch": pos.epoch, "train_config": self.cfg.to_dict()}
@@ -125,7 +132,7 @@ class Session:
         audio (while training); ``rejected`` the utterances the sampler left out. ``summary_table`` shows
         both."""
         cfg, pos, data = self.cfg, self.pos, self.data
-        skipped = data.train_index.report.counts + Counter(self.totals.bad_input)
+        skipped = data.train_report.counts + Counter(self.totals.bad_input)
         account = left_out(skipped, rejected)
         return {
             "steps": pos.step, "epoch": pos.epoch, "stopped_by": stopped_by, "wall_time_s": self.elapsed_s(),
@@ -135,7 +142,7 @@ class Session:
             "nonfinite_skipped": self.guard.skipped,
             "bad_input": {
                 **account["bad_input"],
-                "train_index": data.train_index.report.to_dict(),
+                "train_index": data.train_report.to_dict(),
                 "dev_index": data.dev_index.report.to_dict() if data.dev_index is not None else None,
                 "audio_skipped": sum(self.totals.bad_input.values()),
                 "audio_by_reason": dict(self.totals.bad_input),

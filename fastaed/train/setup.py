@@ -16,9 +16,11 @@ import torch
 from torch import nn
 
 from fastaed.data.dataset import AEDDataset
+from fastaed.data.errors import BadInputReport
 from fastaed.data.features import LogMelFeatures, SpecAugment
 from fastaed.data.index import MetadataIndex, build_index
 from fastaed.data.manifest import ManifestSpec
+from fastaed.data.shards import ShardDataset
 from fastaed.data.tokenizer import Tokenizer
 from fastaed.model import EncoderDecoderModel, build_model
 from fastaed.train import checkpoint as ckpt
@@ -28,6 +30,7 @@ from fastaed.train.config import TrainConfig
 from fastaed.train.faults import NonFiniteGuard
 from fastaed.train.metrics import METRICS_FILE, MetricsWriter, RunTotals
 from fastaed.train.profile.profile import ProfileIdentity
+from fastaed.train.shards import ShardData, make_stream_sampler, open_train_shards
 from fastaed.train.step import Precision, build_optimizer
 
 
@@ -43,14 +46,27 @@ class Position:
 
 @dataclass
 class TrainData:
-    """The run's tokenizer, indices (with their bad-input reports), datasets and sampler factory."""
+    """The run's tokenizer, indices (with their bad-input reports), datasets and sampler factory.
+
+    On shards (``data.train_shards``) there is no training index: ``shards`` holds the shard set and its
+    dataset, and ``sampler_for`` returns the one streaming sampler whatever ``shuffle`` asks."""
 
     tokenizer: Tokenizer
-    train_index: MetadataIndex
+    train_index: MetadataIndex | None
     dev_index: MetadataIndex | None
-    train_set: AEDDataset
+    train_set: AEDDataset | ShardDataset
     dev_set: AEDDataset | None
     sampler_for: SamplerFactory
+    shards: ShardData | None = None
+
+    @property
+    def train_report(self) -> BadInputReport:
+        """What reading the training data left out before training (index lines, or missing shards)."""
+        return self.shards.report if self.shards is not None else self.train_index.report
+
+    @property
+    def train_items(self) -> int:
+        return self.shards.num_items if self.shards is not None else len(self.train_index)
 
 
 @dataclass
@@ -80,6 +96,12 @@ def load_data(cfg: TrainConfig, info: D.DistInfo, device: torch.device, precisio
     the profile must have been made for this very run (model, device, precision, tokenizer)."""
     policy = cfg.data.on_bad_input
     tokenizer = Tokenizer.load(cfg.data.tokenizer)
+    identity = None
+    if cfg.sampler.profile:
+        model_cfg = cfg.model.model_config(tokenizer.vocab_size)
+        identity = ProfileIdentity.for_run(model_cfg, device, precision.name, tokenizer.identity)
+    if cfg.data.train_shards:
+        return _load_shard_data(cfg, info, tokenizer, identity)
     with D.rank0_first():  # rank 0 builds the index cache, the other ranks then read it
         specs = [ManifestSpec.parse(m) for m in cfg.data.train_manifests]
         train_index = build_index(specs, tokenizer, on_bad_input=policy)
@@ -90,12 +112,22 @@ def load_data(cfg: TrainConfig, info: D.DistInfo, device: torch.device, precisio
         )
     train_set = AEDDataset(train_index, tokenizer, on_bad_input="skip")
     dev_set = AEDDataset(dev_index, tokenizer, on_bad_input="skip") if dev_index is not None else None
-    identity = None
-    if cfg.sampler.profile:
-        model_cfg = cfg.model.model_config(tokenizer.vocab_size)
-        identity = ProfileIdentity.for_run(model_cfg, device, precision.name, tokenizer.identity)
     sampler_for = make_sampler_factory(cfg, train_index, info, identity)
     return TrainData(tokenizer, train_index, dev_index, train_set, dev_set, sampler_for)
+
+
+def _load_shard_data(
+    cfg: TrainConfig, info: D.DistInfo, tokenizer: Tokenizer, identity: ProfileIdentity | None
+) -> TrainData:
+    """``load_data`` on tar shards: the shard set, the dev index (if any) and the streaming sampler."""
+    shards = open_train_shards(cfg, tokenizer)
+    dev_index, dev_set = None, None
+    if cfg.data.dev_manifest:
+        with D.rank0_first():
+            dev_index = build_index([cfg.data.dev_manifest], tokenizer, on_bad_input=cfg.data.on_bad_input)
+        dev_set = AEDDataset(dev_index, tokenizer, on_bad_input="skip")
+    sampler = make_stream_sampler(cfg, shards, info, identity)
+    return TrainData(tokenizer, None, dev_index, shards.dataset, dev_set, lambda **_: sampler, shards)
 
 
 def build_model_parts(cfg: TrainConfig, vocab_size: int, device: torch.device) -> ModelParts:
