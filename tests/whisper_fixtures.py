@@ -57,9 +57,17 @@ def random_model(
     """A Whisper-layout model with every parameter perturbed (no zero bias or unit norm hides a mapping
     mistake), scaled so outputs depend on the input."""
     torch.manual_seed(seed)
-    config = whisper_config(n_mels=n_mels, d_model=d_model, n_heads=heads, encoder_layers=layers,
-                            decoder_layers=layers, vocab_size=vocab_size, audio_positions=audio_positions,
-                            text_positions=text_positions, name="whisper-test")  # fmt: skip
+    config = whisper_config(
+        n_mels=n_mels,
+        d_model=d_model,
+        n_heads=heads,
+        encoder_layers=layers,
+        decoder_layers=layers,
+        vocab_size=vocab_size,
+        audio_positions=audio_positions,
+        text_positions=text_positions,
+        name="whisper-test",
+    )
     model = EncoderDecoderModel(config)
     with torch.no_grad():
         for name, p in model.named_parameters():

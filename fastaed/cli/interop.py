@@ -19,8 +19,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     imp = sub.add_parser("import", help="convert another toolkit's checkpoint into a fastaed checkpoint")
     isub = imp.add_subparsers(dest="format", metavar="FORMAT")
     isub.required = True
-    w = isub.add_parser("whisper", help="Whisper: CTranslate2 folder, OpenAI .pt, Hugging Face folder, or a "
-                        f"packaged model name ({', '.join(PACKAGED_WHISPER)})")  # fmt: skip
+    w = isub.add_parser(
+        "whisper",
+        help="Whisper: CTranslate2 folder, OpenAI .pt, Hugging Face folder, or a "
+        f"packaged model name ({', '.join(PACKAGED_WHISPER)})",
+    )
     w.add_argument("source", help="folder, .pt file, or a packaged model name")
     w.add_argument("--out", type=Path, required=True, help="checkpoint folder to write")
     w.add_argument(
@@ -33,8 +36,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         default="padded",
         help="the input mode transcribe uses by default (padded: 30 s, as Whisper was trained)",
     )
-    w.add_argument("--padding", choices=["openai", "faster-whisper"], default="openai",
-                   help="padding convention of padded input")  # fmt: skip
+    w.add_argument(
+        "--padding",
+        choices=["openai", "faster-whisper"],
+        default="openai",
+        help="padding convention of padded input",
+    )
     w.set_defaults(func=import_whisper_cmd)
 
     exp = sub.add_parser("export", help="write a fastaed checkpoint in another toolkit's format")
@@ -47,8 +54,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def import_whisper_cmd(args: argparse.Namespace) -> int:
-    from fastaed.data.whisper_features import WhisperFeatureConfig
-    from fastaed.formats.whisper import detect_format, import_whisper
+    from fastaed.formats.whisper_import import detect_format, import_whisper
 
     source = Path(args.source)
     if not source.exists() and args.source in PACKAGED_WHISPER:
@@ -59,14 +65,19 @@ def import_whisper_cmd(args: argparse.Namespace) -> int:
     else:
         name = args.name
     fmt = detect_format(source)
-    out = import_whisper(source, args.out, tokenizer_json=args.tokenizer, name=name,
-                           frontend_override={"input": args.input, "padding": args.padding})  # fmt: skip
+    out = import_whisper(
+        source,
+        args.out,
+        tokenizer_json=args.tokenizer,
+        name=name,
+        frontend_override={"input": args.input, "padding": args.padding},
+    )
     print(f"imported {fmt} Whisper {source} -> {out}")
     return 0
 
 
 def export_hf_cmd(args: argparse.Namespace) -> int:
-    from fastaed.formats.whisper import export_hf
+    from fastaed.formats.whisper_import import export_hf
 
     out = export_hf(args.checkpoint, args.out)
     print(f"exported {args.checkpoint} -> {out} (Hugging Face WhisperForConditionalGeneration)")

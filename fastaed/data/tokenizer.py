@@ -25,10 +25,10 @@ from pathlib import Path
 
 import sentencepiece as spm
 
+from fastaed.data import canary_tokenizer, whisper_tokenizer
 from fastaed.data import errors as E
 from fastaed.data.errors import BadInputError
 from fastaed.data.manifest import Utterance
-from fastaed.data import canary_tokenizer, whisper_tokenizer
 from fastaed.data.text import clean_pnc, strip_pnc, target_form
 
 PAD = "<pad>"

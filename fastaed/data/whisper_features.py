@@ -11,7 +11,7 @@ Input modes (:attr:`WhisperFeatureConfig.input`):
   STFT and the first 3000 frames are kept. ``padding="faster-whisper"``: the audio is padded by one hop
   (160 samples), and the log-mel frames are zero-padded to 3000 afterwards. The two differ near the end of
   the speech and in the value of the padded frames; transcripts can differ slightly.
-* ``unpadded`` — the real frames alone (faster-whisper's per-clip features, ``N // 160 + 1`` frames); the
+* ``unpadded`` — the real frames alone (faster-whisper's frames before its zero padding, ``N // 160``); the
   encoder then slices its position table. The paper's padding argument applied to inference.
 
 Utterances are computed one at a time (reflect padding reads a clip's own samples, so a batched STFT over
@@ -61,7 +61,7 @@ class WhisperFeatureConfig:
 class WhisperLogMel(nn.Module):
     """waves (B, N), wave_lens (B,) -> feats (B, T, n_mels) float32, feat_lens (B,) int64.
 
-    Padded input: T = 3000 and every length is 3000. Unpadded: ``feat_lens = wave_lens // 160 + 1``, rows
+    Padded input: T = 3000 and every length is 3000. Unpadded: ``feat_lens = max(wave_lens // 160, 1)``, rows
     right-padded with zeros. Audio longer than 30 s is an error in padded mode (one window per utterance).
     """
 
@@ -70,15 +70,25 @@ class WhisperLogMel(nn.Module):
         self.config = config or WhisperFeatureConfig()
         cfg = self.config
         self.register_buffer("window", torch.hann_window(cfg.n_fft), persistent=False)
-        fb = mel_filterbank(FeatureConfig(sample_rate=cfg.sample_rate, n_fft=cfg.n_fft, win_length=cfg.n_fft,
-                                          n_mels=cfg.n_mels))  # fmt: skip
+        fb = mel_filterbank(
+            FeatureConfig(
+                sample_rate=cfg.sample_rate, n_fft=cfg.n_fft, win_length=cfg.n_fft, n_mels=cfg.n_mels
+            )
+        )
         self.register_buffer("mel_fb", fb, persistent=False)  # (n_mels, n_fft/2+1)
 
     def log_mel(self, wave: torch.Tensor) -> torch.Tensor:
         """(N,) float waveform -> (n_mels, N // hop) log-mel before the dynamic-range clamp."""
         cfg = self.config
-        spec = torch.stft(wave, cfg.n_fft, cfg.hop_length, window=self.window, center=True,
-                          pad_mode="reflect", return_complex=True)  # fmt: skip
+        spec = torch.stft(
+            wave,
+            cfg.n_fft,
+            cfg.hop_length,
+            window=self.window,
+            center=True,
+            pad_mode="reflect",
+            return_complex=True,
+        )
         power = spec[:, :-1].abs() ** 2  # (n_fft/2+1, frames): the last frame dropped, as Whisper does
         return torch.clamp(self.mel_fb @ power, min=1e-10).log10()
 
@@ -93,12 +103,14 @@ class WhisperLogMel(nn.Module):
         else:
             mel = self.log_mel(torch.nn.functional.pad(wave, (0, cfg.hop_length)))
         mel = (torch.maximum(mel, mel.max() - 8.0) + 4.0) / 4.0
+        if cfg.input == "unpadded" or cfg.padding == "faster-whisper":
+            # faster-whisper keeps ``frames - 1`` of these (N // 160, at least one): the last frame, mostly
+            # padding, goes; the clamp above still saw it, as there.
+            mel = mel[:, : max(mel.shape[1] - 1, 1)]
         if cfg.input == "padded" and cfg.padding == "faster-whisper":
-            if mel.shape[1] > cfg.chunk_frames + 1:  # N // 160 + 1 frames: exactly 30 s makes 3001
+            if mel.shape[1] > cfg.chunk_frames:
                 raise ValueError(self._too_long(wave.shape[0]))
-            mel = torch.nn.functional.pad(
-                mel[:, : cfg.chunk_frames], (0, cfg.chunk_frames - min(mel.shape[1], cfg.chunk_frames))
-            )
+            mel = torch.nn.functional.pad(mel, (0, cfg.chunk_frames - mel.shape[1]))
         return mel.T
 
     def _too_long(self, samples: int) -> str:

@@ -46,8 +46,14 @@ _MUSIC = set("♩♪♫♬♭♮♯")
 class WhisperTokenizer:
     """Text <-> ids plus Whisper's prompt and suppression lists. Picklable."""
 
-    def __init__(self, bpe_json: str, vocab_size: int, suppress_ids: Sequence[int] | None = None,
-                 suppress_at_start_ids: Sequence[int] | None = None, multilingual: bool | None = None):  # fmt: skip
+    def __init__(
+        self,
+        bpe_json: str,
+        vocab_size: int,
+        suppress_ids: Sequence[int] | None = None,
+        suppress_at_start_ids: Sequence[int] | None = None,
+        multilingual: bool | None = None,
+    ):
         self._json = bpe_json
         self.bpe = HFTokenizer.from_str(bpe_json)
         self.vocab_size = int(vocab_size)
@@ -71,15 +77,24 @@ class WhisperTokenizer:
         self.no_timestamps_id = need("<|notimestamps|>")
         self.timestamp_begin = self.no_timestamps_id + 1
         # Whisper's own rule (its released vocabularies); small models made for tests say it explicitly.
-        self.multilingual = self.vocab_size > ENGLISH_ONLY_VOCAB if multilingual is None else bool(multilingual)
-        languages = [t[2:-2] for t, i in sorted(added.items(), key=lambda kv: kv[1])
-                     if self.sot_id < i < self.translate_id]  # fmt: skip
+        self.multilingual = (
+            self.vocab_size > ENGLISH_ONLY_VOCAB if multilingual is None else bool(multilingual)
+        )
+        languages = [
+            t[2:-2]
+            for t, i in sorted(added.items(), key=lambda kv: kv[1])
+            if self.sot_id < i < self.translate_id
+        ]
         self.languages = tuple(languages) if self.multilingual else ("en",)
         self.first_text_special = self.eos_id  # every id from here on is a special or a timestamp
         if suppress_ids is None:
             suppress_ids = self.non_speech_ids()
-        self.suppress_ids = tuple(sorted(set(suppress_ids) | {self.transcribe_id, self.translate_id,
-                                  self.sot_id, self.sot_prev_id, self.sot_lm_id}))  # fmt: skip
+        self.suppress_ids = tuple(
+            sorted(
+                set(suppress_ids)
+                | {self.transcribe_id, self.translate_id, self.sot_id, self.sot_prev_id, self.sot_lm_id}
+            )
+        )
         if suppress_at_start_ids is None:
             suppress_at_start_ids = [*self.bpe.encode(" ", add_special_tokens=False).ids, self.eos_id]
         self.suppress_at_start_ids = tuple(sorted(set(suppress_at_start_ids)))
@@ -127,18 +142,27 @@ class WhisperTokenizer:
         meta = json.loads((directory / META_FILE).read_text())
         if meta.get("kind") != KIND:
             raise ValueError(f"{directory / META_FILE}: kind {meta.get('kind')!r}, expected {KIND!r}")
-        return cls((directory / BPE_FILE).read_text(), meta["vocab_size"], meta["suppress_ids"],
-                   meta["suppress_at_start_ids"], meta["multilingual"])  # fmt: skip
+        return cls(
+            (directory / BPE_FILE).read_text(),
+            meta["vocab_size"],
+            meta["suppress_ids"],
+            meta["suppress_at_start_ids"],
+            meta["multilingual"],
+        )
 
     def save(self, directory: str | Path) -> None:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         (directory / BPE_FILE).write_text(self._json)
         meta = {
-            "kind": KIND, "vocab_size": self.vocab_size, "multilingual": self.multilingual,
-            "languages": list(self.languages), "suppress_ids": list(self.suppress_ids),
-            "suppress_at_start_ids": list(self.suppress_at_start_ids), "identity": self.identity,
-        }  # fmt: skip
+            "kind": KIND,
+            "vocab_size": self.vocab_size,
+            "multilingual": self.multilingual,
+            "languages": list(self.languages),
+            "suppress_ids": list(self.suppress_ids),
+            "suppress_at_start_ids": list(self.suppress_at_start_ids),
+            "identity": self.identity,
+        }
         (directory / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
 
     # ---- text --------------------------------------------------------------------------------------
@@ -162,29 +186,46 @@ class WhisperTokenizer:
         tok = f"<|{lang}|>"
         if lang not in self.languages or tok not in self.special_ids:
             raise BadInputError(
-                E.UNKNOWN_LANGUAGE, f"language {lang!r} is not one of this Whisper model's {len(self.languages)}",
-                path=where.manifest if where else None, line=where.line if where else None, field=field,
-            )  # fmt: skip
+                E.UNKNOWN_LANGUAGE,
+                f"language {lang!r} is not one of this Whisper model's {len(self.languages)}",
+                path=where.manifest if where else None,
+                line=where.line if where else None,
+                field=field,
+            )
         return self.special_ids[tok]
 
-    def prompt(self, source_lang: str, task: str, target_lang: str, pnc: bool = True, *,
-               where: Utterance | None = None) -> list[int]:  # fmt: skip
+    def prompt(
+        self,
+        source_lang: str,
+        task: str,
+        target_lang: str,
+        pnc: bool = True,
+        *,
+        where: Utterance | None = None,
+    ) -> list[int]:
         """``<|sot|>[<|lang|><|task|>]<|notimestamps|>``; pnc is ignored (Whisper always writes cased,
         punctuated text)."""
         if task == "translate" and target_lang != "en":
             raise BadInputError(
-                E.BAD_FIELD, f"Whisper translates into English only, not into {target_lang!r}",
-                path=where.manifest if where else None, line=where.line if where else None, field="target_lang",
-            )  # fmt: skip
+                E.BAD_FIELD,
+                f"Whisper translates into English only, not into {target_lang!r}",
+                path=where.manifest if where else None,
+                line=where.line if where else None,
+                field="target_lang",
+            )
         if task not in ("transcribe", "translate"):
             raise ValueError(f"task must be transcribe or translate, got {task!r}")
         if not self.multilingual:
             lang_id = self.language_id(source_lang, where=where)  # checks it is English
             del lang_id
             if task == "translate":
-                raise BadInputError(E.BAD_FIELD, "an English-only Whisper model cannot translate",
-                                    path=where.manifest if where else None,
-                                    line=where.line if where else None, field="task")  # fmt: skip
+                raise BadInputError(
+                    E.BAD_FIELD,
+                    "an English-only Whisper model cannot translate",
+                    path=where.manifest if where else None,
+                    line=where.line if where else None,
+                    field="task",
+                )
             return [self.sot_id, self.no_timestamps_id]
         task_id = self.translate_id if task == "translate" else self.transcribe_id
         return [self.sot_id, self.language_id(source_lang, where=where), task_id, self.no_timestamps_id]

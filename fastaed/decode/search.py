@@ -47,6 +47,16 @@ def row_limits(model: EncoderDecoderModel, enc_lens: Tensor, prompt_len: int) ->
     return enc_lens.clamp(min=1, max=cap)
 
 
+def nemo_limits(model: EncoderDecoderModel, enc: Tensor, prompt_len: int, delta: int) -> Tensor:
+    """(B,) most new tokens per row under NeMo's greedy rule (``GreedySequenceGenerator``): one limit for the
+    whole batch, ``min(max_len, T' + delta) - P`` with T' the batch's padded encoder length, or
+    ``max_len - P`` when ``delta < 0``. Imported NeMo checkpoints decode with it, so a row that never emits
+    EOS stops where NeMo's ``transcribe()`` would."""
+    max_len = model.config.decoder.max_len
+    cap = max_len if delta < 0 else min(max_len, enc.shape[1] + delta)
+    return torch.full((enc.shape[0],), max(cap - prompt_len, 1), dtype=torch.long, device=enc.device)
+
+
 def suppressed(logits: Tensor, step: int, always: Tensor | None, at_start: Tensor | None) -> Tensor:
     """logits (N, V) with the ids of ``always`` (and of ``at_start`` at step 0) set to -inf, in place."""
     if always is not None:
@@ -69,6 +79,7 @@ def greedy_search(
     compact: bool = True,
     suppress: Tensor | None = None,
     suppress_at_start: Tensor | None = None,
+    limits: Tensor | None = None,
 ) -> list[Hypothesis]:
     """Batched greedy decoding with a decoder cache.
 
@@ -77,12 +88,13 @@ def greedy_search(
     lengths. ``cache_kind``: what the decoder keeps between steps (``"kv"``; ``"hidden"`` is the NeMo-style
     baseline, see ``fastaed.model.cache``). ``compact=False`` keeps done rows in the batch until every row is
     done (their further tokens are ignored), as NeMo does. ``suppress``: (S,) ids never emitted;
-    ``suppress_at_start``: ids not emitted as the first token (Whisper's blank and EOS). Returns one
+    ``suppress_at_start``: ids not emitted as the first token (Whisper's blank and EOS). ``limits``: (B,)
+    most new tokens per row instead of :func:`row_limits` (e.g. :func:`nemo_limits`). Returns one
     :class:`Hypothesis` per row, in input order.
     """
     b, p = prompts.shape
     device = prompts.device
-    limit = row_limits(model, enc_lens, p)
+    limit = row_limits(model, enc_lens, p) if limits is None else limits.to(device)
     if force_lengths is not None:
         limit = torch.minimum(limit, force_lengths.to(limit) + 1)  # + 1: the EOS
     steps = int(limit.max())
@@ -104,7 +116,9 @@ def greedy_search(
             out[int(rows[i])] = Hypothesis(ids, float(logprob[i]), float(logprob[i]), e)
 
     for t in range(steps):
-        logp = torch.log_softmax(suppressed(logits.float(), t, suppress, suppress_at_start), dim=-1)  # (B', V)
+        logp = torch.log_softmax(
+            suppressed(logits.float(), t, suppress, suppress_at_start), dim=-1
+        )  # (B', V)
         if forced is not None:
             logp[t < forced, eos_id] = -torch.inf  # no EOS before the forced length, only EOS at it
             at_length = t >= forced

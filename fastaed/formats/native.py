@@ -64,8 +64,8 @@ def save_model(
     """Write ``model`` to ``path_dir`` (created if needed); returns the directory.
 
     tokenizer_identity: the tokenizer's identity hash, so a loader can check it decodes with the right one.
-    frontend: the feature front end the model takes (``{"kind": ..., fields}``, see ``fastaed.data.frontend``);
-    None = fastaed's default log-mel.
+    frontend: the feature front end the model takes (``{"kind": ..., fields}``, see
+    ``fastaed.data.frontend``); None = fastaed's default log-mel.
     extra: any JSON-able metadata (training step, data description); checked before anything is written.
     """
     path = Path(path_dir)

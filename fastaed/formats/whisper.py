@@ -12,18 +12,14 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from fastaed.data.whisper_features import WhisperFeatureConfig
-from fastaed.data.whisper_tokenizer import WhisperTokenizer
 from fastaed.formats.ctranslate2 import read_model_bin
-from fastaed.formats.native import save_model
-from fastaed.model import EncoderDecoderModel, whisper_config
+from fastaed.model import EncoderDecoderModel, whisper_config, whisper_sinusoids
 from fastaed.model.config import ModelConfig
 
 
@@ -52,16 +48,32 @@ class WhisperDims:
                 f"encoder and decoder widths/heads differ ({self}); not a Whisper layout"
             )
         return whisper_config(
-            n_mels=self.n_mels, d_model=self.n_audio_state, n_heads=self.n_audio_head,
-            encoder_layers=self.n_audio_layer, decoder_layers=self.n_text_layer, vocab_size=self.n_vocab,
-            audio_positions=self.n_audio_ctx, text_positions=self.n_text_ctx, name=name,
-        )  # fmt: skip
+            n_mels=self.n_mels,
+            d_model=self.n_audio_state,
+            n_heads=self.n_audio_head,
+            encoder_layers=self.n_audio_layer,
+            decoder_layers=self.n_text_layer,
+            vocab_size=self.n_vocab,
+            audio_positions=self.n_audio_ctx,
+            text_positions=self.n_text_ctx,
+            name=name,
+        )
 
     @classmethod
     def of(cls, config: ModelConfig) -> WhisperDims:
         e, d = config.encoder, config.decoder
-        return cls(e.n_mels, config.vocab_size, e.max_positions, e.d_model, e.n_heads, e.n_layers,
-                   d.max_len, d.d_model, d.n_heads, d.n_layers)  # fmt: skip
+        return cls(
+            e.n_mels,
+            config.vocab_size,
+            e.max_positions,
+            e.d_model,
+            e.n_heads,
+            e.n_layers,
+            d.max_len,
+            d.d_model,
+            d.n_heads,
+            d.n_layers,
+        )
 
 
 Canonical = dict[str, torch.Tensor]
@@ -69,13 +81,22 @@ Canonical = dict[str, torch.Tensor]
 # ---- canonical (OpenAI) <-> fastaed ---------------------------------------------------------------------
 
 _PLAIN = {  # per-block modules whose tensors map one to one: canonical suffix -> fastaed suffix
-    "attn_ln": "attn_norm", "mlp_ln": "ff_norm", "mlp.0": "ff.0", "mlp.2": "ff.2", "attn.out": "attn.out",
-}  # fmt: skip
+    "attn_ln": "attn_norm",
+    "mlp_ln": "ff_norm",
+    "mlp.0": "ff.0",
+    "mlp.2": "ff.2",
+    "attn.out": "attn.out",
+}
 _DEC_PLAIN = {
-    "attn_ln": "self_norm", "cross_attn_ln": "cross_norm", "mlp_ln": "ff_norm", "mlp.0": "ff.0",
-    "mlp.2": "ff.2", "attn.out": "self_attn.out", "cross_attn.out": "cross_attn.out",
+    "attn_ln": "self_norm",
+    "cross_attn_ln": "cross_norm",
+    "mlp_ln": "ff_norm",
+    "mlp.0": "ff.0",
+    "mlp.2": "ff.2",
+    "attn.out": "self_attn.out",
+    "cross_attn.out": "cross_attn.out",
     "cross_attn.query": "cross_attn.q",
-}  # fmt: skip
+}
 
 
 def canonical_to_fastaed(dims: WhisperDims, src: Canonical, name: str) -> EncoderDecoderModel:
@@ -96,6 +117,7 @@ def canonical_to_fastaed(dims: WhisperDims, src: Canonical, name: str) -> Encode
         _plain(state, take, c, f, _PLAIN)
         _self_attention(state, take, f"{c}.attn", f"{f}.attn")
     _norm(state, take, "encoder.ln_post", "encoder.final_norm")
+    state["encoder.positions"] = take("encoder.positional_embedding")
     state["decoder.embedding.weight"] = take("decoder.token_embedding.weight")
     state["decoder.positions.weight"] = take("decoder.positional_embedding")
     for i in range(dims.n_text_layer):
@@ -134,7 +156,7 @@ def fastaed_to_canonical(model: EncoderDecoderModel) -> tuple[WhisperDims, Canon
         _split_self_attention(out, st, f"{c}.attn", f"{f}.attn", d)
     for p, q in (("weight", "weight"), ("bias", "bias")):
         out[f"encoder.ln_post.{p}"] = st[f"encoder.final_norm.{q}"]
-    out["encoder.positional_embedding"] = _sinusoids(dims.n_audio_ctx, d)
+    out["encoder.positional_embedding"] = st["encoder.positions"]
     out["decoder.token_embedding.weight"] = st["decoder.embedding.weight"]
     out["decoder.positional_embedding"] = st["decoder.positions.weight"]
     for i in range(dims.n_text_layer):
@@ -149,12 +171,6 @@ def fastaed_to_canonical(model: EncoderDecoderModel) -> tuple[WhisperDims, Canon
     for p in ("weight", "bias"):
         out[f"decoder.ln.{p}"] = st[f"decoder.final_norm.{p}"]
     return dims, out
-
-
-def _sinusoids(length: int, channels: int) -> torch.Tensor:
-    from fastaed.model import whisper_sinusoids
-
-    return whisper_sinusoids(length, channels)
 
 
 def _plain(state, take, c: str, f: str, names: dict[str, str]) -> None:
@@ -254,11 +270,17 @@ def read_ctranslate2(folder: Path) -> tuple[WhisperDims, Canonical, dict[str, An
     conv1 = out["encoder.conv1.weight"]
     emb = out["decoder.token_embedding.weight"]
     dims = WhisperDims(
-        n_mels=conv1.shape[1], n_vocab=emb.shape[0], n_audio_ctx=out["encoder.positional_embedding"].shape[0],
-        n_audio_state=conv1.shape[0], n_audio_head=int(ct.options["encoder/num_heads"]), n_audio_layer=n_enc,
-        n_text_ctx=out["decoder.positional_embedding"].shape[0], n_text_state=emb.shape[1],
-        n_text_head=int(ct.options["decoder/num_heads"]), n_text_layer=n_dec,
-    )  # fmt: skip
+        n_mels=conv1.shape[1],
+        n_vocab=emb.shape[0],
+        n_audio_ctx=out["encoder.positional_embedding"].shape[0],
+        n_audio_state=conv1.shape[0],
+        n_audio_head=int(ct.options["encoder/num_heads"]),
+        n_audio_layer=n_enc,
+        n_text_ctx=out["decoder.positional_embedding"].shape[0],
+        n_text_state=emb.shape[1],
+        n_text_head=int(ct.options["decoder/num_heads"]),
+        n_text_layer=n_dec,
+    )
     return dims, out, config
 
 
@@ -275,7 +297,7 @@ def read_openai(path: Path) -> tuple[WhisperDims, Canonical]:
     except TypeError as e:
         raise WhisperImportError(f"{path}: unexpected dims {ckpt['dims']} ({e})") from None
     state = dict(ckpt["model_state_dict"])
-    state.setdefault("encoder.positional_embedding", _sinusoids(dims.n_audio_ctx, dims.n_audio_state))
+    state.setdefault("encoder.positional_embedding", whisper_sinusoids(dims.n_audio_ctx, dims.n_audio_state))
     return dims, state
 
 
@@ -285,94 +307,6 @@ def check_encoder_positions(dims: WhisperDims, state: Canonical, where: str) -> 
     stored = state.get("encoder.positional_embedding")
     if stored is None:
         return
-    ours = _sinusoids(dims.n_audio_ctx, dims.n_audio_state)
+    ours = whisper_sinusoids(dims.n_audio_ctx, dims.n_audio_state)
     if stored.shape != ours.shape or float((stored.float() - ours).abs().max()) > 1e-2:
         raise WhisperImportError(f"{where}: encoder positions differ from Whisper's sinusoids")
-
-
-# ---- import --------------------------------------------------------------------------------------------
-
-
-def detect_format(src: Path) -> str:
-    """``ctranslate2`` | ``openai`` | ``hf`` for a source path (raises naming what is missing)."""
-    if src.is_file():
-        return "openai"
-    if not src.is_dir():
-        raise WhisperImportError(f"{src}: no such file or folder")
-    if (src / "model.bin").is_file():
-        return "ctranslate2"
-    if (src / "config.json").is_file() and any(src.glob("model*.safetensors")):
-        return "hf"
-    raise WhisperImportError(
-        f"{src}: neither a CTranslate2 folder (model.bin) nor a Hugging Face folder (config.json + "
-        "model.safetensors) nor an OpenAI .pt file"
-    )
-
-
-def import_whisper(
-    src: str | Path,
-    out_dir: str | Path,
-    *,
-    tokenizer_json: str | Path | None = None,
-    name: str | None = None,
-    frontend_override: dict[str, Any] | None = None,
-) -> Path:
-    """Convert a Whisper checkpoint into a fastaed checkpoint folder (weights + config + ``tokenizer/``).
-
-    ``tokenizer_json``: needed for OpenAI ``.pt`` files (which carry none); CTranslate2 and Hugging Face
-    folders bring their own ``tokenizer.json``. ``frontend_override``: fields of the stored front end
-    (default: 30 s padded input, OpenAI's convention, the model's mel bins).
-    """
-    from fastaed.formats import hf_whisper
-
-    src, out = Path(src), Path(out_dir)
-    fmt = detect_format(src)
-    config: dict[str, Any] = {}
-    if fmt == "ctranslate2":
-        dims, state, config = read_ctranslate2(src)
-        tok_path = Path(tokenizer_json) if tokenizer_json else src / "tokenizer.json"
-    elif fmt == "hf":
-        dims, state, config = hf_whisper.read_hf(src)
-        tok_path = Path(tokenizer_json) if tokenizer_json else src / "tokenizer.json"
-    else:
-        dims, state = read_openai(src)
-        if tokenizer_json is None:
-            raise WhisperImportError(
-                f"{src}: an OpenAI checkpoint carries no tokenizer; pass --tokenizer FILE"
-            )
-        tok_path = Path(tokenizer_json)
-    if not tok_path.is_file():
-        raise WhisperImportError(f"{tok_path}: tokenizer.json not found (pass --tokenizer FILE)")
-    check_encoder_positions(dims, state, str(src))
-    model = canonical_to_fastaed(dims, state, name or f"whisper-{src.stem if src.is_file() else src.name}")
-    tokenizer = WhisperTokenizer.from_files(tok_path, dims.n_vocab, config)
-    frontend = WhisperFeatureConfig(**{"n_mels": dims.n_mels, **(frontend_override or {})})
-    if frontend.n_mels != dims.n_mels:
-        raise WhisperImportError(f"front end has {frontend.n_mels} mel bins, the model takes {dims.n_mels}")
-    tmp = out.with_name(f".{out.name}.importing")
-    shutil.rmtree(tmp, ignore_errors=True)
-    extra = {"source": {"format": fmt, "path": str(src.resolve()), "dims": asdict(dims)}}
-    save_model(model, tmp, tokenizer_identity=tokenizer.identity, extra=extra,
-               frontend={"kind": "whisper", **asdict(frontend)})  # fmt: skip
-    tokenizer.save(tmp / "tokenizer")
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
-    return out
-
-
-def export_hf(checkpoint: str | Path, out_dir: str | Path) -> Path:
-    """Write a fastaed Whisper checkpoint as a Hugging Face folder (``hf_whisper.write_hf``)."""
-    from fastaed.data.tokenizer import load_tokenizer
-    from fastaed.formats import hf_whisper
-    from fastaed.formats.native import load_model
-
-    checkpoint = Path(checkpoint)
-    model = load_model(checkpoint)
-    tokenizer = load_tokenizer(checkpoint / "tokenizer")
-    if not isinstance(tokenizer, WhisperTokenizer):
-        raise ValueError(
-            f"{checkpoint}: not a Whisper checkpoint (its tokenizer is {type(tokenizer).__name__})"
-        )
-    dims, canonical = fastaed_to_canonical(model)
-    return hf_whisper.write_hf(dims, canonical, out_dir, tokenizer)

@@ -257,17 +257,32 @@ def whisper_config(
     n_vocab, n_audio_ctx, n_text_ctx). Whisper uses one width and head count for both halves, no dropout."""
     return ModelConfig(
         encoder=EncoderConfig(
-            kind="whisper", n_mels=n_mels, d_model=d_model, n_layers=encoder_layers, n_heads=n_heads,
-            subsampling_factor=2, max_positions=audio_positions, dropout=0.0, dropout_att=0.0,
+            kind="whisper",
+            n_mels=n_mels,
+            d_model=d_model,
+            n_layers=encoder_layers,
+            n_heads=n_heads,
+            subsampling_factor=2,
+            max_positions=audio_positions,
+            dropout=0.0,
+            dropout_att=0.0,
         ),
         decoder=DecoderConfig(
-            d_model=d_model, n_layers=decoder_layers, n_heads=n_heads, max_len=text_positions, dropout=0.0,
-            dropout_att=0.0, positions="learned", embed_norm=False, activation="gelu", key_bias=False,
+            d_model=d_model,
+            n_layers=decoder_layers,
+            n_heads=n_heads,
+            max_len=text_positions,
+            dropout=0.0,
+            dropout_att=0.0,
+            positions="learned",
+            embed_norm=False,
+            activation="gelu",
+            key_bias=False,
             output_bias=False,
         ),
         vocab_size=vocab_size,
         name=name,
-    )  # fmt: skip
+    )
 
 
 def whisper_tiny(vocab_size: int = 51865) -> ModelConfig:

@@ -3,8 +3,8 @@
 Dimensions: B batch, T feature frames, F mel bins, T' = ceil(T / 2) encoder frames, D width, H heads.
 
 Stem: ``Conv1d(F, D, 3, pad 1) → GELU → Conv1d(D, D, 3, stride 2, pad 1) → GELU``, then the first T' rows of
-the (max_positions, D) sinusoid table are added. Block: ``x + SelfAttn(LN(x))`` then ``x + MLP(LN(x))`` with
-a GELU MLP of width 4D; attention has no key bias. A final LayerNorm closes the encoder.
+the (max_positions, D) sinusoid table (a buffer saved with the weights) are added. Block:
+``x + SelfAttn(LN(x))`` then ``x + MLP(LN(x))`` with a GELU MLP of width 4D; attention has no key bias. A final LayerNorm closes the encoder.
 
 Whisper was trained on 30 s windows only (3000 frames, T' = 1500, nothing masked). The same module also
 runs *unpadded* input, the real frames alone: the position table is sliced to T', and in a batch of
@@ -70,6 +70,9 @@ class WhisperEncoder(nn.Module):
         self.conv2 = nn.Conv1d(d, d, kernel_size=3, stride=2, padding=1)
         self.layers = nn.ModuleList(WhisperBlock(cfg) for _ in range(cfg.n_layers))
         self.final_norm = nn.LayerNorm(d)
+        # A buffer, saved with the weights: imported models keep the table their file holds (CTranslate2
+        # stores it in float16; adding exact sinusoids instead moves the outputs by up to 1e-1).
+        self.register_buffer("positions", whisper_sinusoids(cfg.max_positions, d))
 
     def forward(self, feats: Tensor, feat_lens: Tensor) -> tuple[Tensor, Tensor]:
         """feats: (B, T, F); feat_lens: (B,) int64, each >= 1, T' = ceil(T / 2) <= ``max_positions``.
@@ -91,7 +94,7 @@ class WhisperEncoder(nn.Module):
         if padded:
             x = x.masked_fill(~lengths_to_mask(feat_lens, x.shape[2])[:, None, :], 0.0)
         x = F.gelu(self.conv2(x)).transpose(1, 2)  # (B, T', D)
-        x = x + whisper_sinusoids(t_out, self.cfg.d_model, x.device).to(x.dtype)
+        x = x + self.positions[:t_out].to(x.dtype)
         mask = lengths_to_mask(lens, t_out)  # (B, T')
         key_mask = mask[:, None, None, :] if padded else None
         for layer in self.layers:

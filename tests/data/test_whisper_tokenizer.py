@@ -21,8 +21,12 @@ def multi(tmp_path_factory) -> WhisperTokenizer:
 
 def test_multilingual_prompt_names_language_and_task(multi):
     t = multi
-    assert t.prompt("de", "transcribe", "de") == [t.sot_id, t.special_ids["<|de|>"], t.transcribe_id,
-                                                  t.no_timestamps_id]  # fmt: skip
+    assert t.prompt("de", "transcribe", "de") == [
+        t.sot_id,
+        t.special_ids["<|de|>"],
+        t.transcribe_id,
+        t.no_timestamps_id,
+    ]
     assert t.prompt("fr", "translate", "en")[1:3] == [t.special_ids["<|fr|>"], t.translate_id]
 
 

@@ -88,8 +88,9 @@ def test_sinusoids_are_whispers_sin_then_cos_halves():
     assert abs(float(table[1499, 191]) - torch.sin(torch.tensor(1499 / 10000.0)).item()) < 1e-5
 
 
-@pytest.mark.parametrize(("name", "vocab", "params"), [("whisper-tiny", 51864, 37_184_256),
-                                                       ("whisper-base", 51865, 71_825_920)])  # fmt: skip
+@pytest.mark.parametrize(
+    ("name", "vocab", "params"), [("whisper-tiny", 51864, 37_184_256), ("whisper-base", 51865, 71_825_920)]
+)
 def test_presets_match_the_published_sizes(name, vocab, params):
     # The published counts (37.76M, 72.59M) include the encoder's fixed sinusoid table (1500 x D).
     info = preset_info(name, vocab)

@@ -1,0 +1,109 @@
+"""``fastaed import whisper`` / ``fastaed export hf``: detect a Whisper source's format, convert it through
+the canonical form (``whisper.py``), and write a fastaed checkpoint with its tokenizer and front end."""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from fastaed.data.tokenizer import load_tokenizer
+from fastaed.data.whisper_features import WhisperFeatureConfig
+from fastaed.data.whisper_tokenizer import WhisperTokenizer
+from fastaed.formats import hf_whisper
+from fastaed.formats.native import load_model, save_model
+from fastaed.formats.whisper import (
+    WhisperImportError,
+    canonical_to_fastaed,
+    check_encoder_positions,
+    fastaed_to_canonical,
+    read_ctranslate2,
+    read_openai,
+)
+
+# ---- import --------------------------------------------------------------------------------------------
+
+
+def detect_format(src: Path) -> str:
+    """``ctranslate2`` | ``openai`` | ``hf`` for a source path (raises naming what is missing)."""
+    if src.is_file():
+        return "openai"
+    if not src.is_dir():
+        raise WhisperImportError(f"{src}: no such file or folder")
+    if (src / "model.bin").is_file():
+        return "ctranslate2"
+    if (src / "config.json").is_file() and any(src.glob("model*.safetensors")):
+        return "hf"
+    raise WhisperImportError(
+        f"{src}: neither a CTranslate2 folder (model.bin) nor a Hugging Face folder (config.json + "
+        "model.safetensors) nor an OpenAI .pt file"
+    )
+
+
+def import_whisper(
+    src: str | Path,
+    out_dir: str | Path,
+    *,
+    tokenizer_json: str | Path | None = None,
+    name: str | None = None,
+    frontend_override: dict[str, Any] | None = None,
+) -> Path:
+    """Convert a Whisper checkpoint into a fastaed checkpoint folder (weights + config + ``tokenizer/``).
+
+    ``tokenizer_json``: needed for OpenAI ``.pt`` files (which carry none); CTranslate2 and Hugging Face
+    folders bring their own ``tokenizer.json``. ``frontend_override``: fields of the stored front end
+    (default: 30 s padded input, OpenAI's convention, the model's mel bins).
+    """
+    src, out = Path(src), Path(out_dir)
+    fmt = detect_format(src)
+    config: dict[str, Any] = {}
+    if fmt == "ctranslate2":
+        dims, state, config = read_ctranslate2(src)
+        tok_path = Path(tokenizer_json) if tokenizer_json else src / "tokenizer.json"
+    elif fmt == "hf":
+        dims, state, config = hf_whisper.read_hf(src)
+        tok_path = Path(tokenizer_json) if tokenizer_json else src / "tokenizer.json"
+    else:
+        dims, state = read_openai(src)
+        if tokenizer_json is None:
+            raise WhisperImportError(
+                f"{src}: an OpenAI checkpoint carries no tokenizer; pass --tokenizer FILE"
+            )
+        tok_path = Path(tokenizer_json)
+    if not tok_path.is_file():
+        raise WhisperImportError(f"{tok_path}: tokenizer.json not found (pass --tokenizer FILE)")
+    check_encoder_positions(dims, state, str(src))
+    model = canonical_to_fastaed(dims, state, name or f"whisper-{src.stem if src.is_file() else src.name}")
+    tokenizer = WhisperTokenizer.from_files(tok_path, dims.n_vocab, config)
+    frontend = WhisperFeatureConfig(**{"n_mels": dims.n_mels, **(frontend_override or {})})
+    if frontend.n_mels != dims.n_mels:
+        raise WhisperImportError(f"front end has {frontend.n_mels} mel bins, the model takes {dims.n_mels}")
+    tmp = out.with_name(f".{out.name}.importing")
+    shutil.rmtree(tmp, ignore_errors=True)
+    extra = {"source": {"format": fmt, "path": str(src.resolve()), "dims": asdict(dims)}}
+    save_model(
+        model,
+        tmp,
+        tokenizer_identity=tokenizer.identity,
+        extra=extra,
+        frontend={"kind": "whisper", **asdict(frontend)},
+    )
+    tokenizer.save(tmp / "tokenizer")
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+    return out
+
+
+def export_hf(checkpoint: str | Path, out_dir: str | Path) -> Path:
+    """Write a fastaed Whisper checkpoint as a Hugging Face folder (``hf_whisper.write_hf``)."""
+    checkpoint = Path(checkpoint)
+    model = load_model(checkpoint)
+    tokenizer = load_tokenizer(checkpoint / "tokenizer")
+    if not isinstance(tokenizer, WhisperTokenizer):
+        raise ValueError(
+            f"{checkpoint}: not a Whisper checkpoint (its tokenizer is {type(tokenizer).__name__})"
+        )
+    dims, canonical = fastaed_to_canonical(model)
+    return hf_whisper.write_hf(dims, canonical, out_dir, tokenizer)
