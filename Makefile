@@ -158,7 +158,8 @@ whisper-venv: .venv-whisper/.installed
 	@touch $@
 
 whisper-parity: venv whisper-venv
-	.venv/bin/pytest -q tests/bench/test_whisper_peer.py tests/formats/test_whisper_parity.py
+	.venv/bin/pytest -q tests/bench/test_whisper_peer.py tests/bench/test_bench_whisper.py \
+		tests/formats/test_whisper_parity.py
 
 clean-run:  # the trained model only (a killed run resumes by itself: just re-run make demo)
 	rm -rf $(RUN)

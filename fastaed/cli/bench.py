@@ -34,8 +34,16 @@ BENCHMARKS = {
                              "two training runs: dev WER / loss against steps (+ PNG)"),
     "all": Benchmark("fastaed.bench.all", "AllBenchConfig",
                      "every benchmark: JSON + PNG, and BENCHMARKS.md's generated section"),
+    "nemo": Benchmark("fastaed.bench.nemo", "NemoBenchConfig",
+                      "Canary weights: NeMo transcribe() vs fastaed RTFx and decoder tokens/s"),
     "batch-sizes": Benchmark("fastaed.bench.batch_sizes", "BatchSizesBenchConfig",
                              "batch-size profile vs NeMo heuristic: fill, batch, speed"),
+    "whisper": Benchmark("fastaed.bench.whisper", "WhisperBenchConfig",
+                         "Whisper on real speech: fastaed vs faster-whisper, padded and unpadded input"),
+    "shards": Benchmark("fastaed.bench.shards", "ShardsBenchConfig",
+                        "streaming sampler: 512-rank simulation, tar vs loose reads, vs Lhotse on Shar"),
+    "finetune": Benchmark("fastaed.bench.finetune", "FinetuneBenchConfig",
+                          "Whisper fine-tuning: bucketed unpadded vs 30 s padded, equal wall time"),
 }  # fmt: skip
 
 

@@ -42,6 +42,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--manifest", type=Path, required=True, action="append", help="repeat for several sets")
     e.add_argument("--hyps", type=Path, default=None, help="also write the hypotheses (JSONL; one set only)")
     e.add_argument("--json", type=Path, default=None, help="write the results as JSON")
+    e.add_argument(
+        "--normalizer", choices=["basic", "whisper", "none"], default="basic",
+        help="text normaliser before WER/CER, on both sides: basic = lower case, punctuation removed; "
+        "whisper = Whisper's English normaliser (also numbers as digits, US spelling); none = as written",
+    )  # fmt: skip
     e.set_defaults(func=eval_cmd)
 
 
@@ -97,7 +102,7 @@ def transcribe_cmd(args: argparse.Namespace) -> int:
 def eval_cmd(args: argparse.Namespace) -> int:
     from fastaed.cli.errors import UsageError, check_output_path
     from fastaed.data.errors import BadInputReport
-    from fastaed.decode.scoring import score
+    from fastaed.decode.scoring import NORMALIZER_DESCRIPTIONS, score
     from fastaed.decode.transcribe import utterances_from_manifest, write_jsonl
     from fastaed.util.tables import format_table, pct
 
@@ -115,7 +120,7 @@ def eval_cmd(args: argparse.Namespace) -> int:
         _report_skips(result.skipped, f"decoding {manifest}")
         if args.hyps is not None:
             write_jsonl(result.transcripts, args.hyps)
-        scores = score(result.transcripts)
+        scores = score(result.transcripts, args.normalizer)
         report.merge(result.skipped)
         results[str(manifest)] = {
             **scores, "rtfx": result.rtfx, "audio_seconds": result.audio_seconds,
@@ -135,12 +140,13 @@ def eval_cmd(args: argparse.Namespace) -> int:
         "beam_size": args.beam_size,
         "length_penalty": args.length_penalty if args.beam_size > 1 else None,
         "rtfx_timer": "audio reading + features + encoder + decoder, warm-up batch excluded",
-        "normaliser": "fastaed.data.text.strip_pnc (lower case, punctuation removed) on both sides",
+        "normalizer": args.normalizer,
+        "normaliser": NORMALIZER_DESCRIPTIONS[args.normalizer],
         "sets": results,
     }
     print(format_table(["manifest", "task/lang", "utts", "WER", "CER", "BLEU", "RTFx"], rows))
     print(f"({doc['device']} {doc['dtype']}, batch {args.batch_size}, beam {args.beam_size}; WER/CER after "
-          "lower-casing and removing punctuation; RTFx includes audio reading and features)")  # fmt: skip
+          f"{doc['normaliser']}; RTFx includes audio reading and features)")  # fmt: skip
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(doc, indent=2) + "\n")

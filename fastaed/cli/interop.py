@@ -5,6 +5,8 @@ fastaed import whisper path/to/ct2_folder --out models/w               # CTransl
 fastaed import whisper large-v3.pt --tokenizer tokenizer.json --out m  # OpenAI checkpoint
 fastaed import whisper hf_folder --out m                               # Hugging Face folder
 fastaed export hf models/whisper-tiny.en --out hf_folder
+fastaed import nemo canary-180m-flash.nemo --out models/canary                  # NeMo Canary .nemo
+fastaed export nemo models/canary --out canary-finetuned.nemo
 """
 
 from __future__ import annotations
@@ -43,6 +45,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="padding convention of padded input",
     )
     w.set_defaults(func=import_whisper_cmd)
+    n = isub.add_parser("nemo", help="NeMo Canary .nemo (FastConformer + Transformer decoder AED)")
+    n.add_argument("source", type=Path, help=".nemo file")
+    n.add_argument("--out", type=Path, required=True, help="checkpoint folder to write")
+    n.add_argument("--name", default=None, help="model name recorded in the checkpoint (default: file stem)")
+    n.set_defaults(func=import_nemo_cmd)
 
     exp = sub.add_parser("export", help="write a fastaed checkpoint in another toolkit's format")
     esub = exp.add_subparsers(dest="format", metavar="FORMAT")
@@ -51,6 +58,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     h.add_argument("checkpoint", type=Path)
     h.add_argument("--out", type=Path, required=True)
     h.set_defaults(func=export_hf_cmd)
+    ne = esub.add_parser("nemo", help="NeMo .nemo (Canary checkpoints imported with `fastaed import nemo`)")
+    ne.add_argument("checkpoint", type=Path)
+    ne.add_argument("--out", type=Path, required=True, help=".nemo file to write")
+    ne.set_defaults(func=export_nemo_cmd)
 
 
 def import_whisper_cmd(args: argparse.Namespace) -> int:
@@ -81,4 +92,20 @@ def export_hf_cmd(args: argparse.Namespace) -> int:
 
     out = export_hf(args.checkpoint, args.out)
     print(f"exported {args.checkpoint} -> {out} (Hugging Face WhisperForConditionalGeneration)")
+    return 0
+
+
+def import_nemo_cmd(args: argparse.Namespace) -> int:
+    from fastaed.formats.nemo import import_nemo
+
+    out = import_nemo(args.source, args.out, name=args.name)
+    print(f"imported NeMo {args.source} -> {out}")
+    return 0
+
+
+def export_nemo_cmd(args: argparse.Namespace) -> int:
+    from fastaed.formats.nemo import export_nemo
+
+    out = export_nemo(args.checkpoint, args.out)
+    print(f"exported {args.checkpoint} -> {out} (NeMo EncDecMultiTaskModel)")
     return 0

@@ -13,7 +13,7 @@ Shapes (B batch, N samples, T feature frames, F mel bins, U decoder sequence len
     feat_lens    (B,) int64
     tokens       (B, U_max) int64     prompt + target + EOS, right-padded with ``pad_id``
     token_lens   (B,) int64           U per utterance (equals the index's out_lengths)
-    prompt_lens  (B,) int64           5 (the Canary prompt)
+    prompt_lens  (B,) int64           the tokenizer's prompt length (5 Canary-style, 2 or 4 Whisper)
 
 Teacher forcing uses ``dec_inputs = tokens[:, :-1]`` and ``dec_targets = tokens[:, 1:]`` (length U - 1
 each, exposed as properties); ``target_mask`` marks the real target positions.
@@ -31,10 +31,13 @@ import torch
 from fastaed.data import errors as E
 from fastaed.data.audio import load_audio
 from fastaed.data.errors import BadInputError, BadInputReport, OnBadInput
-from fastaed.data.features import FeatureConfig, LogMelFeatures
+from fastaed.data.features import FeatureConfig
+from fastaed.data.frontend import build_frontend
 from fastaed.data.index import MetadataIndex
 from fastaed.data.manifest import Utterance
-from fastaed.data.tokenizer import PROMPT_LENGTH, Tokenizer
+from fastaed.data.tokenizer import Tokenizer
+from fastaed.data.whisper_features import WhisperFeatureConfig
+from fastaed.data.whisper_tokenizer import WhisperTokenizer
 
 
 @dataclass
@@ -142,9 +145,9 @@ class AEDDataset(torch.utils.data.Dataset):
     def __init__(
         self,
         index: MetadataIndex,
-        tokenizer: Tokenizer,
+        tokenizer: Tokenizer | WhisperTokenizer,
         *,
-        features: FeatureConfig | None = None,
+        features: FeatureConfig | WhisperFeatureConfig | None = None,
         on_bad_input: OnBadInput = "error",
         duration_tolerance: float = 0.1,
     ):
@@ -157,7 +160,7 @@ class AEDDataset(torch.utils.data.Dataset):
         self.tokenizer = tokenizer
         self.on_bad_input = on_bad_input
         self.duration_tolerance = duration_tolerance
-        self.feature_extractor = LogMelFeatures(features).eval() if features is not None else None
+        self.feature_extractor = build_frontend(features).eval() if features is not None else None
 
     def __len__(self) -> int:
         return len(self.index)
@@ -198,7 +201,7 @@ class AEDDataset(torch.utils.data.Dataset):
             audio_lens=audio_lens,
             tokens=tokens,
             token_lens=token_lens,
-            prompt_lens=torch.full_like(token_lens, PROMPT_LENGTH),
+            prompt_lens=torch.full_like(token_lens, self.tokenizer.prompt_length),
             pad_id=self.tokenizer.pad_id,
             bad_input=report,
         )

@@ -40,6 +40,15 @@ class FeatureConfig:
     normalize: Literal["per_feature", "none"] = "per_feature"
     f_min: float = 0.0
     f_max: float | None = None  # None -> sample_rate / 2
+    # "centred": every frame of the centred STFT is valid (N // hop + 1). "nemo": NeMo's count,
+    # (N + 2·(n_fft // 2) − n_fft) // hop (one fewer for an even n_fft); the last frame is then zeroed and
+    # left out of the normalisation statistics, as NeMo's AudioToMelSpectrogramPreprocessor does.
+    valid_frames: Literal["centred", "nemo"] = "centred"
+    # Explicit analysis window (win_length values) and mel filterbank (n_mels rows of n_fft // 2 + 1), for a
+    # checkpoint whose stored ones differ from the symmetric Hann and Slaney filters computed here (NeMo keeps
+    # both in its state dict). None: computed.
+    window: tuple[float, ...] | None = None
+    filterbank: tuple[tuple[float, ...], ...] | None = None
 
     def __post_init__(self) -> None:
         for name in ("sample_rate", "n_fft", "win_length", "hop_length", "n_mels"):
@@ -59,6 +68,18 @@ class FeatureConfig:
             raise ValueError(
                 f"need 0 <= f_min < f_max <= sample_rate/2, got f_min={self.f_min}, f_max={self.fmax}"
             )
+        if self.valid_frames not in ("centred", "nemo"):
+            raise ValueError(f"valid_frames must be 'centred' or 'nemo', got {self.valid_frames!r}")
+        # Lists (from JSON) become tuples, so the config stays hashable and frozen in spirit.
+        if self.window is not None:
+            object.__setattr__(self, "window", tuple(float(v) for v in self.window))
+            if len(self.window) != self.win_length:
+                raise ValueError(f"window has {len(self.window)} values, win_length is {self.win_length}")
+        if self.filterbank is not None:
+            object.__setattr__(self, "filterbank", tuple(tuple(float(v) for v in r) for r in self.filterbank))
+            shape = (len(self.filterbank), len(self.filterbank[0]) if self.filterbank else 0)
+            if shape != (self.n_mels, self.n_fft // 2 + 1):
+                raise ValueError(f"filterbank is {shape}, expected ({self.n_mels}, {self.n_fft // 2 + 1})")
 
     @property
     def fmax(self) -> float:
@@ -68,6 +89,13 @@ class FeatureConfig:
     def num_frames(self, num_samples: int) -> int:
         """Frames of a centred STFT over ``num_samples`` samples: ``num_samples // hop + 1``."""
         return num_samples // self.hop_length + 1
+
+    def num_valid_frames(self, num_samples: int | torch.Tensor) -> int | torch.Tensor:
+        """Frames that count as the utterance's (see ``valid_frames``); at least 1."""
+        if self.valid_frames == "centred":
+            return num_samples // self.hop_length + 1
+        n = (num_samples + 2 * (self.n_fft // 2) - self.n_fft) // self.hop_length
+        return n.clamp(min=1) if isinstance(n, torch.Tensor) else max(n, 1)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -131,7 +159,8 @@ class LogMelFeatures(nn.Module):
     """Batched, padding-invariant log-mel features.
 
     forward: waves (B, N) float, wave_lens (B,) int -> feats (B, T, n_mels) float32, feat_lens (B,) int64,
-    with ``T = N // hop + 1`` and ``feat_lens = wave_lens // hop + 1``; ``wave_lens`` must be in [1, N].
+    with ``T = N // hop + 1`` and ``feat_lens = config.num_valid_frames(wave_lens)`` (``wave_lens // hop + 1``
+    by default); ``wave_lens`` must be in [1, N].
     A fixed front end: in-place ops make it non-differentiable with respect to ``waves``.
     """
 
@@ -140,9 +169,15 @@ class LogMelFeatures(nn.Module):
         self.config = config or FeatureConfig()
         cfg = self.config
         # Symmetric Hann (NeMo uses periodic=False); torch.stft centres it inside n_fft.
-        self.register_buffer("window", torch.hann_window(cfg.win_length, periodic=False), persistent=False)
+        window = torch.hann_window(cfg.win_length, periodic=False)
+        if cfg.window is not None:
+            window = torch.tensor(cfg.window, dtype=torch.float32)
+        self.register_buffer("window", window, persistent=False)
         # Stored transposed, (n_fft/2+1, n_mels), so the power spectrum (B, T, F) multiplies it directly.
-        self.register_buffer("mel_fb_t", mel_filterbank(cfg).T.contiguous(), persistent=False)
+        fb = mel_filterbank(cfg)
+        if cfg.filterbank is not None:
+            fb = torch.tensor(cfg.filterbank, dtype=torch.float32)
+        self.register_buffer("mel_fb_t", fb.T.contiguous(), persistent=False)
 
     def num_frames(self, num_samples: int | torch.Tensor) -> int | torch.Tensor:
         """Frames produced for ``num_samples`` samples (int or tensor): ``num_samples // hop + 1``."""
@@ -192,7 +227,7 @@ class LogMelFeatures(nn.Module):
             ).transpose(1, 2)  # (B, T, F); torch.stft computes it in this layout, so this is free
             power = spec.real.square().add_(spec.imag.square())  # |X|², cheaper than abs() (no hypot)
             feats = torch.matmul(power, self.mel_fb_t).add_(cfg.log_guard).log_()  # (B, T, n_mels)
-            feat_lens = lens // cfg.hop_length + 1
+            feat_lens = cfg.num_valid_frames(lens)
             frame_padding = ~_length_mask(feat_lens, feats.shape[1]).unsqueeze(-1)  # (B, T, 1)
             feats.masked_fill_(frame_padding, 0.0)
             if cfg.normalize == "per_feature":

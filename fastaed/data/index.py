@@ -174,6 +174,10 @@ def _index_chunk(task: tuple[int, str, int, int, int, str]):
     base_dir = os.path.dirname(os.path.abspath(path))
     report = BadInputReport()
     durs, offs, lines, targets = [], [], [], []
+    # fastaed's SentencePiece tokenizer encodes the chunk's transcripts in one call; other tokenizers
+    # (Whisper's byte-level BPE, Canary's aggregate) give U as the length of their own sequence.
+    fast = isinstance(tok, Tokenizer)
+    lengths: list[int] = []
     with open(path, "rb") as f:
         f.seek(start)
         data = f.read(end - start)
@@ -183,16 +187,21 @@ def _index_chunk(task: tuple[int, str, int, int, int, str]):
             try:
                 utt = parse_line(raw, path=path, line=number, base_dir=base_dir)
                 tok.utterance_prompt(utt)  # validates both language codes against the tokenizer
+                if fast:
+                    targets.append(target_form(utt.target_text, utt.pnc))
+                else:
+                    lengths.append(len(tok.sequence(utt)))
                 durs.append(utt.duration)
                 offs.append(start + pos)
                 lines.append(number)
-                targets.append(target_form(utt.target_text, utt.pnc))
             except BadInputError as err:
                 E.handle(err, policy, report)
         pos += len(raw)
         number += 1
-    pieces = tok.sp.encode(targets) if targets else []
-    out_lengths = np.fromiter((PROMPT_LENGTH + len(p) + 1 for p in pieces), dtype=np.int32, count=len(pieces))
+    if fast:
+        pieces = tok.sp.encode(targets) if targets else []
+        lengths = [PROMPT_LENGTH + len(p) + 1 for p in pieces]
+    out_lengths = np.asarray(lengths, dtype=np.int32)
     return (
         np.asarray(durs, dtype=np.float32),
         out_lengths,

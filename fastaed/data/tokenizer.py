@@ -113,6 +113,11 @@ class Tokenizer:
 
     # ---- text --------------------------------------------------------------------------------------
     @property
+    def prompt_length(self) -> int:
+        """Prompt tokens before the transcript (every prompt of this tokenizer has this length)."""
+        return PROMPT_LENGTH
+
+    @property
     def vocab_size(self) -> int:
         """Total ids: specials + SentencePiece pieces."""
         return self.num_specials + self.sp.get_piece_size()

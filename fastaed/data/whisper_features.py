@@ -118,7 +118,10 @@ class WhisperLogMel(nn.Module):
         return f"{seconds:.2f} s of audio: Whisper's padded input holds one 30 s window (split longer audio)"
 
     @torch.no_grad()
-    def forward(self, waves: torch.Tensor, wave_lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, waves: torch.Tensor, wave_lens: torch.Tensor, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        # ``generator``: accepted for the trainer's front-end call; Whisper's front end has no dither.
         feats = [self.one(waves[i, : int(n)]) for i, n in enumerate(wave_lens.tolist())]
         lens = torch.tensor([f.shape[0] for f in feats], dtype=torch.long, device=waves.device)
         out = waves.new_zeros(len(feats), int(lens.max()), self.config.n_mels, dtype=torch.float32)

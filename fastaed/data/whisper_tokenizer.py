@@ -230,6 +230,11 @@ class WhisperTokenizer:
         task_id = self.translate_id if task == "translate" else self.transcribe_id
         return [self.sot_id, self.language_id(source_lang, where=where), task_id, self.no_timestamps_id]
 
+    @property
+    def prompt_length(self) -> int:
+        """Prompt tokens before the transcript: 4 on multilingual models, 2 on English-only ones."""
+        return 4 if self.multilingual else 2
+
     def utterance_prompt(self, utt: Utterance) -> list[int]:
         return self.prompt(utt.source_lang, utt.task, utt.target_lang, utt.pnc, where=utt)
 

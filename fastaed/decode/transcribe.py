@@ -30,7 +30,7 @@ from fastaed.data.manifest import Utterance, read_manifest
 from fastaed.data.tokenizer import Tokenizer, is_tokenizer_dir, load_tokenizer
 from fastaed.data.whisper_features import WhisperFeatureConfig
 from fastaed.data.whisper_tokenizer import WhisperTokenizer
-from fastaed.decode.search import Hypothesis, beam_search, greedy_search
+from fastaed.decode.search import Hypothesis, beam_search, greedy_search, nemo_limits
 from fastaed.formats import load_model, read_checkpoint_meta
 from fastaed.model import EncoderDecoderModel
 from fastaed.util.devices import resolve_device, resolve_dtype, synchronize
@@ -71,7 +71,9 @@ class DecodeConfig:
         if self.whisper_input not in ("auto", "padded", "unpadded"):
             raise ValueError(f"whisper_input must be auto, padded or unpadded, got {self.whisper_input!r}")
         if self.whisper_padding not in ("auto", "openai", "faster-whisper"):
-            raise ValueError(f"whisper_padding must be auto, openai or faster-whisper, got {self.whisper_padding!r}")
+            raise ValueError(
+                f"whisper_padding must be auto, openai or faster-whisper, got {self.whisper_padding!r}"
+            )
 
 
 @dataclass
@@ -238,7 +240,10 @@ class Transcriber:
         self.model, self.tokenizer, self.device, self.dtype = load_for_inference(
             checkpoint, tokenizer_dir, self.config.device, self.config.dtype
         )
-        self.frontend = self._frontend(read_checkpoint_meta(checkpoint).get("frontend"))
+        meta = read_checkpoint_meta(checkpoint)
+        self.frontend = self._frontend(meta.get("frontend"))
+        # An imported NeMo checkpoint stops generating where NeMo would (``fastaed.formats.nemo``).
+        self.generation = (meta.get("extra") or {}).get("generation")
 
     @classmethod
     def from_model(
@@ -247,15 +252,18 @@ class Transcriber:
         tokenizer: AnyTokenizer,
         config: DecodeConfig | None = None,
         frontend: dict[str, Any] | None = None,
+        generation: dict[str, Any] | None = None,
     ) -> Transcriber:
         """Wrap an in-memory model (benchmarks, tests): same device and dtype as its parameters.
-        ``frontend``: a checkpoint's ``frontend`` entry (None: fastaed's default log-mel)."""
+        ``frontend``: a checkpoint's ``frontend`` entry (None: fastaed's default log-mel); ``generation``: its
+        ``extra.generation`` length rule (None: fastaed's)."""
         self = cls.__new__(cls)
         self.config = config or DecodeConfig()
         self.model, self.tokenizer = model.eval(), tokenizer
         param = next(model.parameters())
         self.device, self.dtype = param.device, param.dtype
         self.frontend = self._frontend(frontend)
+        self.generation = generation
         return self
 
     def _frontend(self, spec: dict[str, Any] | None) -> torch.nn.Module:
@@ -328,8 +336,11 @@ class Transcriber:
         suppress = self._ids(getattr(self.tokenizer, "suppress_ids", None))
         at_start = self._ids(getattr(self.tokenizer, "suppress_at_start_ids", None))
         if c.beam_size == 1:
+            limits, rule = None, self.generation or {}
+            if rule.get("rule") == "nemo":
+                limits = nemo_limits(self.model, enc, prompts.shape[1], rule["max_generation_delta"])
             hyps = greedy_search(self.model, enc, enc_lens, prompts, eos, force_lengths=force_lengths,
-                                 suppress=suppress, suppress_at_start=at_start)  # fmt: skip
+                                 suppress=suppress, suppress_at_start=at_start, limits=limits)  # fmt: skip
             return [[h] for h in hyps]
         return beam_search(
             self.model, enc, enc_lens, prompts, eos,

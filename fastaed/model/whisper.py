@@ -4,7 +4,8 @@ Dimensions: B batch, T feature frames, F mel bins, T' = ceil(T / 2) encoder fram
 
 Stem: ``Conv1d(F, D, 3, pad 1) → GELU → Conv1d(D, D, 3, stride 2, pad 1) → GELU``, then the first T' rows of
 the (max_positions, D) sinusoid table (a buffer saved with the weights) are added. Block:
-``x + SelfAttn(LN(x))`` then ``x + MLP(LN(x))`` with a GELU MLP of width 4D; attention has no key bias. A final LayerNorm closes the encoder.
+``x + SelfAttn(LN(x))`` then ``x + MLP(LN(x))`` with a GELU MLP of width 4D; attention has no key bias.
+A final LayerNorm closes the encoder.
 
 Whisper was trained on 30 s windows only (3000 frames, T' = 1500, nothing masked). The same module also
 runs *unpadded* input, the real frames alone: the position table is sliced to T', and in a batch of

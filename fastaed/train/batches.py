@@ -20,6 +20,7 @@ from fastaed.data.dataset import AEDDataset, Batch
 from fastaed.data.errors import BadInputError
 from fastaed.data.index import MetadataIndex
 from fastaed.data.tokenizer import PROMPT_LENGTH
+from fastaed.model import ModelConfig
 from fastaed.sampling import Bins, BucketingSampler, LengthLimits, estimate_bins, load_profile
 from fastaed.train import checkpoint as ckpt
 from fastaed.train import distributed as D
@@ -37,14 +38,17 @@ SamplerFactory = Callable[..., BucketingSampler]  # sampler(shuffle=...) -> the 
 MAX_TOKENS_PER_FRAME = 4.0
 
 
-def length_limits(cfg: TrainConfig) -> LengthLimits:
-    """The run's per-utterance limits: at least 2 encoder frames (the model preset's subsampling), at most
-    ``MAX_TOKENS_PER_FRAME`` transcript tokens per frame, and a batch of one within the sampler's budget."""
+def length_limits(
+    cfg: TrainConfig, model_config: ModelConfig | None = None, prompt_length: int = PROMPT_LENGTH
+) -> LengthLimits:
+    """The run's per-utterance limits: at least 2 encoder frames (the model's subsampling: ``model_config``,
+    else the preset's), at most ``MAX_TOKENS_PER_FRAME`` transcript tokens per frame, and a batch of one
+    within the sampler's budget. ``prompt_length``: the tokenizer's (Whisper's is 2 or 4 tokens)."""
     s = cfg.sampler
-    subsampling = cfg.model.model_config(None).encoder.subsampling_factor
+    subsampling = (model_config or cfg.model.model_config(None)).encoder.subsampling_factor
     return LengthLimits(
         encoder_frame_samples=HOP_LENGTH * subsampling,
-        non_text_tokens=PROMPT_LENGTH + 1,  # U = prompt + transcript + EOS
+        non_text_tokens=prompt_length + 1,  # U = prompt + transcript + EOS
         max_tokens_per_frame=MAX_TOKENS_PER_FRAME,
         max_duration=s.max_duration,
         quadratic_duration=s.quadratic_duration,
@@ -77,12 +81,17 @@ def check_sampler(sampler: BucketingSampler, index: MetadataIndex) -> None:
 
 
 def make_sampler_factory(
-    cfg: TrainConfig, index: MetadataIndex, info: D.DistInfo, identity: ProfileIdentity | None = None
+    cfg: TrainConfig,
+    index: MetadataIndex,
+    info: D.DistInfo,
+    identity: ProfileIdentity | None = None,
+    limits: LengthLimits | None = None,
 ) -> SamplerFactory:
     """A cached ``sampler(shuffle)``: bins from file / profile / estimation, sizes from profile and budget.
 
     identity: the run's; a profile made for another model, device, dtype or tokenizer is refused
-    (``ProfileMismatchError``) unless ``sampler.force_profile``."""
+    (``ProfileMismatchError``) unless ``sampler.force_profile``. limits: the run's (default
+    :func:`length_limits` of ``cfg``)."""
     s = cfg.sampler
     batch_sizes = None
     bins = Bins.load(s.bins) if s.bins else None
@@ -92,7 +101,7 @@ def make_sampler_factory(
                 D.print0(f"note: using batch-size profile {s.profile} despite: {'; '.join(diffs)}")
         batch_sizes, profile_bins = load_profile(s.profile)
         bins = profile_bins if profile_bins is not None else bins
-    limits = length_limits(cfg)
+    limits = limits or length_limits(cfg)
     if bins is None:
         violations = limits.violations(index.durations, index.out_lengths)
         if np.logical_or.reduce(list(violations.values())).all():

@@ -112,11 +112,13 @@ def save_checkpoint(
     keep: int = 3,
     extra: dict[str, Any] | None = None,
     tokenizer: Tokenizer | None = None,
+    frontend: dict[str, Any] | None = None,
 ) -> Path:
     """Write ``out_dir/ckpt-{step}`` atomically, point ``latest`` at it and prune old ones; returns its path.
 
     With ``tokenizer`` the checkpoint carries a copy in ``tokenizer/`` (a few hundred KB), so
-    ``fastaed transcribe CKPT`` needs nothing else.
+    ``fastaed transcribe CKPT`` needs nothing else; ``frontend`` is the model's front end entry (a fine-tuned
+    Whisper's; None: fastaed's default log-mel).
 
     Call on one process only (rank 0): the directory is shared by every rank.
     """
@@ -127,7 +129,13 @@ def save_checkpoint(
     final = out / f"{PREFIX}{step}"
     tmp = make_temp(final, directory=True)
     try:
-        save_model(model, tmp, tokenizer_identity=tokenizer_identity, extra={"step": step, **(extra or {})})
+        save_model(
+            model,
+            tmp,
+            tokenizer_identity=tokenizer_identity,
+            extra={"step": step, **(extra or {})},
+            frontend=frontend,
+        )
         if tokenizer is not None:
             tokenizer.save(tmp / "tokenizer")
         state_path = tmp / STATE_FILE

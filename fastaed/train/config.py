@@ -1,9 +1,10 @@
 """Training configuration: one frozen dataclass per concern, loaded from YAML with ``key=value`` overrides.
 
 A config file has one mapping per section (``data``, ``sampler``, ``model``, ``optim``, ``loss``,
-``specaugment``, ``features``, ``runtime``, ``debug``); every key is optional except ``data.tokenizer`` and
-one of ``data.train_manifests`` / ``data.train_shards``. Values are type-checked against the field
-annotations, and an unknown or mistyped key is an error that names the key::
+``specaugment``, ``features``, ``runtime``, ``debug``); every key is optional except one of
+``data.train_manifests`` / ``data.train_shards``, and ``data.tokenizer`` unless ``model.init_from`` names a
+checkpoint to fine-tune (which brings its own tokenizer and front end). Values are type-checked against
+the field annotations, and an unknown or mistyped key is an error that names the key::
 
     cfg = TrainConfig.from_yaml("configs/train_tiny_flash.yaml", overrides=["optim.lr=1e-3"])
 
@@ -42,7 +43,7 @@ def _require(ok: bool, message: str) -> None:
 
 @dataclass(frozen=True)
 class DataConfig:
-    tokenizer: str  # tokenizer directory (defines the output length U and the vocabulary)
+    tokenizer: str | None = None  # tokenizer directory (U and the vocabulary); None with model.init_from
     train_manifests: list[str] = field(default_factory=list)  # NeMo JSONL manifests, each PATH or PATH:WEIGHT
     # Tar shards instead of manifests (streamed: each rank reads its own shards; see fastaed/train/shards.py):
     # a DIR (`fastaed data shard` output, NeMo manifest_N.json + audio_N.tar, or Lhotse Shar) or NeMo brace
@@ -101,7 +102,13 @@ class SamplerConfig:
 
 @dataclass(frozen=True)
 class ModelSection:
-    preset: str = "tiny-flash"  # a name from fastaed.model.PRESETS
+    preset: str = "tiny-flash"  # a name from fastaed.model.PRESETS (ignored with init_from)
+    # Fine-tuning: a fastaed checkpoint (e.g. `fastaed import whisper`) whose weights, model config,
+    # tokenizer and front end the run starts from; data.tokenizer must then be null.
+    init_from: str | None = None
+    # Whisper front end of an init_from checkpoint: "unpadded" (real frames only: bucketing pays off) or
+    # "padded" (every input 30 s, Whisper's pre-training shapes); null keeps the checkpoint's.
+    frontend_input: str | None = "unpadded"
     ctc_weight: float | None = None  # auxiliary CTC loss weight; None keeps the preset's, 0 removes the head
     dropout: float | None = None  # overrides every dropout of encoder and decoder; None keeps the preset's
 
@@ -110,12 +117,21 @@ class ModelSection:
             self.preset in PRESETS, f"model.preset: unknown {self.preset!r}; known: {', '.join(PRESETS)}"
         )
         _require(self.ctc_weight is None or 0 <= self.ctc_weight <= 1, "model.ctc_weight must be in [0, 1]")
+        _require(
+            self.frontend_input in (None, "padded", "unpadded"),
+            "model.frontend_input: padded, unpadded or null",
+        )
+        _require(
+            self.init_from is None or not self.ctc_weight,
+            "model.ctc_weight: a checkpoint named by model.init_from cannot gain a CTC head (use null or 0)",
+        )
         _require(self.dropout is None or 0 <= self.dropout < 1, "model.dropout must be in [0, 1)")
 
-    def model_config(self, vocab_size: int | None) -> ModelConfig:
-        """The preset sized for the tokenizer (None: the preset's default vocabulary), with this section's
-        CTC weight and dropout overrides."""
-        cfg = preset_config(self.preset, vocab_size)
+    def model_config(self, vocab_size: int | None, base: ModelConfig | None = None) -> ModelConfig:
+        """The preset sized for the tokenizer (None: the preset's default vocabulary), or ``base`` (the
+        ``init_from`` checkpoint's config, see ``fastaed.train.pretrained``), with this section's CTC weight
+        and dropout overrides."""
+        cfg = preset_config(self.preset, vocab_size) if base is None else base
         if self.ctc_weight is not None:
             cfg = dataclasses.replace(cfg, ctc_weight=self.ctc_weight or None)  # 0 removes the head
         if self.dropout is not None:
@@ -139,6 +155,7 @@ class OptimConfig:
     max_steps: int = 10_000  # optimizer steps of the whole run (resumes included)
     grad_clip: float | None = 1.0  # max global gradient norm; None disables clipping
     accumulation: int = 1  # batches per optimizer step
+    freeze_encoder_steps: int = 0  # fine-tuning: the encoder gets no update for the first N steps
 
     def __post_init__(self) -> None:
         _require(self.lr > 0 and 0 <= self.min_lr <= self.lr, "optim: need lr > 0 and 0 <= min_lr <= lr")
@@ -148,6 +165,7 @@ class OptimConfig:
         _require(self.schedule in SCHEDULES, f"optim.schedule: one of {SCHEDULES}, got {self.schedule!r}")
         _require(self.grad_clip is None or self.grad_clip > 0, "optim.grad_clip must be > 0 or null")
         _require(self.accumulation >= 1, "optim.accumulation must be >= 1")
+        _require(self.freeze_encoder_steps >= 0, "optim.freeze_encoder_steps must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -245,6 +263,23 @@ class TrainConfig:
     features: FeaturesSection = field(default_factory=FeaturesSection)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     debug: DebugConfig = field(default_factory=DebugConfig)
+
+    def __post_init__(self) -> None:
+        if self.model.init_from is None:
+            _require(
+                self.data.tokenizer is not None,
+                "missing required key 'data.tokenizer' (or fine-tune a checkpoint: model.init_from)",
+            )
+        else:
+            _require(
+                self.data.tokenizer is None,
+                "data.tokenizer: leave it null with model.init_from (the checkpoint's tokenizer is used)",
+            )
+
+    @property
+    def model_name(self) -> str:
+        """What summaries call the model: the preset, or the checkpoint fine-tuned from."""
+        return self.model.init_from or self.model.preset
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (lists instead of tuples), the form written to YAML."""

@@ -17,11 +17,12 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from fastaed.data.dataset import AEDDataset
-from fastaed.data.features import LogMelFeatures
 from fastaed.data.text import strip_pnc
 from fastaed.data.tokenizer import Tokenizer
+from fastaed.data.whisper_tokenizer import WhisperTokenizer
 from fastaed.decode.scoring import word_error_rates
 from fastaed.decode.search import greedy_search
 from fastaed.model import EncoderDecoderModel, cross_entropy_loss
@@ -49,9 +50,9 @@ def duration_batches(durations: np.ndarray, max_padded_seconds: float) -> list[l
 @torch.no_grad()
 def evaluate(
     model: EncoderDecoderModel,
-    frontend: LogMelFeatures,
+    frontend: nn.Module,  # waves (B, N), lens (B,) -> feats (B, T, F), feat_lens (B,)
     dataset: AEDDataset,
-    tokenizer: Tokenizer,
+    tokenizer: Tokenizer | WhisperTokenizer,
     *,
     device: torch.device,
     autocast: Callable[[], AbstractContextManager[Any]],
@@ -99,7 +100,7 @@ def evaluate(
             rows = [j for j, i in enumerate(batch.indices) if i in wer_ids]
             if rows:
                 sel = torch.tensor(rows, device=device)
-                p = int(batch.prompt_lens[0])  # the Canary prompt has a fixed length
+                p = int(batch.prompt_lens[0])  # one prompt length per tokenizer
                 decoded = greedy_search(
                     model, enc[sel], enc_lens[sel], batch.tokens[sel, :p], tokenizer.eos_id
                 )

@@ -51,6 +51,7 @@ from fastaed.train.faults import (
     apply_bad_input_policy,
 )
 from fastaed.train.metrics import STAT_FIELDS, batch_stats, left_out_line, peak_memory_mb, step_telemetry
+from fastaed.train.pretrained import load_pretrained
 from fastaed.train.schedule import lr_at
 from fastaed.train.session import Session
 from fastaed.train.setup import build_model_parts, load_data, open_metrics, resume_position
@@ -77,8 +78,9 @@ def train(cfg: TrainConfig, resume: str | Path | None = "auto") -> dict[str, Any
     if info.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         cfg.to_yaml(out_dir / "config.yaml")
-    data = load_data(cfg, info, device, precision)
-    parts = build_model_parts(cfg, data.tokenizer.vocab_size, device)
+    pretrained = load_pretrained(cfg.model)  # fine-tuning: weights, tokenizer and front end come with it
+    data = load_data(cfg, info, device, precision, pretrained)
+    parts = build_model_parts(cfg, data.tokenizer.vocab_size, device, pretrained)
     # Dropout streams differ per rank (as do the utterances each rank gets).
     torch.manual_seed(ckpt.derive_seed(seed, info.rank))
     np.random.seed(ckpt.derive_seed(seed, info.rank, 1) % 2**32)
@@ -88,11 +90,12 @@ def train(cfg: TrainConfig, resume: str | Path | None = "auto") -> dict[str, Any
     run = Session(
         cfg, info, device, precision, out_dir, data, parts, guard, FaultInjector(cfg.debug), metrics,
         pos=start.pos, totals=start.totals, resumed_from=start.checkpoint, t_start=t_start,
+        frontend_entry=pretrained.frontend_entry if pretrained else None,
     )  # fmt: skip
     pos = run.pos
     n_params = sum(p.numel() for p in parts.params)
     D.print0(
-        f"fastaed train: {cfg.model.preset} ({n_params / 1e6:.2f}M params), {data.train_items} train "
+        f"fastaed train: {cfg.model_name} ({n_params / 1e6:.2f}M params), {data.train_items} train "
         f"utts, {device}, {precision.name}, world size {info.world_size}, out_dir {out_dir}"
     )
     if rt.time_budget_s is not None:
@@ -218,6 +221,10 @@ def optimizer_step(run: Session, stream: Iterator[StreamItem]) -> StepOutcome:
         step=pos.step + 1, autocast=run.precision.autocast,
     )  # fmt: skip
     pieces = [b.to(device, non_blocking=True) for b in micro]
+    # Encoder frozen (fine-tuning's first steps): no gradient reaches it, so backward stops at its output
+    # and AdamW leaves its weights and moments alone (parameters without a gradient are skipped).
+    frozen = pos.step < cfg.optim.freeze_encoder_steps
+    parts.model.encoder.requires_grad_(not frozen)
     zero_grad = functools.partial(parts.optimizer.zero_grad, set_to_none=True)
     kept, splits = accumulate_with_oom_split(pieces, forward, zero_grad=zero_grad, backward=injector.backward)
     loss_parts = torch.stack(kept).sum(0).double().cpu() if kept else torch.zeros(2, dtype=torch.float64)
@@ -254,7 +261,8 @@ def optimizer_step(run: Session, stream: Iterator[StreamItem]) -> StepOutcome:
         "local_batch_size": sum(len(b) for b in micro),
         "loss": loss_value if finite else None, "ce_loss": ce if finite else None,
         "ctc_loss": ctc_part if finite and ctc_weight is not None else None,
-        "lr": lr, "grad_norm": grad_norm, "specaugment": augment, "oom_splits": int(n_splits),
+        "lr": lr, "grad_norm": grad_norm, "specaugment": augment, "encoder_frozen": frozen,
+        "oom_splits": int(n_splits),
         **step_telemetry(totals, step_time), "data_time_s": t_data,
         "peak_mem_mb": peak_memory_mb(device),
     }  # fmt: skip

@@ -58,6 +58,7 @@ class Session:
     totals: RunTotals
     resumed_from: Path | None
     t_start: float  # perf_counter() when this process started
+    frontend_entry: dict[str, Any] | None = None  # the fine-tuned checkpoint's front end (None: the default)
 
     def elapsed_s(self) -> float:
         """Wall time of the whole run: what the resumed-from checkpoint recorded plus this process's."""
@@ -114,6 +115,7 @@ class Session:
             ckpt.save_checkpoint(
                 self.out_dir, pos.step, parts.model, state, tokenizer_identity=tokenizer.identity,
                 keep=self.cfg.runtime.keep_checkpoints, extra=extra, tokenizer=tokenizer,
+                frontend=self.frontend_entry,
             )  # fmt: skip
         D.barrier()  # no rank runs ahead (or exits) before the checkpoint is complete
         return self.checkpoint_path()
@@ -150,7 +152,7 @@ class Session:
             "rejected": account["rejected"],
             "checkpoint": str(checkpoint),
             "resumed_from": str(self.resumed_from) if self.resumed_from else None,
-            "model": cfg.model.preset, "params": sum(p.numel() for p in self.parts.params),
+            "model": cfg.model_name, "params": sum(p.numel() for p in self.parts.params),
             "device": str(self.device), "dtype": self.precision.name, "world_size": self.info.world_size,
             "peak_mem_mb": peak_memory_mb(self.device), "out_dir": str(self.out_dir),
         }  # fmt: skip
@@ -162,7 +164,7 @@ class Session:
         out_dir = self.out_dir
         (out_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
         self.metrics.close()
-        title = f"{self.cfg.model.preset}: {out_dir}"
+        title = f"{self.cfg.model_name}: {out_dir}"
         plot_learning_curve(out_dir / METRICS_FILE, out_dir / CURVE_FILE, title=title)
         table = summary_table(summary)
         (out_dir / SUMMARY_TEXT_FILE).write_text(table + "\n")

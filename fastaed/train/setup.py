@@ -17,18 +17,21 @@ from torch import nn
 
 from fastaed.data.dataset import AEDDataset
 from fastaed.data.errors import BadInputReport
-from fastaed.data.features import LogMelFeatures, SpecAugment
+from fastaed.data.features import SpecAugment
+from fastaed.data.frontend import build_frontend
 from fastaed.data.index import MetadataIndex, build_index
 from fastaed.data.manifest import ManifestSpec
 from fastaed.data.shards import ShardDataset
 from fastaed.data.tokenizer import Tokenizer
-from fastaed.model import EncoderDecoderModel, build_model
+from fastaed.model import EncoderDecoderModel, ModelConfig, build_model
+from fastaed.sampling import LengthLimits
 from fastaed.train import checkpoint as ckpt
 from fastaed.train import distributed as D
-from fastaed.train.batches import SamplerFactory, make_sampler_factory
+from fastaed.train.batches import SamplerFactory, length_limits, make_sampler_factory
 from fastaed.train.config import TrainConfig
 from fastaed.train.faults import NonFiniteGuard
 from fastaed.train.metrics import METRICS_FILE, MetricsWriter, RunTotals
+from fastaed.train.pretrained import AnyTokenizer, Pretrained
 from fastaed.train.profile.profile import ProfileIdentity
 from fastaed.train.shards import ShardData, make_stream_sampler, open_train_shards
 from fastaed.train.step import Precision, build_optimizer
@@ -51,7 +54,7 @@ class TrainData:
     On shards (``data.train_shards``) there is no training index: ``shards`` holds the shard set and its
     dataset, and ``sampler_for`` returns the one streaming sampler whatever ``shuffle`` asks."""
 
-    tokenizer: Tokenizer
+    tokenizer: AnyTokenizer  # data.tokenizer's, or the init_from checkpoint's
     train_index: MetadataIndex | None
     dev_index: MetadataIndex | None
     train_set: AEDDataset | ShardDataset
@@ -76,7 +79,7 @@ class ModelParts:
     model: EncoderDecoderModel
     params: list[nn.Parameter]  # trainable, in model order (gradients are reduced and clipped in it)
     optimizer: torch.optim.AdamW
-    frontend: LogMelFeatures
+    frontend: nn.Module  # waves (B, N), lens (B,) -> feats (B, T, F), feat_lens (B,)
     specaug: SpecAugment
 
 
@@ -90,18 +93,35 @@ class Start:
     checkpoint: Path | None = None  # the checkpoint resumed from
 
 
-def load_data(cfg: TrainConfig, info: D.DistInfo, device: torch.device, precision: Precision) -> TrainData:
+def run_model_config(cfg: TrainConfig, vocab_size: int, pretrained: Pretrained | None) -> ModelConfig:
+    """The model the run trains: the preset sized for the tokenizer, or the ``init_from`` checkpoint's
+    config; either with the ``model`` section's overrides."""
+    if pretrained is None:
+        return cfg.model.model_config(vocab_size)
+    return cfg.model.model_config(None, base=pretrained.model_config)
+
+
+def load_data(
+    cfg: TrainConfig,
+    info: D.DistInfo,
+    device: torch.device,
+    precision: Precision,
+    pretrained: Pretrained | None = None,
+) -> TrainData:
     """Indices and datasets (DataLoader workers always skip-and-report bad input; the main process applies
     ``data.on_bad_input``), and the sampler factory, checked against ``sampler.profile`` when there is one:
-    the profile must have been made for this very run (model, device, precision, tokenizer)."""
+    the profile must have been made for this very run (model, device, precision, tokenizer).
+
+    ``pretrained`` (fine-tuning): its tokenizer replaces ``data.tokenizer`` (U, prompt, vocabulary)."""
     policy = cfg.data.on_bad_input
-    tokenizer = Tokenizer.load(cfg.data.tokenizer)
+    tokenizer = pretrained.tokenizer if pretrained else Tokenizer.load(cfg.data.tokenizer)
+    model_cfg = run_model_config(cfg, tokenizer.vocab_size, pretrained)
+    limits = length_limits(cfg, model_cfg, tokenizer.prompt_length)
     identity = None
     if cfg.sampler.profile:
-        model_cfg = cfg.model.model_config(tokenizer.vocab_size)
         identity = ProfileIdentity.for_run(model_cfg, device, precision.name, tokenizer.identity)
     if cfg.data.train_shards:
-        return _load_shard_data(cfg, info, tokenizer, identity)
+        return _load_shard_data(cfg, info, tokenizer, identity, limits)
     with D.rank0_first():  # rank 0 builds the index cache, the other ranks then read it
         specs = [ManifestSpec.parse(m) for m in cfg.data.train_manifests]
         train_index = build_index(specs, tokenizer, on_bad_input=policy)
@@ -112,12 +132,16 @@ def load_data(cfg: TrainConfig, info: D.DistInfo, device: torch.device, precisio
         )
     train_set = AEDDataset(train_index, tokenizer, on_bad_input="skip")
     dev_set = AEDDataset(dev_index, tokenizer, on_bad_input="skip") if dev_index is not None else None
-    sampler_for = make_sampler_factory(cfg, train_index, info, identity)
+    sampler_for = make_sampler_factory(cfg, train_index, info, identity, limits)
     return TrainData(tokenizer, train_index, dev_index, train_set, dev_set, sampler_for)
 
 
 def _load_shard_data(
-    cfg: TrainConfig, info: D.DistInfo, tokenizer: Tokenizer, identity: ProfileIdentity | None
+    cfg: TrainConfig,
+    info: D.DistInfo,
+    tokenizer: AnyTokenizer,
+    identity: ProfileIdentity | None,
+    limits: LengthLimits,
 ) -> TrainData:
     """``load_data`` on tar shards: the shard set, the dev index (if any) and the streaming sampler."""
     shards = open_train_shards(cfg, tokenizer)
@@ -126,18 +150,27 @@ def _load_shard_data(
         with D.rank0_first():
             dev_index = build_index([cfg.data.dev_manifest], tokenizer, on_bad_input=cfg.data.on_bad_input)
         dev_set = AEDDataset(dev_index, tokenizer, on_bad_input="skip")
-    sampler = make_stream_sampler(cfg, shards, info, identity)
+    sampler = make_stream_sampler(cfg, shards, info, identity, limits)
     return TrainData(tokenizer, None, dev_index, shards.dataset, dev_set, lambda **_: sampler, shards)
 
 
-def build_model_parts(cfg: TrainConfig, vocab_size: int, device: torch.device) -> ModelParts:
-    """The model (the same initial weights on every rank: seeded, and broadcast from rank 0 to be sure), the
-    optimizer, front end and SpecAugment, all in training mode."""
+def build_model_parts(
+    cfg: TrainConfig, vocab_size: int, device: torch.device, pretrained: Pretrained | None = None
+) -> ModelParts:
+    """The model (the same initial weights on every rank: seeded, or ``pretrained``'s, and broadcast from
+    rank 0 to be sure), the optimizer, front end (``pretrained``'s when fine-tuning) and SpecAugment, all in
+    training mode."""
     torch.manual_seed(cfg.sampler.seed)
-    model = D.broadcast_model_(build_model(cfg.model.model_config(vocab_size)).to(device))
+    model = build_model(run_model_config(cfg, vocab_size, pretrained))
+    if pretrained is not None:
+        pretrained.load_weights_into_(model)
+    model = D.broadcast_model_(model.to(device))
     o = cfg.optim
     optimizer, params = build_optimizer(model, device, lr=o.lr, weight_decay=o.weight_decay, betas=o.betas)
-    frontend = LogMelFeatures(cfg.features.feature_config()).to(device)
+    if pretrained is not None:
+        frontend = build_frontend(pretrained.training_frontend(cfg.features.dither)).to(device)
+    else:
+        frontend = build_frontend(cfg.features.feature_config()).to(device)
     specaug = SpecAugment(cfg.specaugment)
     model.train()
     frontend.train()

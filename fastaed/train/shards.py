@@ -31,7 +31,7 @@ from fastaed.data.errors import BadInputReport
 from fastaed.data.shard_sources import open_shard_source
 from fastaed.data.shards import ShardDataset, TarShard, shard_lengths
 from fastaed.data.tokenizer import Tokenizer
-from fastaed.sampling import Bins, assign_buckets, estimate_bins, load_profile
+from fastaed.sampling import Bins, LengthLimits, assign_buckets, estimate_bins, load_profile
 from fastaed.sampling.streaming import StreamingBucketingSampler, StreamingConfig
 from fastaed.train import checkpoint as ckpt
 from fastaed.train import distributed as D
@@ -83,9 +83,13 @@ def _bins_sample(cfg: TrainConfig, shards: list[TarShard]) -> list[TarShard]:
 
 
 def make_stream_sampler(
-    cfg: TrainConfig, data: ShardData, info: D.DistInfo, identity: ProfileIdentity | None = None
+    cfg: TrainConfig,
+    data: ShardData,
+    info: D.DistInfo,
+    identity: ProfileIdentity | None = None,
+    limits: LengthLimits | None = None,
 ) -> StreamingBucketingSampler:
-    """The run's streaming sampler (see the module doc)."""
+    """The run's streaming sampler (see the module doc); ``limits`` default to :func:`length_limits`."""
     s = cfg.sampler
     batch_sizes, bins = None, Bins.load(s.bins) if s.bins else None
     if s.profile:
@@ -93,7 +97,7 @@ def make_stream_sampler(
             D.print0(f"note: using batch-size profile {s.profile} despite: {'; '.join(diffs)}")
         batch_sizes, profile_bins = load_profile(s.profile)
         bins = profile_bins if profile_bins is not None else bins
-    limits = length_limits(cfg)
+    limits = limits or length_limits(cfg)
     sample = _bins_sample(cfg, data.shards)
     d, u, _ = shard_lengths(sample)
     if len(d) == 0:

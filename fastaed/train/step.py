@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from fastaed.data.dataset import Batch
-from fastaed.data.features import LogMelFeatures, SpecAugment
+from fastaed.data.features import SpecAugment
 from fastaed.model import EncoderDecoderModel, cross_entropy_loss, ctc_loss
 from fastaed.train.config import LossConfig
 from fastaed.train.faults import FaultInjector
@@ -111,7 +111,7 @@ def piece_forward(
     piece: Batch,
     *,
     model: EncoderDecoderModel,
-    frontend: LogMelFeatures,
+    frontend: nn.Module,  # waves (B, N), lens (B,) -> feats (B, T, F), feat_lens (B,)
     specaug: SpecAugment | None,
     generator: torch.Generator,
     norm: torch.Tensor,

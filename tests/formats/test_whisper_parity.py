@@ -56,15 +56,26 @@ def tiny(tmp_path_factory):
     return folder, ckpt
 
 
+ASTERISK_EVERY = 12  # every 12th Asterisk prompt (46 of 553): all categories, minutes not tens of minutes
+
+
 @pytest.fixture(scope="module")
 def clips():
-    from fastaed.data import realcheck
+    """The 12 pocketsphinx clips, and a spread of Asterisk prompts where the Debian packages are installed."""
+    from fastaed.data import asterisk, realcheck
 
+    cache = default_cache_dir().parent
     try:
-        result = realcheck.prepare_real_check(default_cache_dir().parent / "real_check")
+        result = realcheck.prepare_real_check(cache / "real_check")
     except Exception as e:  # noqa: BLE001 - any network failure means: not available here
         pytest.skip(f"real clips not fetchable: {e}")
-    return list(read_manifest(result.manifest))
+    out = list(read_manifest(result.manifest))
+    manifest = cache / "asterisk" / asterisk.MANIFEST_NAME
+    if not manifest.is_file() and not asterisk.missing_sources():
+        asterisk.prepare_asterisk(manifest.parent)
+    if manifest.is_file():
+        out += list(read_manifest(manifest))[::ASTERISK_EVERY]
+    return out
 
 
 def test_features_encoder_and_greedy_tokens_match_ctranslate2(tiny, clips, tmp_path):
@@ -87,9 +98,11 @@ def test_features_encoder_and_greedy_tokens_match_ctranslate2(tiny, clips, tmp_p
         with torch.no_grad():
             ours, lens = t.model.encode(theirs[None], torch.tensor([3000]))
         reference = torch.from_numpy(np.load(enc["encoded"][i]))
-        # Within 1e-3 (absolute + relative): most clips agree to 5e-5; a few frames deep in the 30 s of
-        # padding, where attention is flat, reach 3e-3 on values around 3 (float32 summation order).
-        torch.testing.assert_close(ours[0], reference, atol=1e-3, rtol=1e-3)
+        # Most clips agree to 5e-5; a few frames deep in the 30 s of padding, where attention is flat, reach
+        # 2e-3 on values around 3 (float32 summation order): all but 1e-4 of values within 1e-3,
+        # none past 5e-3.
+        diff = (ours[0] - reference).abs()
+        assert float((diff > 1e-3).float().mean()) < 1e-4 and float(diff.max()) < 5e-3, float(diff.max())
         worst_enc = max(worst_enc, float((ours[0] - reference).abs().max()))
         hyp = greedy_search(
             t.model,

