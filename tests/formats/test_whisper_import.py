@@ -17,13 +17,8 @@ import torch
 from fastaed.decode.transcribe import DecodeConfig, Transcriber, utterances_from_audio
 from fastaed.formats import load_model, read_checkpoint_meta
 from fastaed.formats.ctranslate2 import CTranslate2FormatError, read_model_bin
-from fastaed.formats.whisper import (
-    WhisperImportError,
-    export_hf,
-    fastaed_to_canonical,
-    import_whisper,
-    read_ctranslate2,
-)
+from fastaed.formats.whisper import WhisperImportError, fastaed_to_canonical, read_ctranslate2
+from fastaed.formats.whisper_import import export_hf, import_whisper
 from tests import whisper_fixtures as wf
 
 _CODES = {
