@@ -216,8 +216,7 @@ class WhisperTokenizer:
         if task not in ("transcribe", "translate"):
             raise ValueError(f"task must be transcribe or translate, got {task!r}")
         if not self.multilingual:
-            lang_id = self.language_id(source_lang, where=where)  # checks it is English
-            del lang_id
+            self.language_id(source_lang, where=where)  # raises unless it is English
             if task == "translate":
                 raise BadInputError(
                     E.BAD_FIELD,

@@ -242,6 +242,7 @@ class Transcriber:
         )
         meta = read_checkpoint_meta(checkpoint)
         self.frontend = self._frontend(meta.get("frontend"))
+        self.suppress, self.suppress_at_start = self._suppression()
         # An imported NeMo checkpoint stops generating where NeMo would (``fastaed.formats.nemo``).
         self.generation = (meta.get("extra") or {}).get("generation")
 
@@ -263,6 +264,7 @@ class Transcriber:
         param = next(model.parameters())
         self.device, self.dtype = param.device, param.dtype
         self.frontend = self._frontend(frontend)
+        self.suppress, self.suppress_at_start = self._suppression()
         self.generation = generation
         return self
 
@@ -333,8 +335,7 @@ class Transcriber:
         prompts = self.prompts(utterances)
         eos = self.tokenizer.eos_id
         c = self.config
-        suppress = self._ids(getattr(self.tokenizer, "suppress_ids", None))
-        at_start = self._ids(getattr(self.tokenizer, "suppress_at_start_ids", None))
+        suppress, at_start = self.suppress, self.suppress_at_start
         if c.beam_size == 1:
             limits, rule = None, self.generation or {}
             if rule.get("rule") == "nemo":
@@ -348,8 +349,14 @@ class Transcriber:
             suppress=suppress, suppress_at_start=at_start,
         )  # fmt: skip
 
-    def _ids(self, ids: Sequence[int] | None) -> torch.Tensor | None:
-        return torch.tensor(ids, dtype=torch.long, device=self.device) if ids else None
+    def _suppression(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """The tokenizer's ids never emitted, and not emitted first (Whisper's), on the device, built once."""
+
+        def ids(values: Sequence[int] | None) -> torch.Tensor | None:
+            return torch.tensor(values, dtype=torch.long, device=self.device) if values else None
+
+        tok = self.tokenizer
+        return ids(getattr(tok, "suppress_ids", None)), ids(getattr(tok, "suppress_at_start_ids", None))
 
     def run(
         self,

@@ -154,8 +154,8 @@ def fastaed_to_canonical(model: EncoderDecoderModel) -> tuple[WhisperDims, Canon
             for p in ("weight", "bias"):
                 out[f"{c}.{cs}.{p}"] = st[f"{f}.{fs}.{p}"]
         _split_self_attention(out, st, f"{c}.attn", f"{f}.attn", d)
-    for p, q in (("weight", "weight"), ("bias", "bias")):
-        out[f"encoder.ln_post.{p}"] = st[f"encoder.final_norm.{q}"]
+    for p in ("weight", "bias"):
+        out[f"encoder.ln_post.{p}"] = st[f"encoder.final_norm.{p}"]
     out["encoder.positional_embedding"] = st["encoder.positions"]
     out["decoder.token_embedding.weight"] = st["decoder.embedding.weight"]
     out["decoder.positional_embedding"] = st["decoder.positions.weight"]

@@ -89,7 +89,6 @@ def test_features_encoder_and_greedy_tokens_match_ctranslate2(tiny, clips, tmp_p
     prompt = t.tokenizer.prompt("en", "transcribe", "en")
     gen = peer("generate", tmp_path, model=str(folder), features=feats["features"], prompt=prompt)
     front = WhisperLogMel(WhisperFeatureConfig(padding="faster-whisper"))
-    ids = t._ids(t.tokenizer.suppress_ids), t._ids(t.tokenizer.suppress_at_start_ids)
     worst_feat = worst_enc = 0.0
     for i, utt in enumerate(clips):
         theirs = torch.from_numpy(np.load(feats["features"][i])).T  # (3000, 80)
@@ -110,8 +109,8 @@ def test_features_encoder_and_greedy_tokens_match_ctranslate2(tiny, clips, tmp_p
             lens,
             torch.tensor([prompt]),
             t.tokenizer.eos_id,
-            suppress=ids[0],
-            suppress_at_start=ids[1],
+            suppress=t.suppress,
+            suppress_at_start=t.suppress_at_start,
         )[0]
         assert hyp.tokens == gen["tokens"][i], f"{utt.audio_filepath}: {hyp.tokens} vs {gen['tokens'][i]}"
     assert worst_feat < 2e-3, worst_feat
