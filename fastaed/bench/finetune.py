@@ -1,23 +1,31 @@
-"""``fastaed bench finetune``: fine-tuning a pretrained Whisper, fastaed's bucketed unpadded recipe against
-the 30 s padded recipe with a fixed batch size, on the same weights, data, thread count and wall time.
+"""``fastaed bench finetune``: fine-tuning a pretrained Whisper three ways on the same weights, data, thread
+count and training wall time, then what each model is worth.
 
-Recipes (each one ``fastaed train`` subprocess on ``configs/finetune_whisper_tiny.yaml`` with overrides, so
-its peak memory is its own):
+Recipes:
 
-* ``bucketed``: 2D bucketing, per-bucket batch sizes from the duration budget, unpadded Whisper input;
-* ``padded``: Whisper's pre-training shapes, as the standard fine-tuning recipe feeds them: every input 30 s
-  (``model.frontend_input=padded``) and one bucket of ``padded_batch_size`` utterances, shuffled.
+* ``bucketed`` (fastaed): ``fastaed train`` on ``configs/finetune_whisper_tiny.yaml``: 2D bucketing,
+  per-bucket batch sizes (a ``--profile`` or the duration budget), unpadded Whisper input;
+* ``padded`` (baseline a): the same trainer fed the standard recipe's shapes: every input 30 s
+  (``model.frontend_input=padded``) and a fixed batch of ``padded_batch_size`` utterances, shuffled;
+* ``hf`` (baseline b): Hugging Face ``Seq2SeqTrainer`` with ``WhisperFeatureExtractor`` and the usual speech
+  seq2seq collator, in ``.venv-whisper`` (``make whisper-venv``), on a Hugging Face folder written from the
+  same checkpoint (``fastaed export hf``), batch ``padded_batch_size``, the YAML's optimiser settings.
 
-Reported per recipe: training audio seconds per second, input padding (for the padded recipe counted
-against the 30 s the encoder computes, not the audio's own padding), output padding, mean batch size, peak
-resident memory, steps, and the dev loss / greedy WER after the equal wall time; ratios bucketed / padded.
-
-Not measured here (issue 15, open): the Hugging Face ``Seq2SeqTrainer`` baseline.
+Each trains in its own process (its peak memory is its own). Reported per recipe: training audio seconds per
+second, input padding (for 30 s inputs counted against the 30 s the encoder computes), output padding, mean
+batch size, peak resident memory, steps, and the greedy dev WER after the equal wall time (each model decoded
+by fastaed in the input shape it was trained with; the ``hf`` model is imported back first). Then the real-
+speech table (``fastaed.bench.finetune_eval``): the original model padded and unpadded, the bucketed model
+unpadded, on real recordings never trained on. Targets (issue 15): bucketed >= 4x the audio throughput of
+``padded`` and >= 5x of ``hf`` at equal or better dev WER; unpadded real-speech WER of the fine-tuned model
+within 1 point of the original padded model's.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import platform
 import subprocess
 import sys
 import tempfile
@@ -25,10 +33,27 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fastaed.bench.finetune_eval import (
+    fastaed_curve,
+    hf_curve,
+    markdown_section,
+    plot_curves,
+    score_checkpoint,
+    update_markdown,
+)
 from fastaed.util.tables import format_table, pct
 
-RECIPES = ("bucketed", "padded")
+RECIPES = ("bucketed", "padded", "hf")
+RECIPE_LABELS = {
+    "bucketed": "fastaed: 2D buckets, unpadded",
+    "padded": "(a) fastaed: 30 s padded, fixed batch",
+    "hf": "(b) HF Seq2SeqTrainer: 30 s padded, fixed batch",
+}
+TRAINED_INPUT = {"bucketed": "unpadded", "padded": "padded", "hf": "padded"}
 WINDOW_S = 30.0  # Whisper's padded input
+TARGETS = {"over_padded": 4.0, "over_hf": 5.0, "real_wer_points": 1.0}
+MARKDOWN_HEADING = "## Fine-tuning Whisper: bucketed vs 30 s padding vs Hugging Face (issue 15)"
+DEFAULT_REAL = (Path("data/real/real_check.jsonl"), Path("data/real/asterisk.jsonl"))
 
 
 @dataclass(frozen=True)
@@ -45,14 +70,35 @@ class FinetuneBenchConfig:
     model: str = field(default="tiny.en", metadata={"help": "Whisper release fetched when no --checkpoint"})
     train_manifest: Path = field(default=Path("data/default/train.jsonl"), metadata={"help": "training data"})
     dev_manifest: Path = field(default=Path("data/default/dev.jsonl"), metadata={"help": "dev data (WER)"})
+    recipes: tuple[str, ...] = field(
+        default=RECIPES, metadata={"help": "recipes to run (bucketed padded hf)"}
+    )
     time_budget_s: float = field(default=180.0, metadata={"help": "training wall time per recipe (s)"})
     max_steps: int = field(default=100_000, metadata={"help": "step cap per recipe"})
-    threads: int = field(default=2, metadata={"help": "torch threads of each run"})
+    threads: int = field(default=2, metadata={"help": "torch threads of each run (and of the decodes)"})
     max_duration: float = field(default=60.0, metadata={"help": "bucketed: seconds of audio per batch"})
-    padded_batch_size: int = field(default=8, metadata={"help": "padded recipe: utterances per batch"})
-    eval_max_utts: int = field(default=50, metadata={"help": "dev utterances decoded for WER"})
+    profile: Path | None = field(
+        default=None, metadata={"help": "bucketed: batch-size profile (fastaed batch-sizes) to train with"}
+    )
+    padded_batch_size: int = field(
+        default=8, metadata={"help": "padded and hf recipes: utterances per batch"}
+    )
+    dev_max_utts: int = field(default=100, metadata={"help": "dev utterances decoded for WER"})
+    real_manifests: tuple[Path, ...] = field(
+        default=DEFAULT_REAL, metadata={"help": "real-speech sets for the WER table (missing ones skipped)"}
+    )
+    real_max_utts: int = field(default=100, metadata={"help": "utterances per real set (spread; 0: all)"})
     out_dir: Path = field(default=Path("runs/bench-finetune"), metadata={"help": "one run folder per recipe"})
+    png: Path | None = field(default=None, metadata={"help": "learning curves (default: OUT_DIR/curves.png)"})
     json: Path | None = field(default=None, metadata={"help": "write the results here"})
+    markdown: Path | None = field(
+        default=None, metadata={"help": "write the tables into this Markdown file's marked section"}
+    )
+
+    def __post_init__(self) -> None:
+        unknown = set(self.recipes) - set(RECIPES)
+        if unknown or not self.recipes:
+            raise ValueError(f"recipes: choose from {', '.join(RECIPES)}, got {', '.join(self.recipes)}")
 
 
 def _durations(manifest: Path) -> list[float]:
@@ -61,15 +107,16 @@ def _durations(manifest: Path) -> list[float]:
 
 
 def recipe_overrides(config: FinetuneBenchConfig, recipe: str, checkpoint: Path) -> list[str]:
-    """``fastaed train`` overrides of one recipe (the same data, weights, threads and budget for both)."""
+    """``fastaed train`` overrides of a fastaed recipe (the same data, weights, threads and budget for both).
+
+    No dev set during training: every model is scored afterwards by the same decode (finetune_eval)."""
     common = [
         f"model.init_from={checkpoint}",
         f"data.train_manifests=[{config.train_manifest}]",
-        f"data.dev_manifest={config.dev_manifest}",
+        "data.dev_manifest=null",
         f"runtime.out_dir={config.out_dir / recipe}",
         f"runtime.threads={config.threads}",
         f"runtime.time_budget_s={config.time_budget_s}",
-        f"runtime.eval_max_utts={config.eval_max_utts}",
         f"optim.max_steps={config.max_steps}",
         "runtime.device=cpu",
         "runtime.progress=false",
@@ -77,7 +124,10 @@ def recipe_overrides(config: FinetuneBenchConfig, recipe: str, checkpoint: Path)
         "runtime.ckpt_every=0",
     ]
     if recipe == "bucketed":
-        return [*common, "model.frontend_input=unpadded", f"sampler.max_duration={config.max_duration}"]
+        budget = [f"sampler.max_duration={config.max_duration}"]
+        if config.profile is not None:
+            budget.append(f"sampler.profile={config.profile}")
+        return [*common, "model.frontend_input=unpadded", *budget]
     # One bucket whose longest utterance fits padded_batch_size times: a fixed batch size, shuffled.
     budget = config.padded_batch_size * max(_durations(config.train_manifest)) * (1 + 1e-6)
     return [
@@ -86,12 +136,13 @@ def recipe_overrides(config: FinetuneBenchConfig, recipe: str, checkpoint: Path)
         "sampler.num_buckets=1",
         "sampler.num_subbuckets=1",
         "sampler.method=equal_mass",
+        "sampler.profile=null",
         f"sampler.max_duration={budget}",
     ]
 
 
-def run_recipe(config: FinetuneBenchConfig, recipe: str, checkpoint: Path) -> dict[str, Any]:
-    """Train one recipe in its own process; its summary with the bench's view of padding."""
+def _run_fastaed(config: FinetuneBenchConfig, recipe: str, checkpoint: Path) -> dict[str, Any]:
+    """Train a fastaed recipe in its own process; its summary, with 30 s inputs counted as computed."""
     out = config.out_dir / recipe
     command = [sys.executable, "-m", "fastaed.cli.train", "--config", str(config.config), "--resume", "none"]
     command += recipe_overrides(config, recipe, checkpoint)
@@ -103,20 +154,53 @@ def run_recipe(config: FinetuneBenchConfig, recipe: str, checkpoint: Path) -> di
     input_padding = s["input_padding"]
     if recipe == "padded":  # the encoder computes 30 s per utterance, whatever the audio's length
         input_padding = 1 - audio_s / max(s["utterances_seen"] * WINDOW_S, 1e-9)
+    latest = (out / "latest").read_text().strip() if (out / "latest").is_file() else None
     return {
         "recipe": recipe,
         "steps": s["steps"],
         "train_time_s": s["train_time_s"],
-        "wall_time_s": s["wall_time_s"],
         "audio_s": audio_s,
         "audio_s_per_s": s["audio_s_per_s"],
         "input_padding": input_padding,
         "output_padding": s["output_padding"],
         "mean_batch_size": s["mean_batch_size"],
         "peak_mem_mb": s["peak_mem_mb"],
-        "dev_loss": s.get("dev_loss"),
-        "dev_wer": s.get("wer"),
-        "out_dir": str(out),
+        "final_train_loss": s.get("final_train_loss"),
+        "model": str(out / latest) if latest else str(out),
+        "curve": fastaed_curve(out),
+    }
+
+
+def _run_hf(config: FinetuneBenchConfig, checkpoint: Path, work: Path) -> dict[str, Any]:
+    """Baseline (b): export the checkpoint for transformers, train there, import the result back."""
+    from fastaed.bench.peers.hf_finetune import HFFinetuneConfig, run_hf_finetune
+    from fastaed.formats.whisper_import import export_hf, import_whisper
+    from fastaed.train.config import TrainConfig
+
+    optim = TrainConfig.from_yaml(config.config).optim
+    hf_in = export_hf(checkpoint, work / "hf-start")
+    out = config.out_dir / "hf"
+    hf_config = HFFinetuneConfig(
+        batch_size=config.padded_batch_size, lr=optim.lr, warmup_steps=optim.warmup_steps,
+        betas=tuple(optim.betas), weight_decay=optim.weight_decay, grad_clip=optim.grad_clip,
+        max_steps=config.max_steps, time_budget_s=config.time_budget_s, threads=config.threads,
+    )  # fmt: skip
+    s = run_hf_finetune(hf_in, config.train_manifest, out, hf_config)
+    model = import_whisper(out / "model", out / "fastaed-model")
+    return {
+        "recipe": "hf",
+        "steps": s["steps"],
+        "train_time_s": s["train_time_s"],
+        "audio_s": s["audio_s"],
+        "audio_s_per_s": s["audio_s_per_s"],
+        "input_padding": s["input_padding"],
+        "output_padding": s["output_padding"],
+        "mean_batch_size": s["mean_batch_size"],
+        "peak_mem_mb": s["peak_mem_mb"],
+        "final_train_loss": s.get("final_loss"),
+        "model": str(model),
+        "versions": s.get("versions"),
+        "curve": hf_curve(out),
     }
 
 
@@ -129,42 +213,165 @@ def _checkpoint(config: FinetuneBenchConfig, tmp: Path) -> Path:
     return import_whisper(fetch_whisper(config.model), tmp / "checkpoint")
 
 
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return None if a is None or not b else a / b
+
+
+def _comparisons(by: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Bucketed over each baseline: throughput and batch-size ratios, the target, WER equal or better."""
+    b = by.get("bucketed")
+    out: dict[str, Any] = {}
+    for name, target in (("padded", TARGETS["over_padded"]), ("hf", TARGETS["over_hf"])):
+        if b is None or name not in by:
+            continue
+        other = by[name]
+        throughput = _ratio(b["audio_s_per_s"], other["audio_s_per_s"])
+        out[name] = {
+            "audio_s_per_s": throughput,
+            "mean_batch_size": _ratio(b["mean_batch_size"], other["mean_batch_size"]),
+            "throughput_target": target,
+            "throughput_met": throughput is not None and throughput >= target,
+            "dev_wer_equal_or_better": b["dev_wer"] <= other["dev_wer"],
+        }
+    return out
+
+
+def _real_table(config: FinetuneBenchConfig, original: Path, by: dict[str, Any]) -> list[dict[str, Any]]:
+    """Real-speech WER: original padded, original unpadded, fine-tuned (bucketed) unpadded; per set."""
+    models = [("original", original, "padded"), ("original", original, "unpadded")]
+    if "bucketed" in by:
+        models.append(("fine-tuned (bucketed)", Path(by["bucketed"]["model"]), "unpadded"))
+    rows = []
+    for manifest in (m for m in config.real_manifests if Path(m).is_file()):
+        for name, path, shape in models:
+            scored = score_checkpoint(path, Path(manifest), shape, config.real_max_utts)
+            rows.append({"model": name, **scored})
+    return rows
+
+
+def _real_verdict(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per set: fine-tuned unpadded WER minus original padded WER (points), against the 1-point target."""
+    verdict = {}
+    for manifest in dict.fromkeys(r["manifest"] for r in rows):
+        get = {(r["model"], r["input"]): r["wer"] for r in rows if r["manifest"] == manifest}
+        base, tuned = get.get(("original", "padded")), get.get(("fine-tuned (bucketed)", "unpadded"))
+        if base is None or tuned is None:
+            continue
+        points = 100 * (tuned - base)
+        verdict[manifest] = {"points": points, "met": points <= TARGETS["real_wer_points"]}
+    return verdict
+
+
 def run(config: FinetuneBenchConfig) -> dict[str, Any]:
+    import torch
+
     for path in (config.config, config.train_manifest, config.dev_manifest):
         if not Path(path).is_file():
             raise FileNotFoundError(f"{path}: not found (the demo corpus: make demo, or fastaed synth)")
+    recipes, skipped = list(config.recipes), {}
+    if "hf" in recipes:
+        from fastaed.bench.peers.hf_finetune import hf_peer_python
+
+        if hf_peer_python() is None:
+            recipes.remove("hf")
+            skipped["hf"] = "no .venv-whisper with transformers (make whisper-venv)"
+    torch.set_num_threads(config.threads)
     with tempfile.TemporaryDirectory(prefix="fastaed-finetune-bench-") as tmp:
         checkpoint = _checkpoint(config, Path(tmp))
-        runs = [run_recipe(config, recipe, checkpoint) for recipe in RECIPES]
-    by = {r["recipe"]: r for r in runs}
-    b, p = by["bucketed"], by["padded"]
-    ratios = {
-        "audio_s_per_s": b["audio_s_per_s"] / max(p["audio_s_per_s"], 1e-12),
-        "mean_batch_size": b["mean_batch_size"] / max(p["mean_batch_size"], 1e-12),
-    }
-    return {
-        "config": {k: str(v) if isinstance(v, Path) else v for k, v in config.__dict__.items()},
+        runs = [
+            _run_hf(config, checkpoint, Path(tmp)) if r == "hf" else _run_fastaed(config, r, checkpoint)
+            for r in recipes
+        ]
+        by = {r["recipe"]: r for r in runs}
+        for r in runs:
+            scored = score_checkpoint(
+                Path(r["model"]), config.dev_manifest, TRAINED_INPUT[r["recipe"]], config.dev_max_utts
+            )
+            r["dev_wer"], r["dev_input"] = scored["wer"], scored["input"]
+        original_dev = {
+            shape: score_checkpoint(checkpoint, config.dev_manifest, shape, config.dev_max_utts)["wer"]
+            for shape in ("padded", "unpadded")
+        }
+        real = _real_table(config, checkpoint, by)
+    png = plot_curves(
+        {r["recipe"]: r.pop("curve") for r in runs},
+        RECIPE_LABELS,
+        config.png or config.out_dir / "curves.png",
+    )
+    result = {
+        "config": {k: _plain(v) for k, v in config.__dict__.items()},
         "checkpoint": str(config.checkpoint or config.model),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}",
+        "threads": config.threads,
         "runs": runs,
-        "ratios_bucketed_over_padded": ratios,
-        "not_measured": ["Hugging Face Seq2SeqTrainer baseline (issue 15, open)"],
+        "skipped_recipes": skipped,
+        "original_dev_wer": original_dev,
+        "comparisons": _comparisons(by),
+        "real_speech": real,
+        "real_speech_verdict": _real_verdict(real),
+        "targets": TARGETS,
+        "png": str(png),
     }
+    if config.markdown is not None:
+        command = " ".join(["fastaed", *sys.argv[1:]]) if sys.argv[0].endswith("fastaed") else "fastaed bench"
+        png_link = os.path.relpath(png, Path(config.markdown).parent)
+        section = markdown_section(result, RECIPE_LABELS, command, png_link)
+        update_markdown(Path(config.markdown), section, MARKDOWN_HEADING)
+    return result
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    return value
 
 
 def print_report(result: dict[str, Any]) -> None:
-    header = ["recipe", "steps", "audio s/s", "in pad", "out pad", "batch", "peak MB", "dev loss", "dev WER"]
+    header = ["recipe", "steps", "audio s/s", "in pad", "out pad", "batch", "peak MB", "dev WER"]
     rows = [
         [
-            r["recipe"], r["steps"], f"{r['audio_s_per_s']:.2f}", pct(r["input_padding"]),
+            RECIPE_LABELS[r["recipe"]], r["steps"], f"{r['audio_s_per_s']:.2f}", pct(r["input_padding"]),
             pct(r["output_padding"]), f"{r['mean_batch_size']:.1f}", f"{r['peak_mem_mb']:.0f}",
-            "-" if r["dev_loss"] is None else f"{r['dev_loss']:.3f}", pct(r["dev_wer"]),
+            f"{pct(r['dev_wer'])} ({r['dev_input']})",
         ]
         for r in result["runs"]
     ]  # fmt: skip
-    print(f"fine-tuning {result['checkpoint']}, equal wall time per recipe")
+    original = result["original_dev_wer"]
+    rows.append(["original (no fine-tuning)", 0, "-", "-", "-", "-", "-",
+                 f"{pct(original['padded'])} (padded), {pct(original['unpadded'])} (unpadded)"])  # fmt: skip
+    print(
+        f"fine-tuning {result['checkpoint']}, equal training wall time per recipe, "
+        f"{result['threads']} threads"
+    )
     print(format_table(header, rows))
-    r = result["ratios_bucketed_over_padded"]
-    ratio = f"audio throughput {r['audio_s_per_s']:.2f}x, batch size {r['mean_batch_size']:.2f}x"
-    print(f"bucketed / padded: {ratio}")
-    for note in result["not_measured"]:
-        print(f"not measured: {note}")
+    for name, c in result["comparisons"].items():
+        verdict = "met" if c["throughput_met"] else "MISSED"
+        wer = "equal or better" if c["dev_wer_equal_or_better"] else "WORSE"
+        print(
+            f"bucketed / {name}: audio throughput {c['audio_s_per_s']:.2f}x (target >= "
+            f"{c['throughput_target']:.0f}x: {verdict}), batch size {c['mean_batch_size']:.2f}x, "
+            f"dev WER {wer}"
+        )
+    for name, why in result["skipped_recipes"].items():
+        print(f"not run: {name}: {why}")
+    if result["real_speech"]:
+        real_rows = [
+            [
+                Path(r["manifest"]).name,
+                r["model"],
+                r["input"],
+                r["utterances"],
+                pct(r["wer"]),
+                f"{r['rtfx']:.1f}",
+            ]
+            for r in result["real_speech"]
+        ]
+        print("real speech (never trained on):")
+        print(format_table(["set", "model", "input", "utts", "WER", "RTFx"], real_rows))
+        for manifest, v in result["real_speech_verdict"].items():
+            verdict = "met" if v["met"] else "MISSED"
+            print(f"{Path(manifest).name}: fine-tuned unpadded - original padded = {v['points']:+.1f} points "
+                  f"(target <= +{TARGETS['real_wer_points']:.0f}: {verdict})")  # fmt: skip
+    print(f"learning curves: {result['png']}")

@@ -1,13 +1,17 @@
-"""``fastaed bench finetune`` on a tiny random Whisper: both recipes train from the same checkpoint, the
-padded one with its fixed batch size and 30 s inputs, and the report carries every measured quantity."""
+"""``fastaed bench finetune`` on a tiny random Whisper: both fastaed recipes train from the same checkpoint,
+the padded one with its fixed batch size and 30 s inputs; every model is scored on dev data and on the
+real-speech sets, and the report carries every measured quantity. (The Hugging Face recipe needs the peer
+venv: tests/bench/test_hf_peer.py.)"""
 
 from __future__ import annotations
 
 from dataclasses import asdict
 
+import pytest
 import torch
 
 from fastaed.bench.finetune import FinetuneBenchConfig, print_report, run
+from fastaed.bench.finetune_eval import SECTION_BEGIN, SECTION_END, spread_subset, update_markdown
 from fastaed.formats.whisper import fastaed_to_canonical
 from fastaed.formats.whisper_import import import_whisper
 from fastaed.testing import write_tiny_corpus
@@ -15,18 +19,27 @@ from tests import whisper_fixtures as wf
 from tests.train import REPO
 
 
-def test_bucketed_and_padded_recipes_run_on_the_same_checkpoint(tmp_path, capsys):
-    tok_path, vocab = wf.tokenizer_json(tmp_path)
+@pytest.fixture(scope="module")
+def source(tmp_path_factory):
+    """A tiny random Whisper checkpoint and an 8-utterance corpus."""
+    root = tmp_path_factory.mktemp("finetune_bench")
+    tok_path, vocab = wf.tokenizer_json(root)
     model = wf.random_model(vocab, n_mels=16, d_model=32, heads=2, layers=1, audio_positions=1500)
     dims, canonical = fastaed_to_canonical(model)
-    torch.save({"dims": asdict(dims), "model_state_dict": canonical}, tmp_path / "w.pt")
-    ckpt = import_whisper(tmp_path / "w.pt", tmp_path / "ckpt", tokenizer_json=tok_path)
-    manifest = write_tiny_corpus(tmp_path / "data", num=8)
+    torch.save({"dims": asdict(dims), "model_state_dict": canonical}, root / "w.pt")
+    ckpt = import_whisper(root / "w.pt", root / "ckpt", tokenizer_json=tok_path)
+    return ckpt, write_tiny_corpus(root / "data", num=8)
+
+
+def test_bucketed_and_padded_recipes_run_on_the_same_checkpoint(source, tmp_path, capsys):
+    ckpt, manifest = source
     config = FinetuneBenchConfig(
         config=REPO / "configs" / "finetune_whisper_tiny.yaml", checkpoint=ckpt, train_manifest=manifest,
-        dev_manifest=manifest, time_budget_s=60.0, max_steps=2, threads=1, max_duration=4.0,
-        padded_batch_size=3, eval_max_utts=2, out_dir=tmp_path / "runs",
+        dev_manifest=manifest, recipes=("bucketed", "padded"), time_budget_s=60.0, max_steps=2, threads=1,
+        max_duration=4.0, padded_batch_size=3, dev_max_utts=2, real_manifests=(manifest, tmp_path / "none"),
+        real_max_utts=3, out_dir=tmp_path / "runs", markdown=tmp_path / "B.md",
     )  # fmt: skip
+    (tmp_path / "B.md").write_text("# Benchmarks\n\n## Other\n\nkept\n")
     result = run(config)
     by = {r["recipe"]: r for r in result["runs"]}
     assert set(by) == {"bucketed", "padded"} and all(r["steps"] == 2 for r in by.values())
@@ -34,5 +47,52 @@ def test_bucketed_and_padded_recipes_run_on_the_same_checkpoint(tmp_path, capsys
     # 8 utterances of 0.5..2.25 s in 30 s windows: most of what the padded encoder computes is padding
     assert by["padded"]["input_padding"] > 0.9 > by["bucketed"]["input_padding"]
     assert all(r["dev_wer"] is not None and r["peak_mem_mb"] > 0 for r in by.values())
+    assert by["bucketed"]["dev_input"] == "unpadded" and by["padded"]["dev_input"] == "padded"
+    assert set(result["comparisons"]) == {"padded"}
+    # one real set (the missing one is skipped): original padded + unpadded, fine-tuned unpadded
+    shapes = [(r["model"], r["input"], r["utterances"]) for r in result["real_speech"]]
+    assert shapes == [
+        ("original", "padded", 3), ("original", "unpadded", 3), ("fine-tuned (bucketed)", "unpadded", 3)
+    ]  # fmt: skip
+    assert str(manifest) in result["real_speech_verdict"]
+    assert (tmp_path / "runs" / "curves.png").stat().st_size > 0
+    md = (tmp_path / "B.md").read_text()
+    assert md.startswith("# Benchmarks") and "kept" in md and "](runs/curves.png)" in md
+    assert (
+        "| (a) fastaed: 30 s padded, fixed batch | 2 |" in md and "fine-tuned (bucketed) | unpadded | 3" in md
+    )
     print_report(result)
-    assert "bucketed / padded" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "bucketed / padded" in out and "real speech" in out
+
+
+def test_hf_recipe_trains_the_exported_weights_and_is_scored_like_the_others(source, tmp_path):
+    from fastaed.bench.peers.hf_finetune import hf_peer_python
+
+    if hf_peer_python() is None:
+        pytest.skip("no .venv-whisper with transformers (make whisper-venv)")
+    ckpt, manifest = source
+    config = FinetuneBenchConfig(
+        config=REPO / "configs" / "finetune_whisper_tiny.yaml", checkpoint=ckpt, train_manifest=manifest,
+        dev_manifest=manifest, recipes=("hf",), time_budget_s=60.0, max_steps=2, threads=1,
+        padded_batch_size=3, dev_max_utts=2, real_manifests=(), out_dir=tmp_path / "runs",
+    )  # fmt: skip
+    result = run(config)
+    (hf,) = result["runs"]
+    assert hf["steps"] == 2 and hf["mean_batch_size"] == 3.0 and hf["input_padding"] > 0.9
+    assert hf["dev_wer"] is not None and hf["dev_input"] == "padded" and not result["comparisons"]
+
+
+def test_markdown_section_is_replaced_not_appended(tmp_path):
+    path = tmp_path / "B.md"
+    path.write_text("# B\n")
+    update_markdown(path, f"{SECTION_BEGIN}\none\n{SECTION_END}", "## Fine-tuning")
+    update_markdown(path, f"{SECTION_BEGIN}\ntwo\n{SECTION_END}", "## Fine-tuning")
+    text = path.read_text()
+    assert text.count("## Fine-tuning") == 1 and "two" in text and "one" not in text
+
+
+def test_spread_subset_covers_the_whole_list():
+    items = list(range(10))
+    assert spread_subset(items, 4) == [0, 2, 5, 7]
+    assert spread_subset(items, 0) == items and spread_subset(items, 20) == items

@@ -31,10 +31,11 @@ def _candidate_python() -> Path:
 
 
 @functools.cache
-def _imports_faster_whisper(python: Path) -> bool:
+def peer_imports(python: Path, modules: str = "faster_whisper, ctranslate2, soundfile, numpy") -> bool:
+    """Whether ``python`` imports ``modules`` (a comma-separated list; the answer is cached per pair)."""
     try:
         proc = subprocess.run(
-            [str(python), "-c", "import faster_whisper, ctranslate2, soundfile, numpy"],
+            [str(python), "-c", f"import {modules}"],
             capture_output=True,
             timeout=120,
             check=False,
@@ -49,39 +50,50 @@ def whisper_peer_python() -> Path | None:
     python = _candidate_python()
     if not python.exists():
         return None
-    return python if _imports_faster_whisper(python) else None
+    return python if peer_imports(python) else None
 
 
-def run_whisper_peer(subcommand: str, timeout_s: float | None = 3600.0, **request: Any) -> dict:
-    """Run ``faster_whisper_runner.py SUBCOMMAND`` on ``request`` (JSON-able keyword arguments).
+def run_whisper_peer(
+    subcommand: str,
+    timeout_s: float | None = 3600.0,
+    *,
+    runner: Path = RUNNER,
+    python: Path | None = None,
+    env: dict[str, str] | None = None,
+    **request: Any,
+) -> dict:
+    """Run ``RUNNER SUBCOMMAND`` (by default ``faster_whisper_runner.py``) on ``request`` (JSON-able keyword
+    arguments) with the peer venv's python.
 
-    Paths in ``request`` may be :class:`~pathlib.Path` objects, arrays numpy arrays. Returns the runner's JSON
-    response.
+    Paths in ``request`` may be :class:`~pathlib.Path` objects, arrays numpy arrays. ``python``: the
+    interpreter to use (default: :func:`whisper_peer_python`, which checks faster-whisper imports); ``env``:
+    extra environment variables. Returns the runner's JSON response.
 
     Raises:
         PeerError: no peer venv, the runner failed (its stderr is in the message), or it ran out of time.
     """
-    python = whisper_peer_python()
+    name = "faster-whisper" if runner == RUNNER else runner.stem.removesuffix("_runner")
+    python = python or whisper_peer_python()
     if python is None:
         raise PeerError(
             f"no faster-whisper peer: {_candidate_python()} is missing or cannot import faster_whisper "
             "(run `make whisper-venv`)"
         )
-    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONNOUSERSITE="1")
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONNOUSERSITE="1", **(env or {}))
     env.pop("PYTHONPATH", None)  # the peer must not see fastaed's packages
     with tempfile.TemporaryDirectory(prefix="fastaed-peer-") as tmp:
         req, resp = Path(tmp) / "request.json", Path(tmp) / "response.json"
         req.write_text(json.dumps(request, default=_jsonable), encoding="utf-8")
-        cmd = [str(python), str(RUNNER), subcommand, "--request", str(req), "--response", str(resp)]
+        cmd = [str(python), str(runner), subcommand, "--request", str(req), "--response", str(resp)]
         try:
             proc = subprocess.run(
                 cmd, capture_output=True, text=True, env=env, timeout=timeout_s, check=False
             )
         except subprocess.TimeoutExpired as e:
-            raise PeerError(f"faster-whisper peer {subcommand}: no answer within {timeout_s:.0f} s") from e
+            raise PeerError(f"{name} peer {subcommand}: no answer within {timeout_s:.0f} s") from e
         if proc.returncode != 0 or not resp.exists():
             tail = "\n".join(proc.stderr.strip().splitlines()[-15:])
-            raise PeerError(f"faster-whisper peer {subcommand} failed (exit {proc.returncode}):\n{tail}")
+            raise PeerError(f"{name} peer {subcommand} failed (exit {proc.returncode}):\n{tail}")
         return json.loads(resp.read_text(encoding="utf-8"))
 
 
