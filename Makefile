@@ -45,7 +45,8 @@ STAGE = scripts/stage.sh $(STAGE_TIMES)
 
 MANIFESTS := train.jsonl dev.jsonl test.jsonl test_unseen_voice.jsonl train_multilingual.jsonl test_multilingual.jsonl
 
-.PHONY: demo test lint format apt venv clean-demo clean-run convergence nemo-venv nemo-parity whisper-venv whisper-parity
+.PHONY: demo test lint format apt venv clean-demo clean-run convergence nemo-venv nemo-parity whisper-venv whisper-parity \
+	finetune
 
 apt: .apt.stamp
 .apt.stamp:
@@ -148,7 +149,7 @@ nemo-parity: venv nemo-venv
 # Whisper peer (issue 14): faster-whisper on CTranslate2, and transformers (for Hugging Face Whisper folders), in
 # their own venv. `make whisper-parity` runs the tests that compare against them (they skip without this venv).
 WHISPER_PY := .venv-whisper/bin/python
-WHISPER_PEERS ?= faster-whisper==1.2.1 ctranslate2==4.8.5 transformers==5.18.0 numpy soundfile
+WHISPER_PEERS ?= faster-whisper==1.2.1 ctranslate2==4.8.5 transformers==5.18.0 accelerate==1.15.0 numpy soundfile
 whisper-venv: .venv-whisper/.installed
 .venv-whisper/.installed:
 	test -x $(WHISPER_PY) || python3 -m venv .venv-whisper
@@ -160,6 +161,31 @@ whisper-venv: .venv-whisper/.installed
 whisper-parity: venv whisper-venv
 	.venv/bin/pytest -q tests/bench/test_whisper_peer.py tests/bench/test_bench_whisper.py \
 		tests/formats/test_whisper_parity.py
+
+# `make finetune` (outside CI, ~40 min on 2 cores): Whisper $(WHISPER_MODEL) fine-tuned three ways for
+# FT_BUDGET_S seconds each on the demo corpus plus short phrases (1-3 words, so that a model fed unpadded
+# input also sees single-word prompts): fastaed bucketed + unpadded with a batch-size profile; (a) fastaed
+# with 30 s padding and a fixed batch; (b) Hugging Face Seq2SeqTrainer in .venv-whisper. Every model is scored
+# on dev and real speech; writes bench_results/finetune.json, the learning-curve PNG and BENCHMARKS.md's section.
+FT_BUDGET_S ?= 480
+FT_CONFIG ?= configs/finetune_whisper_tiny.yaml
+FT_TRAIN = $(DATA)/$(PRESET)/train.jsonl $(DATA)/phrases/train.jsonl
+FT_BINS = $(DATA)/bins-whisper-$(WHISPER_MODEL).json
+FT_PROFILE = $(DATA)/profile-whisper-$(WHISPER_MODEL).json
+finetune: apt venv whisper-venv $(DATA)/$(PRESET)/card.json $(DATA)/phrases/card.json $(DATA)/real/real_check.jsonl
+	@test -f $(WHISPER_CKPT)/model.safetensors || $(FASTAED) import whisper $(WHISPER_MODEL) --out $(WHISPER_CKPT)
+	@test -f $(FT_BINS) || $(FASTAED) bins $(FT_TRAIN) --tokenizer $(WHISPER_CKPT)/tokenizer --num-buckets 30 \
+		--out $(FT_BINS) --png $(FT_BINS:.json=.png)
+	@test -f $(FT_PROFILE) || $(FASTAED) batch-sizes --config $(FT_CONFIG) model.init_from=$(WHISPER_CKPT) \
+		--bins $(FT_BINS) --memory-budget $(PROFILE_GIB) --out $(FT_PROFILE) --no-progress
+	$(FASTAED) bench finetune --config $(FT_CONFIG) --checkpoint $(WHISPER_CKPT) --train-manifests $(FT_TRAIN) \
+		--dev-manifest $(DATA)/$(PRESET)/dev.jsonl \
+		--real-manifests $(DATA)/real/real_check.jsonl $(DATA)/real/asterisk.jsonl \
+		--time-budget-s $(FT_BUDGET_S) --profile $(FT_PROFILE) --out-dir runs/bench-finetune \
+		--png bench_results/finetune_curves.png --json bench_results/finetune.json --markdown BENCHMARKS.md
+
+$(DATA)/phrases/card.json:
+	$(FASTAED) synth --preset phrases --out $(DATA)/phrases
 
 clean-run:  # the trained model only (a killed run resumes by itself: just re-run make demo)
 	rm -rf $(RUN)

@@ -68,7 +68,9 @@ class FinetuneBenchConfig:
         metadata={"help": "checkpoint to fine-tune (default: Whisper --model, fetched+imported)"},
     )
     model: str = field(default="tiny.en", metadata={"help": "Whisper release fetched when no --checkpoint"})
-    train_manifest: Path = field(default=Path("data/default/train.jsonl"), metadata={"help": "training data"})
+    train_manifests: tuple[Path, ...] = field(
+        default=(Path("data/default/train.jsonl"),), metadata={"help": "training data (NeMo manifests)"}
+    )
     dev_manifest: Path = field(default=Path("data/default/dev.jsonl"), metadata={"help": "dev data (WER)"})
     recipes: tuple[str, ...] = field(
         default=RECIPES, metadata={"help": "recipes to run (bucketed padded hf)"}
@@ -106,13 +108,27 @@ def _durations(manifest: Path) -> list[float]:
     return [float(json.loads(line)["duration"]) for line in lines]
 
 
+def one_manifest(manifests: tuple[Path, ...], out: Path) -> Path:
+    """The manifests as one file with absolute audio paths (the Hugging Face runner reads one manifest)."""
+    if len(manifests) == 1:
+        return manifests[0]
+    with open(out, "w") as f:
+        for manifest in manifests:
+            for line in Path(manifest).read_text().splitlines():
+                if line.strip():
+                    entry = json.loads(line)
+                    entry["audio_filepath"] = str((Path(manifest).parent / entry["audio_filepath"]).resolve())
+                    f.write(json.dumps(entry) + "\n")
+    return out
+
+
 def recipe_overrides(config: FinetuneBenchConfig, recipe: str, checkpoint: Path) -> list[str]:
     """``fastaed train`` overrides of a fastaed recipe (the same data, weights, threads and budget for both).
 
     No dev set during training: every model is scored afterwards by the same decode (finetune_eval)."""
     common = [
         f"model.init_from={checkpoint}",
-        f"data.train_manifests=[{config.train_manifest}]",
+        f"data.train_manifests=[{','.join(map(str, config.train_manifests))}]",
         "data.dev_manifest=null",
         f"runtime.out_dir={config.out_dir / recipe}",
         f"runtime.threads={config.threads}",
@@ -129,7 +145,8 @@ def recipe_overrides(config: FinetuneBenchConfig, recipe: str, checkpoint: Path)
             budget.append(f"sampler.profile={config.profile}")
         return [*common, "model.frontend_input=unpadded", *budget]
     # One bucket whose longest utterance fits padded_batch_size times: a fixed batch size, shuffled.
-    budget = config.padded_batch_size * max(_durations(config.train_manifest)) * (1 + 1e-6)
+    longest = max(max(_durations(m)) for m in config.train_manifests)
+    budget = config.padded_batch_size * longest * (1 + 1e-6)
     return [
         *common,
         "model.frontend_input=padded",
@@ -185,7 +202,7 @@ def _run_hf(config: FinetuneBenchConfig, checkpoint: Path, work: Path) -> dict[s
         betas=tuple(optim.betas), weight_decay=optim.weight_decay, grad_clip=optim.grad_clip,
         max_steps=config.max_steps, time_budget_s=config.time_budget_s, threads=config.threads,
     )  # fmt: skip
-    s = run_hf_finetune(hf_in, config.train_manifest, out, hf_config)
+    s = run_hf_finetune(hf_in, one_manifest(config.train_manifests, work / "train.jsonl"), out, hf_config)
     model = import_whisper(out / "model", out / "fastaed-model")
     return {
         "recipe": "hf",
@@ -265,7 +282,7 @@ def _real_verdict(rows: list[dict[str, Any]]) -> dict[str, Any]:
 def run(config: FinetuneBenchConfig) -> dict[str, Any]:
     import torch
 
-    for path in (config.config, config.train_manifest, config.dev_manifest):
+    for path in (config.config, *config.train_manifests, config.dev_manifest):
         if not Path(path).is_file():
             raise FileNotFoundError(f"{path}: not found (the demo corpus: make demo, or fastaed synth)")
     recipes, skipped = list(config.recipes), {}
@@ -309,6 +326,7 @@ def run(config: FinetuneBenchConfig) -> dict[str, Any]:
         "comparisons": _comparisons(by),
         "real_speech": real,
         "real_speech_verdict": _real_verdict(real),
+        "real_sets_missing": [str(m) for m in config.real_manifests if not Path(m).is_file()],
         "targets": TARGETS,
         "png": str(png),
     }
@@ -356,6 +374,8 @@ def print_report(result: dict[str, Any]) -> None:
         )
     for name, why in result["skipped_recipes"].items():
         print(f"not run: {name}: {why}")
+    for manifest in result.get("real_sets_missing", []):
+        print(f"real set not scored: {manifest} does not exist (fastaed data real-check / make apt)")
     if result["real_speech"]:
         real_rows = [
             [

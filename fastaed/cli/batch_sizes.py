@@ -3,9 +3,16 @@
     fastaed batch-sizes --model canary-1b-flash --bins bins.json --out profile.json        # GPU, bf16
     fastaed batch-sizes --config configs/train_tiny_flash.yaml --bins data/bins.json \\
         --memory-budget 2 --out runs/profile.json                                      # CPU, measured peak
+    fastaed batch-sizes --config configs/finetune_whisper_tiny.yaml model.frontend_input=padded \\
+        --bins bins.json --memory-budget 4 --out runs/profile-padded.json                # fine-tuning
 
-Then train with ``sampler.profile=profile.json`` (the trainer checks the profile's model, device, dtype and
-tokenizer against the run). See ``fastaed.train.profile`` for the method and the safety margin.
+With ``--config``, the run's own model: a preset sized for ``data.tokenizer``, or the ``model.init_from``
+checkpoint's config, tokenizer prompt and front end (``model.frontend_input`` applied; KEY=VALUE words
+override the config as for ``fastaed train``). ``--model DIR`` takes a checkpoint's config, ``tokenizer/``
+and front end as stored (``--frontend-input`` changes a Whisper front end's input).
+
+Then train with ``sampler.profile=profile.json`` (the trainer checks the profile's model, device, dtype,
+tokenizer and front end against the run). See ``fastaed.train.profile`` for the method and the safety margin.
 """
 
 from __future__ import annotations
@@ -31,6 +38,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     what.add_argument("--config", type=Path, help="training YAML: its model, tokenizer, loss, device, dtype")
     p.add_argument("--tokenizer", type=Path, default=None, help="size for it (--config: data.tokenizer)")
     p.add_argument("--ctc-weight", type=float, default=None, help="with a preset: as model.ctc_weight")
+    p.add_argument(
+        "--frontend-input",
+        choices=("padded", "unpadded"),
+        default=None,
+        help="a Whisper checkpoint's input, as model.frontend_input (default: the config's / checkpoint's)",
+    )
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="with --config: config overrides")
     p.add_argument("--bins", type=Path, default=None, help="bins JSON (default: the SPEC's 30x4 bins)")
     p.add_argument(
         "--out", type=Path, required=True, help="profile JSON to write (a PNG is written beside it)"
@@ -63,31 +77,33 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, default=None, help="also write the summary JSON here")
     p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(func=batch_sizes_cmd)
+    p.set_defaults(func=batch_sizes_cmd, overrides_anywhere=True)
 
 
 def batch_sizes_cmd(args: argparse.Namespace) -> int:
     from fastaed.sampling.bins import Bins
     from fastaed.train.config import LossConfig, TrainConfig
     from fastaed.train.profile import NoBatchFitsError, plot_profile
-    from fastaed.train.profile.run import ProfileSettings, default_bins, open_profiler, resolve_model
+    from fastaed.train.profile.run import ProfileSettings, default_bins, open_profiler, resolve_run
 
     loss_cfg, specaugment, bins_path = LossConfig(), True, args.bins
     device, dtype = args.device, args.dtype
     try:
         if args.config is not None:
-            cfg = TrainConfig.from_yaml(args.config)
+            cfg = TrainConfig.from_yaml(args.config, overrides=args.overrides)
             tok_dir = str(args.tokenizer) if args.tokenizer else cfg.data.tokenizer  # as data.tokenizer=...
-            config, tokenizer_id = resolve_model(cfg.model, tok_dir)
+            run = resolve_run(cfg.model, tok_dir, frontend_input=args.frontend_input)
             loss_cfg, specaugment = cfg.loss, cfg.specaugment.enabled
             device = cfg.runtime.device if args.device == "auto" else args.device
             dtype = cfg.runtime.dtype if args.dtype == "auto" else args.dtype
             bins_path = bins_path or (Path(cfg.sampler.bins) if cfg.sampler.bins else None)
         else:
+            if args.overrides:
+                raise ValueError(f"config overrides ({' '.join(args.overrides)}) need --config")
             tok = str(args.tokenizer) if args.tokenizer else None
-            config, tokenizer_id = resolve_model(args.model, tok, args.ctc_weight)
+            run = resolve_run(args.model, tok, args.ctc_weight, args.frontend_input)
         profiler = open_profiler(
-            config, tokenizer_id, device=device, dtype=dtype, budget=args.memory_budget, loss_cfg=loss_cfg,
+            run, device=device, dtype=dtype, budget=args.memory_budget, loss_cfg=loss_cfg,
             specaugment=specaugment, seed=args.seed, extra_bytes=int(args.ddp_overhead * 2**30),
         )  # fmt: skip
         assert profiler.budget_bytes is not None
@@ -104,9 +120,10 @@ def batch_sizes_cmd(args: argparse.Namespace) -> int:
     bins = Bins.load(bins_path) if bins_path else default_bins(args.seed)
     identity = profiler.identity
     print(
-        f"fastaed batch-sizes: {config.name} on {identity.device}, {identity.dtype}, "
-        f"{bins.num_buckets} buckets, budget {budget / 2**30:.2f} GiB, margin {settings.safety_margin:.0%}"
-        f" -> target {settings.target_bytes / 2**30:.2f} GiB, method {settings.method}",
+        f"fastaed batch-sizes: {run.model.name} on {identity.device}, {identity.dtype}, prompt "
+        f"{identity.prompt}, front end {identity.frontend or 'log-mel'}, {bins.num_buckets} buckets, budget "
+        f"{budget / 2**30:.2f} GiB, margin {settings.safety_margin:.0%} -> target "
+        f"{settings.target_bytes / 2**30:.2f} GiB, method {settings.method}",
         file=sys.stderr,
     )
     try:
@@ -122,6 +139,11 @@ def batch_sizes_cmd(args: argparse.Namespace) -> int:
         png = "none (matplotlib is not installed)"
     summary = summarize(profile)
     print(profile_table(profile))
+    if unfit := [b for b in profile.buckets if b.note]:
+        print(
+            f"note: {len(unfit)} buckets hold no utterance (batch size 0; the trainer rejects theirs as "
+            f"over_budget), e.g. bucket {unfit[0].bucket}: {unfit[0].note}"
+        )
     print(f"profile: {args.out}  plot: {png}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -92,9 +92,9 @@ def load_lengths(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray, str]
         raise SystemExit("give manifests and --tokenizer DIR (or --synthetic N)")
     from fastaed.data.index import build_index
     from fastaed.data.manifest import ManifestSpec
-    from fastaed.data.tokenizer import Tokenizer
+    from fastaed.data.tokenizer import load_tokenizer
 
-    tok = Tokenizer.load(args.tokenizer)
+    tok = load_tokenizer(args.tokenizer)  # fastaed's, or a checkpoint's (Whisper, Canary) for fine-tuning
     specs = [ManifestSpec.parse(m) for m in args.manifests]
     index = build_index(specs, tok, on_bad_input=args.on_bad_input, progress=True)
     if index.report.total:  # lines skipped under --on-bad-input skip: say so, never silently

@@ -75,6 +75,8 @@ class SynthPreset:
     languages: tuple[str, ...] = ("de", "es", "fr")
     vocab_top_ns: tuple[int, ...] = (500, 1000, 2000, 5000)  # measured for the card
     chunk_size: int = 24  # utterances per worker task (festival: one process per task)
+    # (min, max) words: speak short phrases cut from the sentences instead of the sentences themselves
+    phrase_words: tuple[int, int] | None = None
 
 
 # top_n per preset comes from the vocabulary measurements in the card (restricted sentences are short: ~8
@@ -99,6 +101,18 @@ PRESETS: dict[str, SynthPreset] = {
     # ~12k utterances (~8.5 h) in ~4-5 minutes on 2 cores: the CPU-budget training corpus.
     "default": SynthPreset(
         "default", n_train=10000, n_dev=400, n_test=500, n_multilingual_train=150, n_multilingual_test=30
+    ),
+    # ~3.2k English phrases of 1-3 words (~1 s each, ~1 h) cut from the default vocabulary's sentences: the
+    # short inputs (single words, commands) fine-tuning on unpadded input must also cover (make finetune).
+    "phrases": SynthPreset(
+        "phrases",
+        n_train=3000,
+        n_dev=100,
+        n_test=100,
+        n_multilingual_train=0,
+        n_multilingual_test=0,
+        languages=(),
+        phrase_words=(1, 3),
     ),
 }
 
@@ -183,6 +197,8 @@ def plan_corpus(preset: SynthPreset, seed: int, out_dir: Path) -> CorpusPlan:
     ranking = text.word_ranking(pool)
     vocab = ranking[: preset.top_n]
     usable = text.restrict_vocabulary(pool, frozenset(vocab), preset.min_words, preset.max_words)
+    if preset.phrase_words is not None:
+        usable = text.phrases(usable, seed, *preset.phrase_words)
     parts = text.split_by_sentence(
         usable, seed, {"test": preset.n_test, "dev": preset.n_dev, "train": preset.n_train}
     )

@@ -315,6 +315,33 @@ def length_filter(pool: Iterable[Sentence], min_words: int, max_words: int) -> l
     return [s for s in pool if min_words <= len(s.words) <= max_words]
 
 
+_PHRASE_EDGE = " \t,;:.!?\"'()[]-"
+
+
+def phrases(sentences: Iterable[Sentence], seed: int, min_words: int, max_words: int) -> list[Sentence]:
+    """One contiguous span of ``min_words``..``max_words`` words cut from each sentence, duplicates dropped.
+
+    Real prompts, commands and answers are often one to three words ("Sunday", "press one", "you are muted"),
+    a length the sentence corpus never has; a model fine-tuned on unpadded input must also learn where such
+    short inputs end. Spans keep the sentence's own words and casing; the span length and start are drawn
+    from a hash of the seed and the sentence, so a corpus is reproducible."""
+    out, seen = [], set()
+    for s in sentences:
+        tokens = s.text.split()
+        h = stable_hash(seed, "phrase", s.key)
+        k = min_words + h % (max_words - min_words + 1)
+        if len(tokens) < k:
+            continue
+        start = (h >> 16) % (len(tokens) - k + 1)
+        phrase = " ".join(tokens[start : start + k]).strip(_PHRASE_EDGE)
+        words = words_of(phrase, s.lang)
+        if not phrase or not words or len(words) > max_words + 1 or " ".join(words) in seen:
+            continue
+        seen.add(" ".join(words))
+        out.append(Sentence(phrase[0].upper() + phrase[1:], s.source, s.lang, words))
+    return out
+
+
 def stable_hash(*parts: object) -> int:
     """A 64-bit hash of the parts that is the same in every process and Python version (not ``hash()``)."""
     digest = hashlib.sha256("\x1f".join(str(p) for p in parts).encode("utf-8")).digest()

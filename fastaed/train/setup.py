@@ -119,7 +119,8 @@ def load_data(
     limits = length_limits(cfg, model_cfg, tokenizer.prompt_length)
     identity = None
     if cfg.sampler.profile:
-        identity = ProfileIdentity.for_run(model_cfg, device, precision.name, tokenizer.identity)
+        frontend = pretrained.frontend if pretrained else None  # None: fastaed's log-mel
+        identity = ProfileIdentity.for_training(model_cfg, device, precision.name, tokenizer, frontend)
     if cfg.data.train_shards:
         return _load_shard_data(cfg, info, tokenizer, identity, limits)
     with D.rank0_first():  # rank 0 builds the index cache, the other ranks then read it

@@ -5,12 +5,14 @@ venv: tests/bench/test_hf_peer.py.)"""
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict
+from pathlib import Path
 
 import pytest
 import torch
 
-from fastaed.bench.finetune import FinetuneBenchConfig, print_report, run
+from fastaed.bench.finetune import FinetuneBenchConfig, one_manifest, print_report, run
 from fastaed.bench.finetune_eval import SECTION_BEGIN, SECTION_END, spread_subset, update_markdown
 from fastaed.formats.whisper import fastaed_to_canonical
 from fastaed.formats.whisper_import import import_whisper
@@ -34,7 +36,7 @@ def source(tmp_path_factory):
 def test_bucketed_and_padded_recipes_run_on_the_same_checkpoint(source, tmp_path, capsys):
     ckpt, manifest = source
     config = FinetuneBenchConfig(
-        config=REPO / "configs" / "finetune_whisper_tiny.yaml", checkpoint=ckpt, train_manifest=manifest,
+        config=REPO / "configs" / "finetune_whisper_tiny.yaml", checkpoint=ckpt, train_manifests=(manifest,),
         dev_manifest=manifest, recipes=("bucketed", "padded"), time_budget_s=60.0, max_steps=2, threads=1,
         max_duration=4.0, padded_batch_size=3, dev_max_utts=2, real_manifests=(manifest, tmp_path / "none"),
         real_max_utts=3, out_dir=tmp_path / "runs", markdown=tmp_path / "B.md",
@@ -73,7 +75,7 @@ def test_hf_recipe_trains_the_exported_weights_and_is_scored_like_the_others(sou
         pytest.skip("no .venv-whisper with transformers (make whisper-venv)")
     ckpt, manifest = source
     config = FinetuneBenchConfig(
-        config=REPO / "configs" / "finetune_whisper_tiny.yaml", checkpoint=ckpt, train_manifest=manifest,
+        config=REPO / "configs" / "finetune_whisper_tiny.yaml", checkpoint=ckpt, train_manifests=(manifest,),
         dev_manifest=manifest, recipes=("hf",), time_budget_s=60.0, max_steps=2, threads=1,
         padded_batch_size=3, dev_max_utts=2, real_manifests=(), out_dir=tmp_path / "runs",
     )  # fmt: skip
@@ -96,3 +98,20 @@ def test_spread_subset_covers_the_whole_list():
     items = list(range(10))
     assert spread_subset(items, 4) == [0, 2, 5, 7]
     assert spread_subset(items, 0) == items and spread_subset(items, 20) == items
+
+
+def test_one_manifest_keeps_every_line_of_every_manifest_with_resolvable_audio(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "deeper" / "b"
+    for d, n in ((a, 2), (b, 3)):
+        d.mkdir(parents=True)
+        lines = [
+            {"audio_filepath": f"clip{i}.wav", "duration": 1.0 + i, "text": f"{d.name} {i}"} for i in range(n)
+        ]
+        (d / "m.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n\n")
+    single = one_manifest((a / "m.jsonl",), tmp_path / "one.jsonl")
+    assert single == a / "m.jsonl"  # one manifest is used as it is
+    out = one_manifest((a / "m.jsonl", b / "m.jsonl"), tmp_path / "one.jsonl")
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [r["text"] for r in rows] == ["a 0", "a 1", "b 0", "b 1", "b 2"]
+    assert rows[3]["audio_filepath"] == str((b / "clip1.wav").resolve())
+    assert all(Path(r["audio_filepath"]).is_absolute() for r in rows)

@@ -117,6 +117,27 @@ def test_restrict_vocabulary_and_ranking():
     assert all(4 <= len(s.words) <= 14 for s in kept)
 
 
+def test_phrases_are_short_contiguous_unique_and_seeded():
+    pool = [
+        text.Sentence(t, "a", "en", text.words_of(t))
+        for t in (
+            "And the Lord spake unto Moses, saying:",
+            "Press one for the operator.",
+            "You are muted now.",
+        )
+    ]
+    cut = text.phrases(pool, seed=3, min_words=1, max_words=3)
+    assert cut and cut == text.phrases(pool, seed=3, min_words=1, max_words=3)
+    for phrase in cut:
+        assert 1 <= len(phrase.words) <= 3 and phrase.text[0].isupper()
+        assert phrase.text[-1] not in ",.:!?"  # a span is trimmed of the sentence's punctuation
+        source = next(s for s in pool if " ".join(phrase.words) in " ".join(s.words))
+        assert source is not None  # contiguous words of one sentence
+    assert len({p.key for p in cut}) == len(cut)
+    seeds = {tuple(p.key for p in text.phrases(pool, seed=k, min_words=1, max_words=3)) for k in range(6)}
+    assert len(seeds) > 1  # the seed chooses the spans
+
+
 def test_utterance_rng_is_stable():
     # sha256-based: the same in every process and Python version (unlike the salted hash()).
     assert text.stable_hash(0, "utt", "train-000001") == text.stable_hash(0, "utt", "train-000001")

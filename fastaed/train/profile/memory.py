@@ -1,11 +1,12 @@
 """Memory of one synthetic worst-case training step, measured on CUDA or CPU, and a fitted memory model
 that predicts it for any bucket.
 
-**The step** (:class:`SyntheticStep`) is the trainer's own, from ``train/step.py``: ``piece_forward`` (log-mel
-front end, SpecAugment, the trainer's precision, label-smoothed CE + CTC when the model has a CTC head),
-backward, gradient clipping, ``build_optimizer``'s AdamW step (fused on CUDA), gradients freed. The
-batch is a bucket's worst case: B utterances of the bucket's max duration (random noise audio, every row
-full length) and its max output length U (random token ids, prompt length 5, no padding). A warm-up step at
+**The step** (:class:`SyntheticStep`) is the trainer's own, from ``train/step.py``: ``piece_forward`` (the
+run's front end: fastaed's log-mel, or a fine-tuned checkpoint's such as Whisper's, padded to 30 s or not;
+SpecAugment, the trainer's precision, label-smoothed CE + CTC when the model has a CTC head), backward,
+gradient clipping, ``build_optimizer``'s AdamW step (fused on CUDA), gradients freed. The batch is a
+bucket's worst case: B utterances of the bucket's max duration (random noise audio, every row full length)
+and its max output length U (random token ids, the tokenizer's prompt length, no padding). A warm-up step at
 B = 1 creates the optimizer state first, so every trial measures the steady state (NeMo's OOMptimizer leaves
 that to its first trial, which then measures something else).
 
@@ -20,10 +21,13 @@ that to its first trial, which then measures something else).
   B = 2 and 3 (exact, tested against real steps), which keeps a CPU search cheap at any batch size.
 
 **The memory model** (:class:`MemoryModel`): peak(B, T, U) = static + B · (a·T + b·T² + c·U + d·U² + e·T·U),
-T in seconds, U in tokens: activations grow linearly in both lengths (convolutions, feed-forwards, logits),
-quadratically in T (encoder self-attention), in U (decoder self-attention) and in T·U (cross-attention).
-Fitted by least squares on relative error from a few probes (:func:`probe_plan`), it predicts every
-bucket's largest batch size without a trial per candidate.
+T in seconds of features (the encoder's input: the audio's duration, or 30 s for every utterance on
+Whisper's padded input, :attr:`Shape.t`), U in tokens: activations grow linearly in both lengths
+(convolutions, feed-forwards, logits), quadratically in T (encoder self-attention), in U (decoder
+self-attention) and in T·U (cross-attention). With T the same for every bucket (padded input) the T terms
+are one constant per utterance: the least-squares fit is then rank-deficient and takes the minimum-norm
+solution, which predicts that constant exactly. Fitted by least squares on relative error from a few probes
+(:func:`probe_shapes`), it predicts every bucket's largest batch size without a trial per candidate.
 """
 
 from __future__ import annotations
@@ -33,16 +37,19 @@ import gc
 import math
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from fastaed.constants import SAMPLE_RATE
 from fastaed.data.dataset import Batch
-from fastaed.data.features import FeatureConfig, LogMelFeatures, SpecAugment, SpecAugmentConfig
+from fastaed.data.features import FeatureConfig, SpecAugment, SpecAugmentConfig
+from fastaed.data.frontend import build_frontend
 from fastaed.data.tokenizer import PROMPT_LENGTH
+from fastaed.data.whisper_features import WhisperFeatureConfig
 from fastaed.model import EncoderDecoderModel
 from fastaed.train.config import DebugConfig, LossConfig
 from fastaed.train.faults import FaultInjector, is_oom
@@ -57,12 +64,20 @@ GiB = 1 << 30
 class Shape:
     """The worst case of a bucket: every utterance ``duration`` seconds long with ``out_len`` tokens."""
 
-    duration: float  # seconds (T of the memory model)
+    duration: float  # seconds of audio
     out_len: int  # U: prompt + text + EOS
+    # Seconds of features the encoder sees when the front end pads (Whisper's padded input: 30 s whatever the
+    # audio); None: the audio's. Set by SyntheticStep.shape, the same for every shape of one step.
+    feature_seconds: float | None = field(default=None, compare=False)
 
     @property
     def num_samples(self) -> int:
         return max(1, round(self.duration * SAMPLE_RATE))
+
+    @property
+    def t(self) -> float:
+        """T of the memory model: seconds of features."""
+        return self.duration if self.feature_seconds is None else self.feature_seconds
 
 
 @dataclass(frozen=True)
@@ -83,10 +98,39 @@ class Measurement:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["shape"] = [self.shape.duration, self.shape.out_len]
+        if self.shape.feature_seconds is not None:
+            d["feature_seconds"] = self.shape.feature_seconds
         return d
 
 
 # ---- the step ------------------------------------------------------------------------------------------
+
+
+class OncePerLength(nn.Module):
+    """A front end that runs utterance by utterance (Whisper's), run once per distinct length of a batch and
+    its rows copied: the same features, (B, T, F) in one allocation as the real one returns them.
+
+    Why: the real front end allocates per utterance, so its number of allocations grows with B and the CPU
+    meter's traces at B = 2 and 3 would not line up (every trial a real step, minutes each). What stays alive
+    through the step, and so sets its peak, is the (B, T, F) output alone; the per-utterance pieces are freed
+    before the forward begins."""
+
+    def __init__(self, frontend: nn.Module):
+        super().__init__()
+        self.inner = frontend
+
+    @torch.no_grad()
+    def forward(
+        self, waves: torch.Tensor, wave_lens: torch.Tensor, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """waves (B, N), wave_lens (B,) -> feats (B, T, F), feat_lens (B,) as the wrapped front end's."""
+        lens = wave_lens.tolist()
+        first = {n: i for i, n in reversed(list(enumerate(lens)))}  # each distinct length's first row
+        distinct = list(first)
+        firsts = list(first.values())
+        feats, feat_lens = self.inner(waves[firsts], wave_lens[firsts], generator=generator)
+        rows = torch.tensor([distinct.index(n) for n in lens], device=feats.device)
+        return feats[rows], feat_lens[rows]
 
 
 class SyntheticStep:
@@ -94,6 +138,8 @@ class SyntheticStep:
 
     model: built as the trainer builds it (``build_model``), moved to ``device`` here.
     precision: the trainer's (default: its rule for ``device``, ``Precision.resolve``).
+    frontend: the run's front end (default: fastaed's log-mel; a fine-tuned checkpoint's, e.g. Whisper's).
+    prompt_length: the tokenizer's (fastaed's and Canary's 5; Whisper's 2 or 4): the least U is that + EOS.
     """
 
     def __init__(
@@ -105,19 +151,57 @@ class SyntheticStep:
         loss_cfg: LossConfig | None = None,
         specaugment: bool = True,
         seed: int = 0,
+        frontend: FeatureConfig | WhisperFeatureConfig | None = None,
+        prompt_length: int = PROMPT_LENGTH,
     ):
         self.device = torch.device(device)
         self.precision = precision or Precision.resolve(self.device)
         self.model = model.to(self.device).train()
         self.loss_cfg = loss_cfg or LossConfig()
         self.vocab_size = model.config.vocab_size
+        self.prompt_length = int(prompt_length)
         # lr 1e-7 (as NeMo's OOMptimizer) so random batches barely move the weights; memory is the trainer's.
         self.optimizer, self.params = build_optimizer(self.model, self.device, lr=1e-7, weight_decay=1e-3)
-        self.frontend = LogMelFeatures(FeatureConfig()).to(self.device).train()
+        self.frontend_config = frontend if frontend is not None else FeatureConfig()
+        module = build_frontend(self.frontend_config)
+        if isinstance(self.frontend_config, WhisperFeatureConfig):
+            module = OncePerLength(module)
+        self.frontend = module.to(self.device).train()
         self.specaug = SpecAugment(SpecAugmentConfig()).train() if specaugment else None
         self.injector = FaultInjector(DebugConfig())
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
         self.steps = 0
+
+    @property
+    def min_out_len(self) -> int:
+        """The least U: the prompt + EOS."""
+        return self.prompt_length + 1
+
+    def shape(self, duration: float, out_len: int) -> Shape:
+        """The worst case of a bucket (U at least the prompt + EOS) with the seconds of features the front
+        end gives it: Whisper's padded input is ``chunk_frames`` (30 s) for any audio."""
+        fe = self.frontend_config
+        seconds = None
+        if isinstance(fe, WhisperFeatureConfig) and fe.input == "padded":
+            seconds = fe.chunk_frames * fe.hop_length / fe.sample_rate
+        return Shape(float(duration), max(int(out_len), self.min_out_len), seconds)
+
+    def unfit_reason(self, shape: Shape) -> str | None:
+        """Why no batch of ``shape`` can train at all (None when one can): Whisper's padded input holds one
+        30 s window, a Whisper encoder ``max_positions`` frames, a learned-position decoder ``max_len``."""
+        fe, enc, dec = self.frontend_config, self.model.config.encoder, self.model.config.decoder
+        if isinstance(fe, WhisperFeatureConfig) and fe.input == "padded":
+            if shape.num_samples > fe.chunk_samples:
+                window = fe.chunk_samples / fe.sample_rate
+                return f"{shape.duration:g} s is longer than Whisper's {window:g} s padded input"
+        elif enc.kind == "whisper":  # unpadded: N // hop frames, halved by the conv stem
+            positions = math.ceil(shape.num_samples // fe.hop_length / enc.subsampling_factor)
+            if positions > enc.max_positions:
+                have = enc.max_positions
+                return f"{shape.duration:g} s needs {positions} encoder positions, the model has {have}"
+        if dec.positions == "learned" and shape.out_len > dec.max_len:
+            return f"U = {shape.out_len} is more than the decoder's {dec.max_len} positions"
+        return None
 
     def batch(self, batch_size: int, shape: Shape) -> Batch:
         """B utterances of exactly ``shape`` (no padding anywhere), on the device."""
@@ -125,7 +209,7 @@ class SyntheticStep:
 
     def batch_for(self, durations: Sequence[float], out_lens: Sequence[int]) -> Batch:
         """A right-padded batch of random audio and token ids with these durations (s) and lengths U."""
-        if min(out_lens) < PROMPT_LENGTH + 1:
+        if min(out_lens) < self.min_out_len:
             raise ValueError(f"output length {min(out_lens)} is shorter than the prompt + EOS")
         dev = self.device
         audio_lens = torch.tensor([max(1, round(d * SAMPLE_RATE)) for d in durations], device=dev)
@@ -140,7 +224,7 @@ class SyntheticStep:
             audio_lens=audio_lens,
             tokens=tokens,
             token_lens=token_lens,
-            prompt_lens=torch.full((b,), PROMPT_LENGTH, dtype=torch.int64, device=dev),
+            prompt_lens=torch.full((b,), self.prompt_length, dtype=torch.int64, device=dev),
             pad_id=0,
         )
 
@@ -276,7 +360,7 @@ class MemoryModel:
             raise ValueError(f"the memory model needs >= {1 + len(TERMS)} successful probes, got {len(ok)}")
         b = np.array([m.batch_size for m in ok], dtype=np.float64)
         y = np.array([m.peak_bytes for m in ok], dtype=np.float64)
-        x = _terms([m.shape.duration for m in ok], [m.shape.out_len for m in ok]) * b[:, None]
+        x = _terms([m.shape.t for m in ok], [m.shape.out_len for m in ok]) * b[:, None]
         a = np.concatenate([np.ones((len(ok), 1)), x], axis=1)
         scale = np.abs(a).max(axis=0)  # columns to unit range: T² and U² would otherwise dwarf T and U
         scale[scale == 0] = 1.0
@@ -300,27 +384,28 @@ class MemoryModel:
         return cls(float(d["static"]), coef, float(d.get("rms_rel_error", 0.0)))  # type: ignore[arg-type]
 
 
-def probe_shapes(shapes: Sequence[Shape], rows: int = 4) -> list[Shape]:
+def probe_shapes(shapes: Sequence[Shape], rows: int = 4, min_out_len: int = PROMPT_LENGTH + 1) -> list[Shape]:
     """Probe shapes spanning the buckets: at ``rows`` durations (quantiles of the distinct bucket durations,
     longest included) the smallest and the largest U of that duration (half the largest when the row has a
-    single U, so U varies independently of T); at least 1 + len(TERMS) distinct shapes in all."""
+    single U, so U varies independently of T); at least 1 + len(TERMS) distinct shapes in all. U stays at
+    least ``min_out_len`` (the prompt + EOS)."""
     durations = sorted({s.duration for s in shapes})
     picks = sorted({durations[round(q * (len(durations) - 1))] for q in np.linspace(0, 1, rows)})
     out: list[Shape] = []
     for d in picks:
-        us = sorted(s.out_len for s in shapes if s.duration == d)
-        lo, hi = us[0], us[-1]
+        row = sorted(s for s in shapes if s.duration == d)  # by U; they share the feature seconds
+        lo, hi = row[0].out_len, row[-1].out_len
         if lo == hi:
-            lo = max(PROMPT_LENGTH + 1, hi // 2)
-        out += [Shape(d, lo), Shape(d, hi)]
+            lo = max(min_out_len, hi // 2)
+        out += [dataclasses.replace(row[0], out_len=lo), row[-1]]
     out = sorted(set(out))
     # Few distinct durations (e.g. 1-2 rows): add intermediate U values so the fit stays determined.
     longest = max(out)
     k = 2
     while len(out) < 1 + len(TERMS):
         for d in picks:
-            hi = max(s.out_len for s in out if s.duration == d)
-            extra = Shape(d, max(PROMPT_LENGTH + 1, hi * (k - 1) // k))
+            top = max((s for s in out if s.duration == d), key=lambda s: s.out_len)
+            extra = dataclasses.replace(top, out_len=max(min_out_len, top.out_len * (k - 1) // k))
             if extra not in out:
                 out.append(extra)
         k += 1
@@ -336,6 +421,7 @@ def fit_memory_model(
     fill: float = 0.5,
     on_probe: Callable[[Measurement], None] | None = None,
     max_batch_size: int = 1 << 16,
+    min_out_len: int = PROMPT_LENGTH + 1,
 ) -> tuple[MemoryModel, list[Measurement]]:
     """Probe ``meter`` and fit the memory model; returns (model, probes).
 
@@ -343,6 +429,7 @@ def fit_memory_model(
     cost; every probe shape then runs at the B that fills ``fill`` of the target by that worst cost (safe:
     every other shape costs less per utterance). Round 2 reruns each shape at the B that the round-1 fit
     says fills ``fill`` of the target, so every probe measures a batch of the size the profile will use.
+    ``min_out_len``: the least U a probe may have (the prompt + EOS).
     """
     probes: list[Measurement] = []
 
@@ -353,7 +440,7 @@ def fit_memory_model(
             on_probe(m)
         return m
 
-    plan = probe_shapes(shapes)
+    plan = probe_shapes(shapes, min_out_len=min_out_len)
     longest = max(plan)
     m1, m2 = run(1, longest), run(2, longest)
     if not (m1.fits(target_bytes) and m2.fits(target_bytes)):
@@ -367,7 +454,7 @@ def fit_memory_model(
     # B = 1 may take other kernels (and on CPU is off the line of B >= 2): planning only, not fitted.
     first = MemoryModel.fit(p for p in probes if p.batch_size >= 2)
     for shape in plan:
-        b2 = first.max_batch_size(shape.duration, shape.out_len, static + fill * (target_bytes - static))
+        b2 = first.max_batch_size(shape.t, shape.out_len, static + fill * (target_bytes - static))
         b2 = min(max_batch_size, max(2, b2))
         if b2 != b1:
             run(b2, shape)

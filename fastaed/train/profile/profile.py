@@ -4,10 +4,11 @@ A profile is a JSON document (``format: fastaed.batch_size_profile``, ``version`
 
 - ``batch_sizes`` (one per flattened bucket) and ``bins`` (a Bins document): the two keys that
   ``fastaed.sampling.load_profile`` reads, so any consumer of plain profiles reads these too;
-- ``identity``: the model-config hash, device name, dtype, tokenizer identity and prompt format it was
-  measured for. The trainer compares it with its own run and refuses a profile made for another model,
-  device, precision or tokenizer (``sampler.force_profile: true`` overrides), naming the file and every
-  field that differs: a profile measured for a smaller model or a bigger GPU is an OOM hours into a run;
+- ``identity``: the model-config hash, device name, dtype, tokenizer identity, prompt format and front end it
+  was measured for. The trainer compares it with its own run and refuses a profile made for another model,
+  device, precision, tokenizer or front end (``sampler.force_profile: true`` overrides), naming the file and
+  every field that differs: a profile measured for a smaller model or a bigger GPU is an OOM hours into a
+  run, and one measured on Whisper's unpadded input holds ten times too many utterances for its 30 s input;
 - the memory budget, safety margin and target, and per bucket the batch size with its predicted and
   measured peak memory and fill (peak / target), the fitted memory model, the probes, optionally the
   OOMptimizer search results, and the NeMo heuristic's batch sizes and fill on the same bins.
@@ -25,6 +26,9 @@ from typing import Any
 
 import numpy as np
 
+from fastaed.constants import HOP_LENGTH, SAMPLE_RATE
+from fastaed.data.whisper_features import WhisperFeatureConfig
+from fastaed.data.whisper_tokenizer import WhisperTokenizer
 from fastaed.sampling.bins import Bins
 from fastaed.train.config import ConfigError
 from fastaed.util.files import FileFormatError, read_json
@@ -33,11 +37,37 @@ PROFILE_FORMAT = "fastaed.batch_size_profile"
 PROFILE_VERSION = 1
 PROMPT_FORMAT = "canary-5"  # <|startoftranscript|><|src_lang|><|task|><|tgt_lang|><|pnc|>
 # Compared by the trainer; ``model_name`` is only shown in messages.
-IDENTITY_FIELDS = ("model_config_hash", "device", "dtype", "tokenizer", "prompt")
+IDENTITY_FIELDS = ("model_config_hash", "device", "dtype", "tokenizer", "prompt", "frontend")
+
+
+def prompt_format(tokenizer: Any) -> str:
+    """``KIND-LENGTH`` of a tokenizer's decoder prompt: ``canary-5`` (fastaed's and Canary's), ``canary2-N``,
+    ``whisper-2`` (English-only) or ``whisper-4``; None (no tokenizer): fastaed's ``canary-5``."""
+    if tokenizer is None:
+        return PROMPT_FORMAT
+    if isinstance(tokenizer, WhisperTokenizer):
+        return f"whisper-{tokenizer.prompt_length}"
+    kind = getattr(tokenizer, "prompt_format", "canary")  # fastaed's Tokenizer has Canary's prompt
+    return f"{kind}-{tokenizer.prompt_length}"
+
+
+def frontend_name(config: Any) -> str | None:
+    """The front end as a profile's identity names it: what changes the frames a step sees.
+
+    None for a log-mel front end at fastaed's 10 ms hop (from scratch, a fastaed or a NeMo checkpoint: the
+    frames, hence the memory, are the same; profiles made before this field existed hold None too);
+    ``whisper-padded`` (every input 3000 frames) or ``whisper-unpadded`` (the real frames) for Whisper's."""
+    if config is None:
+        return None
+    if isinstance(config, WhisperFeatureConfig):
+        return f"whisper-{config.input}"
+    if config.hop_length == HOP_LENGTH and config.sample_rate == SAMPLE_RATE:
+        return None
+    return f"log-mel-hop{config.hop_length}-sr{config.sample_rate}"
 
 
 class ProfileMismatchError(ConfigError):
-    """A profile made for another model, device, dtype or tokenizer than the run that loads it."""
+    """A profile made for another model, device, dtype, tokenizer or front end than the run that loads it."""
 
 
 def model_config_hash(model_config: Any) -> str:
@@ -65,11 +95,33 @@ class ProfileIdentity:
     device: str  # device_name()
     dtype: str  # "bf16" | "fp32": the trainer's precision
     tokenizer: str | None  # Tokenizer.identity, None when made without a tokenizer
-    prompt: str = PROMPT_FORMAT  # decoder prompt format (its length is part of every U)
+    prompt: str = PROMPT_FORMAT  # decoder prompt format, prompt_format() (its length is part of every U)
+    frontend: str | None = None  # frontend_name(): None for fastaed's log-mel (and older profiles)
 
     @classmethod
-    def for_run(cls, model_config: Any, device: Any, dtype: str, tokenizer: str | None) -> ProfileIdentity:
-        return cls(model_config_hash(model_config), model_config.name, device_name(device), dtype, tokenizer)
+    def for_run(
+        cls,
+        model_config: Any,
+        device: Any,
+        dtype: str,
+        tokenizer: str | None,
+        *,
+        prompt: str = PROMPT_FORMAT,
+        frontend: str | None = None,
+    ) -> ProfileIdentity:
+        name, dev = model_config.name, device_name(device)
+        return cls(model_config_hash(model_config), name, dev, dtype, tokenizer, prompt, frontend)
+
+    @classmethod
+    def for_training(
+        cls, model_config: Any, device: Any, dtype: str, tokenizer: Any, frontend: Any = None
+    ) -> ProfileIdentity:
+        """The identity of a training run: its model config, device, precision, tokenizer (the object: its
+        identity and prompt) and front-end config (None: fastaed's log-mel, a run from scratch)."""
+        return cls.for_run(
+            model_config, device, dtype, tokenizer.identity,
+            prompt=prompt_format(tokenizer), frontend=frontend_name(frontend),
+        )  # fmt: skip
 
     def differences(self, other: ProfileIdentity) -> list[str]:
         """Human-readable ``field: profile value != run value`` for each compared field that differs."""
@@ -100,6 +152,7 @@ class BucketResult:
     heuristic_batch_size: int | None = None  # the NeMo heuristic's batch size on this bucket's row
     heuristic_bytes: float | None = None  # its peak memory (measured on CPU, predicted on CUDA)
     heuristic_fill: float | None = None  # heuristic_bytes / target
+    note: str | None = None  # why a bucket holds no utterance (batch size 0), e.g. past Whisper's 30 s
 
 
 @dataclass
@@ -210,9 +263,12 @@ def check_profile(path: str | Path, run: ProfileIdentity, force: bool = False) -
         return ["no identity"]
     diffs = made_for.differences(run)
     if diffs and not force:
+        hint = ""
+        if made_for.frontend != run.frontend:
+            hint = " (the front end's input, e.g. model.frontend_input, sets the frames every step sees)"
         raise ProfileMismatchError(
-            f"{path}: batch-size profile made for another run; " + "; ".join(diffs) + ". Make one for this "
-            "run (fastaed batch-sizes --config YOUR_TRAIN_CONFIG ...) or set sampler.force_profile=true."
+            f"{path}: batch-size profile made for another run; " + "; ".join(diffs) + hint + ". Make one for "
+            "this run (fastaed batch-sizes --config YOUR_TRAIN_CONFIG ...) or set sampler.force_profile=true."
         )
     return diffs
 

@@ -24,6 +24,7 @@ warm starts), so the model's answers can be checked against the search's on the 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable
@@ -34,13 +35,17 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from fastaed.data.tokenizer import PROMPT_LENGTH, Tokenizer
+from fastaed.data.features import FeatureConfig
+from fastaed.data.frontend import frontend_config
+from fastaed.data.tokenizer import PROMPT_LENGTH, Tokenizer, is_tokenizer_dir
+from fastaed.data.whisper_features import WhisperFeatureConfig
 from fastaed.formats import read_checkpoint_meta
 from fastaed.model import PRESETS, ModelConfig, build_model
 from fastaed.sampling.bins import Bins, estimate_bins
 from fastaed.sampling.stats import synthetic_lengths
-from fastaed.train.config import LossConfig, ModelSection
+from fastaed.train.config import ConfigError, LossConfig, ModelSection
 from fastaed.train.distributed import enable_expandable_segments
+from fastaed.train.pretrained import AnyTokenizer, load_pretrained
 from fastaed.train.profile.cpu_meter import CpuMeter
 from fastaed.train.profile.heuristic import (
     BATCH_DURATION,
@@ -58,7 +63,14 @@ from fastaed.train.profile.memory import (
     SyntheticStep,
     fit_memory_model,
 )
-from fastaed.train.profile.profile import BatchSizeProfile, BucketResult, ProfileIdentity
+from fastaed.train.profile.profile import (
+    PROMPT_FORMAT,
+    BatchSizeProfile,
+    BucketResult,
+    ProfileIdentity,
+    frontend_name,
+    prompt_format,
+)
 from fastaed.train.profile.search import (
     MAX_BATCH_SIZE,
     START_BATCH_SIZE,
@@ -117,8 +129,11 @@ class ProfileSettings:
         return int(self.budget_bytes * (1.0 - self.safety_margin))
 
 
-def bucket_shapes(bins: Bins) -> list[Shape]:
-    """The worst-case shape of every flattened bucket (U at least the prompt + EOS)."""
+def bucket_shapes(bins: Bins, step: SyntheticStep | None = None) -> list[Shape]:
+    """The worst-case shape of every flattened bucket (U at least the prompt + EOS): ``step.shape``'s (its
+    prompt length and front end), or with fastaed's 5-token prompt and log-mel front end."""
+    if step is not None:
+        return [step.shape(float(d), int(u)) for d, u in bins.flat()]
     return [Shape(float(d), max(int(u), PROMPT_LENGTH + 1)) for d, u in bins.flat()]
 
 
@@ -152,12 +167,19 @@ def make_profile(
     """Batch sizes for every bucket of ``bins`` (see the module docstring); the meter's step is warmed up."""
     t_start = time.perf_counter()
     target = settings.target_bytes
-    shapes = bucket_shapes(bins)
-    unique = sorted(set(shapes), reverse=True)  # longest first (as NeMo: closer to training fragmentation)
+    step = meter.step if isinstance(meter.step, SyntheticStep) else None  # else fastaed's shapes (a fake)
+    shapes = bucket_shapes(bins, step)
+    # Buckets the model cannot take at all (longer than Whisper's 30 s, say) get batch size 0: the trainer
+    # rejects their utterances as over_budget and says so.
+    unfit = {s: why for s in set(shapes) if step and (why := step.unfit_reason(s)) is not None}
+    unique = sorted(set(shapes) - set(unfit), reverse=True)  # longest first (as NeMo: closer to training)
+    if not unique:
+        first = next(iter(unfit.items()))
+        raise NoBatchFitsError(f"no bucket fits the model: e.g. {first[0]}: {first[1]}")
     meter.step.warm_up(min(unique))
     trials = Trials(meter, target, settings.max_batch_size)
     cap = settings.max_batch_size
-    answer: dict[Shape, int] = {}
+    answer: dict[Shape, int] = dict.fromkeys(unfit, 0)
     searched: dict[Shape, int] = {}
     model: MemoryModel | None = None
     probes: list[Measurement] = []
@@ -166,7 +188,8 @@ def make_profile(
     method = settings.method
     if method == "model":
         try:
-            model, probes = fit_memory_model(meter, unique, target, max_batch_size=cap)
+            min_u = step.min_out_len if step else PROMPT_LENGTH + 1
+            model, probes = fit_memory_model(meter, unique, target, max_batch_size=cap, min_out_len=min_u)
         except NoBatchFitsError:  # the longest bucket holds a single utterance: nothing to fit, search
             method = "search"
     if method == "model":
@@ -180,7 +203,8 @@ def make_profile(
             picks = [unique[i] for i in np.unique(spread)]
             searched = _search(trials, picks, settings)
     else:
-        searched = answer = _search(trials, unique, settings, bar)
+        searched = _search(trials, unique, settings, bar)
+        answer |= searched
         ok = [m for m in trials.done.values() if m.fits(target) and m.batch_size >= 2]
         if len({m.shape for m in ok}) >= 3 and len(ok) >= 6:
             model = MemoryModel.fit(ok)
@@ -190,14 +214,19 @@ def make_profile(
     exact_heuristic = isinstance(meter, CpuMeter)  # cheap on CPU (from two traces); predicted on a GPU
     results = []
     for k, shape in enumerate(shapes):
-        b = answer[shape]
+        b, hb = answer[shape], int(heuristic[k])
+        if shape in unfit:
+            results.append(
+                BucketResult(k, shape.duration, int(bins.flat()[k][1]), 0, heuristic_batch_size=hb,
+                             note=unfit[shape])
+            )  # fmt: skip
+            continue
         m = trials.measure(b, shape)
-        predicted = model.predict(b, shape.duration, shape.out_len) if model is not None else None
-        hb = int(heuristic[k])
+        predicted = model.predict(b, shape.t, shape.out_len) if model is not None else None
         if exact_heuristic:
             h_bytes: float | None = trials.measure(hb, shape).peak_bytes
         else:
-            h_bytes = model.predict(hb, shape.duration, shape.out_len) if model is not None else None
+            h_bytes = model.predict(hb, shape.t, shape.out_len) if model is not None else None
         results.append(
             BucketResult(
                 bucket=k, max_duration=shape.duration, max_u=int(bins.flat()[k][1]), batch_size=b,
@@ -240,7 +269,7 @@ def _verify(trials: Trials, model: MemoryModel, shape: Shape, cap: int, settings
     implies, else (an OOM, or still a miss) the search from there; a fit with more than 5% of the target to
     spare gets one trial at the size its peak implies (see the module docstring)."""
     target, fits = trials.target, trials.fits(shape)
-    b = min(model.max_batch_size(shape.duration, shape.out_len, target), cap)
+    b = min(model.max_batch_size(shape.t, shape.out_len, target), cap)
     start = 1
     if b >= 1:
         peak = trials.measure(b, shape).peak_bytes
@@ -295,9 +324,39 @@ class Profiler:
         return make_profile(self.meter, bins, self.identity, settings, progress)
 
 
+@dataclass(frozen=True)
+class ProfiledRun:
+    """What a profile is measured for besides device and precision: the model, the tokenizer (identity and
+    decoder prompt) and the front end, as the training run has them."""
+
+    model: ModelConfig
+    tokenizer: str | None = None  # tokenizer identity; None: made without a tokenizer
+    prompt_length: int = PROMPT_LENGTH  # the least U is this + EOS
+    prompt: str = PROMPT_FORMAT  # profile.prompt_format()
+    frontend: FeatureConfig | WhisperFeatureConfig | None = None  # None: fastaed's log-mel (from scratch)
+
+    @classmethod
+    def of(
+        cls,
+        model: ModelConfig,
+        tokenizer: AnyTokenizer | None,
+        frontend: FeatureConfig | WhisperFeatureConfig | None = None,
+    ) -> ProfiledRun:
+        if tokenizer is None:
+            return cls(model, None, frontend=frontend)
+        return cls(model, tokenizer.identity, tokenizer.prompt_length, prompt_format(tokenizer), frontend)
+
+    def identity(self, device: torch.device, dtype: str) -> ProfileIdentity:
+        """The identity the trainer computes for this run (``ProfileIdentity.for_training``)."""
+        frontend = frontend_name(self.frontend)
+        return ProfileIdentity.for_run(
+            self.model, device, dtype, self.tokenizer, prompt=self.prompt, frontend=frontend
+        )
+
+
 def open_profiler(
-    model: ModelConfig,
-    tokenizer: str | None,
+    model: ModelConfig | ProfiledRun,
+    tokenizer: str | None = None,
     *,
     device: str = "auto",
     dtype: str = "auto",
@@ -311,10 +370,13 @@ def open_profiler(
     CUDA allocation), device and precision (the trainer's rule, ``Precision``), the budget (the CUDA
     allocator capped there before the model takes memory), then the freshly initialised model's step.
 
-    tokenizer: the tokenizer identity the profile is for (None: made without one).
+    model: a model config (fastaed's prompt and log-mel front end), or a :class:`ProfiledRun` (from
+        :func:`resolve_run`: a fine-tuned checkpoint's tokenizer prompt and front end too).
+    tokenizer: with a model config, the tokenizer identity the profile is for (None: made without one).
     budget: ``auto``, GiB or None (resolved later by the caller, allocator not capped).
     extra_bytes: resident on top of every trial (data-parallel buffers, ``DDP_OVERHEAD_BYTES``).
     """
+    run = model if isinstance(model, ProfiledRun) else ProfiledRun(model, tokenizer)
     if torch.cuda.is_available():
         enable_expandable_segments()
     dev = resolve_device(device)
@@ -327,10 +389,12 @@ def open_profiler(
         cap_allocator(dev, budget_bytes)
     torch.manual_seed(seed)
     with torch.device(dev):  # no CPU init + copy for a 1B model (the weights do not change memory)
-        net = build_model(model)
-    step = SyntheticStep(net, dev, precision=precision, loss_cfg=loss_cfg, specaugment=specaugment, seed=seed)
-    identity = ProfileIdentity.for_run(model, dev, precision.name, tokenizer)
-    return Profiler(step, make_meter(step, extra_bytes), identity, budget_bytes)
+        net = build_model(run.model)
+    step = SyntheticStep(
+        net, dev, precision=precision, loss_cfg=loss_cfg, specaugment=specaugment, seed=seed,
+        frontend=run.frontend, prompt_length=run.prompt_length,
+    )  # fmt: skip
+    return Profiler(step, make_meter(step, extra_bytes), run.identity(dev, precision.name), budget_bytes)
 
 
 def default_bins(seed: int = 0) -> Bins:
@@ -339,29 +403,59 @@ def default_bins(seed: int = 0) -> Bins:
     return estimate_bins(d, u, num_buckets=30, num_subbuckets=4, method="min_padding")
 
 
-def resolve_model(
-    spec: str | ModelSection, tokenizer_dir: str | None = None, ctc_weight: float | None = None
-) -> tuple[ModelConfig, str | None]:
-    """(model config, tokenizer identity) for a training config's model section, a preset name or a
-    checkpoint directory.
+def resolve_run(
+    spec: str | ModelSection,
+    tokenizer_dir: str | None = None,
+    ctc_weight: float | None = None,
+    frontend_input: str | None = None,
+) -> ProfiledRun:
+    """The run a profile is for, from a training config's model section, a preset name or a checkpoint.
 
     A preset is sized for the tokenizer's vocabulary when one is given; ``ctc_weight`` acts as the training
-    config's ``model.ctc_weight`` (0 removes the head). A checkpoint brings its own config and tokenizer.
+    config's ``model.ctc_weight`` (0 removes the head). A model section with ``init_from`` is resolved as the
+    trainer does (``load_pretrained``): the checkpoint's config with the section's overrides, its tokenizer
+    and front end, ``model.frontend_input`` applied. A checkpoint directory brings its own config, tokenizer
+    (``tokenizer/``, else only the identity it recorded) and front end. ``frontend_input`` (``padded`` or
+    ``unpadded``) replaces a Whisper front end's input (a model section's ``frontend_input``; a checkpoint's
+    stored one).
     """
     if isinstance(spec, str) and spec in PRESETS:
         spec = ModelSection(spec, ctc_weight=ctc_weight)
     if isinstance(spec, ModelSection):
-        identity, vocab = None, None
-        if tokenizer_dir is not None:
-            tok = Tokenizer.load(tokenizer_dir)
-            identity, vocab = tok.identity, tok.vocab_size
-        return spec.model_config(vocab), identity
+        if frontend_input is not None:
+            spec = dataclasses.replace(spec, frontend_input=frontend_input)
+        pretrained = load_pretrained(spec)
+        if pretrained is not None:
+            if tokenizer_dir is not None:
+                raise ConfigError(
+                    f"--tokenizer {tokenizer_dir}: model.init_from {spec.init_from} brings its own tokenizer"
+                )
+            config = spec.model_config(None, base=pretrained.model_config)  # as setup.run_model_config
+            return ProfiledRun.of(config, pretrained.tokenizer, pretrained.frontend)
+        tok = Tokenizer.load(tokenizer_dir) if tokenizer_dir is not None else None
+        return ProfiledRun.of(spec.model_config(tok.vocab_size if tok else None), tok)
     if not Path(spec).is_dir():
         raise FileNotFoundError(
             f"--model {spec!r} is neither a preset ({', '.join(PRESETS)}) nor a checkpoint"
         )
+    if is_tokenizer_dir(Path(spec) / "tokenizer"):  # frontend_input None keeps the checkpoint's
+        pretrained = load_pretrained(ModelSection(init_from=str(spec), frontend_input=frontend_input))
+        assert pretrained is not None
+        return ProfiledRun.of(pretrained.model_config, pretrained.tokenizer, pretrained.frontend)
     meta = read_checkpoint_meta(spec)
-    return ModelConfig.from_dict(meta["model_config"]), meta.get("tokenizer_identity")
+    frontend = frontend_config(meta.get("frontend"))
+    if isinstance(frontend, WhisperFeatureConfig) and frontend_input is not None:
+        frontend = dataclasses.replace(frontend, input=frontend_input)
+    config = ModelConfig.from_dict(meta["model_config"])
+    return ProfiledRun(config, meta.get("tokenizer_identity"), frontend=frontend)
+
+
+def resolve_model(
+    spec: str | ModelSection, tokenizer_dir: str | None = None, ctc_weight: float | None = None
+) -> tuple[ModelConfig, str | None]:
+    """(model config, tokenizer identity) of :func:`resolve_run`."""
+    run = resolve_run(spec, tokenizer_dir, ctc_weight)
+    return run.model, run.tokenizer
 
 
 def resolve_budget(budget: str | float | None, device: torch.device) -> int:
