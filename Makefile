@@ -159,7 +159,7 @@ whisper-venv: .venv-whisper/.installed
 	@touch $@
 
 whisper-parity: venv whisper-venv
-	.venv/bin/pytest -q tests/bench/test_whisper_peer.py tests/bench/test_bench_whisper.py \
+	.venv/bin/pytest -q tests/bench/test_whisper_peer.py tests/bench/test_bench_whisper.py tests/bench/test_hf_peer.py \
 		tests/formats/test_whisper_parity.py
 
 # `make finetune` (outside CI, ~40 min on 2 cores): Whisper $(WHISPER_MODEL) fine-tuned three ways for

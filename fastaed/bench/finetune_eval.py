@@ -140,7 +140,8 @@ def markdown_section(result: dict[str, Any], labels: dict[str, str], command: st
         f"Command: `{command}`  ",
         f"Machine: {result.get('machine', '?')}; {result['threads']} threads per run; "
         f"checkpoint {result['checkpoint']}; "
-        f"{result['config']['time_budget_s']:.0f} s of training per recipe.",
+        f"{result['config']['time_budget_s']:.0f} s of training per recipe on "
+        f"{', '.join(f'`{m}`' for m in result['config']['train_manifests'])}.",
         "",
         "| recipe | steps | audio s/s | input padding | output padding | mean batch | peak MB | dev WER |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
@@ -167,6 +168,8 @@ def markdown_section(result: dict[str, Any], labels: dict[str, str], command: st
         )
     for name, why in result["skipped_recipes"].items():
         lines.append(f"- not run: {name} ({why}).")
+    for manifest in result.get("real_sets_missing", []):
+        lines.append(f"- real set not scored: `{manifest}` does not exist.")
     if result["real_speech"]:
         lines += ["", "Real speech, never trained on (greedy, Whisper normaliser):", ""]
         lines += ["| set | model | input | utts | WER | RTFx |", "|---|---|---|---:|---:|---:|"]

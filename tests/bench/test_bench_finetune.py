@@ -63,9 +63,10 @@ def test_bucketed_and_padded_recipes_run_on_the_same_checkpoint(source, tmp_path
     assert (
         "| (a) fastaed: 30 s padded, fixed batch | 2 |" in md and "fine-tuned (bucketed) | unpadded | 3" in md
     )
+    assert f"real set not scored: `{tmp_path / 'none'}`" in md and f"`{manifest}`" in md  # nothing unsaid
     print_report(result)
     out = capsys.readouterr().out
-    assert "bucketed / padded" in out and "real speech" in out
+    assert "bucketed / padded" in out and "real speech" in out and "real set not scored" in out
 
 
 def test_hf_recipe_trains_the_exported_weights_and_is_scored_like_the_others(source, tmp_path):
