@@ -7,6 +7,7 @@ Whisper's order, so every id rule of the real tokenizers holds, only with a smal
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -14,6 +15,8 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from fastaed.bench.fixtures import SENTENCES
 from fastaed.data.whisper_tokenizer import WhisperTokenizer
+from fastaed.formats.whisper import fastaed_to_canonical
+from fastaed.formats.whisper_import import import_whisper
 from fastaed.model import EncoderDecoderModel, whisper_config
 
 LANGUAGES = ("en", "de", "fr")
@@ -82,3 +85,13 @@ def random_model(
 
 def metadata(model: EncoderDecoderModel) -> str:
     return json.dumps(model.config.to_dict())
+
+
+def imported_checkpoint(root: Path) -> Path:
+    """A tiny random Whisper written as an OpenAI ``.pt`` and imported as ``fastaed import whisper`` does:
+    the checkpoint a fine-tuning test starts from (``root/ckpt``)."""
+    tok_path, vocab = tokenizer_json(root)
+    model = random_model(vocab, n_mels=16, d_model=32, heads=2, layers=1, audio_positions=1500)
+    dims, canonical = fastaed_to_canonical(model)
+    torch.save({"dims": asdict(dims), "model_state_dict": canonical}, root / "w.pt")
+    return import_whisper(root / "w.pt", root / "ckpt", tokenizer_json=tok_path)

@@ -6,16 +6,12 @@ venv: tests/bench/test_hf_peer.py.)"""
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
 from pathlib import Path
 
 import pytest
-import torch
 
 from fastaed.bench.finetune import FinetuneBenchConfig, one_manifest, print_report, run
 from fastaed.bench.finetune_eval import SECTION_BEGIN, SECTION_END, spread_subset, update_markdown
-from fastaed.formats.whisper import fastaed_to_canonical
-from fastaed.formats.whisper_import import import_whisper
 from fastaed.testing import write_tiny_corpus
 from tests import whisper_fixtures as wf
 from tests.train import REPO
@@ -25,11 +21,7 @@ from tests.train import REPO
 def source(tmp_path_factory):
     """A tiny random Whisper checkpoint and an 8-utterance corpus."""
     root = tmp_path_factory.mktemp("finetune_bench")
-    tok_path, vocab = wf.tokenizer_json(root)
-    model = wf.random_model(vocab, n_mels=16, d_model=32, heads=2, layers=1, audio_positions=1500)
-    dims, canonical = fastaed_to_canonical(model)
-    torch.save({"dims": asdict(dims), "model_state_dict": canonical}, root / "w.pt")
-    ckpt = import_whisper(root / "w.pt", root / "ckpt", tokenizer_json=tok_path)
+    ckpt = wf.imported_checkpoint(root)
     return ckpt, write_tiny_corpus(root / "data", num=8)
 
 

@@ -8,9 +8,7 @@ whisper-venv``) or the cached Whisper tiny.en weights skip with the reason; the 
 
 from __future__ import annotations
 
-import ast
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +31,7 @@ from fastaed.formats import load_model
 from fastaed.formats.native import save_model
 from fastaed.formats.whisper_import import export_hf, import_whisper
 from tests import whisper_fixtures as wf
+from tests.bench import third_party_imports
 
 REPO = Path(__file__).resolve().parents[2]
 ATOL = 1e-4  # float32 logits of two implementations of the same network
@@ -40,15 +39,7 @@ N_MELS = 16  # small random models: a narrow front end keeps the 30 s window che
 
 
 def test_runner_imports_only_stdlib_numpy_soundfile_torch_and_transformers():
-    tree = ast.parse(HF_RUNNER.read_text())
-    roots = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            roots |= {a.name.split(".")[0] for a in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.level == 0:
-            roots.add(node.module.split(".")[0])
-    third_party = {r for r in roots if r not in sys.stdlib_module_names and r != "__future__"}
-    assert third_party == {"numpy", "soundfile", "torch", "transformers", "accelerate"}
+    assert third_party_imports(HF_RUNNER) == {"numpy", "soundfile", "torch", "transformers", "accelerate"}
 
 
 @pytest.fixture(scope="module")

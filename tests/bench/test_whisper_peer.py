@@ -6,9 +6,7 @@ reason when one is missing; the protocol and import checks run everywhere.
 
 from __future__ import annotations
 
-import ast
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +16,7 @@ import soundfile as sf
 from fastaed.bench.peers import whisper as peers
 from fastaed.bench.peers.whisper import PeerError, run_whisper_peer, whisper_peer_python
 from fastaed.decode.scoring import word_error_rates
+from tests.bench import third_party_imports
 
 ARCHIVE_CACHE = Path(
     os.environ.get("FASTAED_TEST_DOWNLOADS", Path.home() / ".cache" / "fastaed" / "downloads")
@@ -27,15 +26,7 @@ THREADS = 1  # the test machine's cores are shared: more threads only add conten
 
 
 def test_runner_imports_only_stdlib_numpy_soundfile_and_the_engine():
-    tree = ast.parse(peers.RUNNER.read_text())
-    roots = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            roots |= {a.name.split(".")[0] for a in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.level == 0:
-            roots.add(node.module.split(".")[0])
-    third_party = {r for r in roots if r not in sys.stdlib_module_names and r != "__future__"}
-    assert third_party == {"numpy", "soundfile", "ctranslate2", "faster_whisper"}
+    assert third_party_imports(peers.RUNNER) == {"numpy", "soundfile", "ctranslate2", "faster_whisper"}
 
 
 def test_a_missing_peer_venv_is_none_and_a_clear_error(monkeypatch, tmp_path):

@@ -14,8 +14,6 @@ import torch
 from fastaed.cli.main import main
 from fastaed.data.frontend import build_frontend
 from fastaed.data.tokenizer import load_tokenizer
-from fastaed.formats.whisper import fastaed_to_canonical
-from fastaed.formats.whisper_import import import_whisper
 from fastaed.sampling.bins import Bins
 from fastaed.testing import write_tiny_corpus
 from fastaed.train.config import ModelSection, TrainConfig
@@ -35,11 +33,7 @@ def setup(tmp_path_factory):
     """(root, checkpoint, fine-tuning config file, bins file): a tiny random Whisper imported as
     ``fastaed import whisper`` writes it (English-only: a 2-token prompt), and the config naming it."""
     root = tmp_path_factory.mktemp("finetune-profile")
-    tok_path, vocab = wf.tokenizer_json(root)
-    model = wf.random_model(vocab, n_mels=16, d_model=32, heads=2, layers=1, audio_positions=1500)
-    dims, canonical = fastaed_to_canonical(model)
-    torch.save({"dims": asdict(dims), "model_state_dict": canonical}, root / "w.pt")
-    ckpt = import_whisper(root / "w.pt", root / "ckpt", tokenizer_json=tok_path)
+    ckpt = wf.imported_checkpoint(root)
     manifest = write_tiny_corpus(root / "data", num=16)
     overrides = [
         f"data.train_manifests=[{manifest}]", "data.tokenizer=null", f"model.init_from={ckpt}",

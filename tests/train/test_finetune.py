@@ -6,7 +6,6 @@ front end and tokenizer so ``Transcriber`` takes them as they are."""
 from __future__ import annotations
 
 import math
-from dataclasses import asdict
 
 import pytest
 import torch
@@ -15,8 +14,6 @@ from fastaed.data.tokenizer import load_tokenizer
 from fastaed.data.whisper_tokenizer import WhisperTokenizer
 from fastaed.decode.transcribe import DecodeConfig, Transcriber
 from fastaed.formats import load_model, read_checkpoint_meta
-from fastaed.formats.whisper import fastaed_to_canonical
-from fastaed.formats.whisper_import import import_whisper
 from fastaed.testing import write_tiny_corpus
 from fastaed.train import train
 from fastaed.train.config import ConfigError, TrainConfig
@@ -31,11 +28,7 @@ FINETUNE = ["model.ctc_weight=null", "model.dropout=0.1", "specaugment.enabled=f
 def pretrained(tmp_path_factory):
     """(imported checkpoint, manifest): a tiny random Whisper written as an OpenAI .pt and imported."""
     root = tmp_path_factory.mktemp("finetune")
-    tok_path, vocab = wf.tokenizer_json(root)
-    model = wf.random_model(vocab, n_mels=16, d_model=32, heads=2, layers=1, audio_positions=1500)
-    dims, canonical = fastaed_to_canonical(model)
-    torch.save({"dims": asdict(dims), "model_state_dict": canonical}, root / "w.pt")
-    ckpt = import_whisper(root / "w.pt", root / "ckpt", tokenizer_json=tok_path)
+    ckpt = wf.imported_checkpoint(root)
     return ckpt, write_tiny_corpus(root / "data", num=8)
 
 
