@@ -139,24 +139,24 @@ def run(args: BatchSizesBenchConfig) -> dict[str, Any]:
         plot_profile,
     )
     from fastaed.train.profile.heuristic import BATCH_DURATION, QUADRATIC_DURATION
-    from fastaed.train.profile.run import ProfileSettings, bucket_shapes, open_profiler, resolve_model
+    from fastaed.train.profile.run import ProfileSettings, bucket_shapes, open_profiler, resolve_run
     from fastaed.train.profile.throughput import synthetic_training_run
 
     t_start = time.perf_counter()
     args = _with_defaults(args)
     d, u, lengths_text, tokenizer = load_lengths(args)
-    config, tokenizer_id = resolve_model(args.model, tokenizer, args.ctc_weight)
+    profiled = resolve_run(args.model, tokenizer, args.ctc_weight)
     bins = Bins.load(args.bins) if args.bins else estimate_bins(d, u, 30, 4, method="min_padding")
     h_bins = heuristic_bins(d, u)
     h_sizes = heuristic_batch_sizes(h_bins)
     # The heuristic budget rule measures the heuristic's batches first, so the allocator stays uncapped.
     by_heuristic = str(args.memory_budget) == "heuristic"
     profiler = open_profiler(
-        config, tokenizer_id, device=args.device, dtype=args.dtype,
+        profiled, device=args.device, dtype=args.dtype,
         budget=None if by_heuristic else args.memory_budget, seed=args.seed,
     )  # fmt: skip
     step, meter, device, identity = profiler.step, profiler.meter, profiler.device, profiler.identity
-    print(f"lengths: {lengths_text}; model {config.name}; {device}, {identity.dtype}")
+    print(f"lengths: {lengths_text}; model {profiled.model.name}; {device}, {identity.dtype}")
 
     step.warm_up(min(bucket_shapes(bins)))
     margin = args.safety_margin
@@ -198,7 +198,7 @@ def run(args: BatchSizesBenchConfig) -> dict[str, Any]:
     fills = [b.fill for b in profile.buckets]
     h_fills = [h["fill"] for h in heuristic if h["fill"] is not None]
     result: dict[str, Any] = {
-        "benchmark": "batch_sizes", "model": config.name, "device": str(device),
+        "benchmark": "batch_sizes", "model": profiled.model.name, "device": str(device),
         "device_name": profile.identity.device, "dtype": profile.identity.dtype, "lengths": lengths_text,
         "budget_gib": budget / 2**30, "budget_rule": str(args.memory_budget), "safety_margin": margin,
         "target_gib": target / 2**30, "buckets": bins.num_buckets, "profile_seconds": t_profile,

@@ -14,11 +14,13 @@ import torch
 from fastaed.cli.main import main
 from fastaed.data.frontend import build_frontend
 from fastaed.data.tokenizer import load_tokenizer
+from fastaed.data.whisper_features import WhisperFeatureConfig
 from fastaed.sampling.bins import Bins
 from fastaed.testing import write_tiny_corpus
 from fastaed.train.config import ModelSection, TrainConfig
 from fastaed.train.loop import train
 from fastaed.train.profile import BatchSizeProfile, ProfileIdentity, ProfileMismatchError, check_profile
+from fastaed.train.profile.memory import OncePerLength
 from fastaed.train.profile.run import ProfileSettings, bucket_shapes, open_profiler, resolve_run
 from tests import whisper_fixtures as wf
 from tests.train import TEST_CONFIG, train_records
@@ -94,6 +96,18 @@ def test_synthetic_step_computes_whisper_features_with_the_tokenizers_prompt(set
     assert [s.out_len for s in bucket_shapes(Bins([1.0], [[1]], None), step)] == [3]  # U >= prompt + EOS
     with pytest.raises(ValueError, match="shorter than the prompt"):
         step.batch_for([1.0], [2])
+
+
+@pytest.mark.parametrize("frontend_input", ["unpadded", "padded"])
+def test_once_per_length_front_end_equals_the_real_one_on_mixed_lengths(frontend_input):
+    fe = WhisperFeatureConfig(n_mels=16, input=frontend_input)
+    gen = torch.Generator().manual_seed(0)
+    lens = torch.tensor([8000, 16000, 8000, 12000, 16000])
+    waves = torch.randn(5, 16000, generator=gen) * (torch.arange(16000) < lens[:, None])
+    once, once_lens = OncePerLength(build_frontend(fe))(waves, lens)
+    real, real_lens = build_frontend(fe)(waves[[0, 1, 0, 3, 1]], lens)  # the rows once-per-length reuses
+    torch.testing.assert_close(once, real)
+    assert once_lens.tolist() == real_lens.tolist() and once.shape[0] == 5
 
 
 def test_profile_identity_is_the_fine_tuning_runs(setup):

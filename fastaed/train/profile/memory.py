@@ -124,12 +124,10 @@ class OncePerLength(nn.Module):
         self, waves: torch.Tensor, wave_lens: torch.Tensor, generator: torch.Generator | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """waves (B, N), wave_lens (B,) -> feats (B, T, F), feat_lens (B,) as the wrapped front end's."""
+        distinct, rows = torch.unique(wave_lens, return_inverse=True)  # rows: each utterance's length
         lens = wave_lens.tolist()
-        first = {n: i for i, n in reversed(list(enumerate(lens)))}  # each distinct length's first row
-        distinct = list(first)
-        firsts = list(first.values())
+        firsts = [lens.index(n) for n in distinct.tolist()]  # a row of each distinct length
         feats, feat_lens = self.inner(waves[firsts], wave_lens[firsts], generator=generator)
-        rows = torch.tensor([distinct.index(n) for n in lens], device=feats.device)
         return feats[rows], feat_lens[rows]
 
 

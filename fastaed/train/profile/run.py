@@ -450,14 +450,6 @@ def resolve_run(
     return ProfiledRun(config, meta.get("tokenizer_identity"), frontend=frontend)
 
 
-def resolve_model(
-    spec: str | ModelSection, tokenizer_dir: str | None = None, ctc_weight: float | None = None
-) -> tuple[ModelConfig, str | None]:
-    """(model config, tokenizer identity) of :func:`resolve_run`."""
-    run = resolve_run(spec, tokenizer_dir, ctc_weight)
-    return run.model, run.tokenizer
-
-
 def resolve_budget(budget: str | float | None, device: torch.device) -> int:
     """Bytes from ``auto`` (a CUDA device's total memory) or a number of GiB; CPU needs a number."""
     if budget is None or str(budget) == "auto":
