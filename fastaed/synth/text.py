@@ -335,6 +335,7 @@ def phrases(sentences: Iterable[Sentence], seed: int, min_words: int, max_words:
         start = (h >> 16) % (len(tokens) - k + 1)
         phrase = " ".join(tokens[start : start + k]).strip(_PHRASE_EDGE)
         words = words_of(phrase, s.lang)
+        # k whitespace tokens may normalise to one word more ("twenty-one"); a longer span is no phrase.
         if not phrase or not words or len(words) > max_words + 1 or " ".join(words) in seen:
             continue
         seen.add(" ".join(words))
