@@ -41,6 +41,7 @@ from fastaed.bench.finetune_eval import (
     score_checkpoint,
     update_markdown,
 )
+from fastaed.data.manifest import iter_lines, parse_line, read_manifest
 from fastaed.util.tables import format_table, pct
 
 RECIPES = ("bucketed", "padded", "hf")
@@ -104,21 +105,23 @@ class FinetuneBenchConfig:
 
 
 def _durations(manifest: Path) -> list[float]:
-    lines = [line for line in manifest.read_text().splitlines() if line.strip()]
-    return [float(json.loads(line)["duration"]) for line in lines]
+    return [u.duration for u in read_manifest(manifest)]  # a bad line: an error naming file, line, field
 
 
 def one_manifest(manifests: tuple[Path, ...], out: Path) -> Path:
-    """The manifests as one file with absolute audio paths (the Hugging Face runner reads one manifest)."""
+    """The manifests as one file with absolute audio paths (the Hugging Face runner reads one manifest).
+
+    Every line is validated as the trainer reads it: a bad one raises BadInputError naming file and line."""
     if len(manifests) == 1:
         return manifests[0]
     with open(out, "w") as f:
         for manifest in manifests:
-            for line in Path(manifest).read_text().splitlines():
-                if line.strip():
-                    entry = json.loads(line)
-                    entry["audio_filepath"] = str((Path(manifest).parent / entry["audio_filepath"]).resolve())
-                    f.write(json.dumps(entry) + "\n")
+            base_dir = str(Path(manifest).parent.absolute())
+            for number, _, raw in iter_lines(manifest):
+                utt = parse_line(raw, path=str(manifest), line=number, base_dir=base_dir)
+                entry = json.loads(raw)  # every field kept; only the audio path is made absolute
+                entry["audio_filepath"] = str(Path(utt.audio_filepath).resolve())
+                f.write(json.dumps(entry) + "\n")
     return out
 
 

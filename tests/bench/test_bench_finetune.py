@@ -12,6 +12,7 @@ import pytest
 
 from fastaed.bench.finetune import FinetuneBenchConfig, one_manifest, print_report, run
 from fastaed.bench.finetune_eval import SECTION_BEGIN, SECTION_END, spread_subset, update_markdown
+from fastaed.data.errors import BadInputError
 from fastaed.testing import write_tiny_corpus
 from tests import whisper_fixtures as wf
 from tests.train import REPO
@@ -108,3 +109,7 @@ def test_one_manifest_keeps_every_line_of_every_manifest_with_resolvable_audio(t
     assert [r["text"] for r in rows] == ["a 0", "a 1", "b 0", "b 1", "b 2"]
     assert rows[3]["audio_filepath"] == str((b / "clip1.wav").resolve())
     assert all(Path(r["audio_filepath"]).is_absolute() for r in rows)
+    with open(b / "m.jsonl", "a") as f:
+        f.write('{"audio_filepath": "clip9.wav", "text": "no duration"}\n')
+    with pytest.raises(BadInputError, match=r"m\.jsonl:5.*duration"):
+        one_manifest((a / "m.jsonl", b / "m.jsonl"), tmp_path / "one.jsonl")
