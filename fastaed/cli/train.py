@@ -27,9 +27,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, type-checked")
     p.add_argument(
         "--resume",
-        default="auto",
-        help="auto: continue from out_dir's latest checkpoint if any (default); none: start fresh; "
-        "or a checkpoint directory",
+        default=None,
+        help="auto: continue from out_dir's newest intact checkpoint if any (an error when all are damaged); "
+        "none: start fresh (an earlier run's records there move to previous-N/); or a checkpoint directory "
+        "(default: runtime.resume, auto)",
     )
     # argparse gives the positional only the first run of KEY=VALUE words; fastaed.cli.main.parse appends
     # the runs after other flags (`--config c.yaml a=1 --resume none b=2`) and refuses unknown --flags.
@@ -41,7 +42,8 @@ def train_cmd(args: argparse.Namespace) -> int:
     from fastaed.train.loop import train
 
     # Errors (config, bad input, checkpoint, non-finite loss, OOM) are reported by fastaed.cli.main.
-    train(TrainConfig.from_yaml(args.config, overrides=args.overrides), resume=args.resume)
+    cfg = TrainConfig.from_yaml(args.config, overrides=args.overrides)
+    train(cfg, resume=args.resume or cfg.runtime.resume)
     return 0
 
 

@@ -18,8 +18,10 @@ either the previous checkpoint or the new one, never a half-written one under a 
 
 Resuming checks every file against ``checksums.json``. ``resume="auto"`` passes over a corrupted checkpoint
 to the newest intact one, says so, and moves the corrupted one aside to ``ckpt-N.corrupt`` (kept for
-inspection, no longer counted by pruning, so it can never displace an intact checkpoint); an explicitly
-named corrupted checkpoint is an error.
+inspection, no longer counted by pruning, so it can never displace an intact checkpoint). A run folder that
+holds checkpoints none of which is intact is an error naming each (:class:`NoIntactCheckpointError`; nothing
+is moved): starting over silently would hide that the run's progress is gone. An explicitly named corrupted
+checkpoint is an error too.
 """
 
 from __future__ import annotations
@@ -54,6 +56,11 @@ LATEST_FILE = "latest"
 STATE_FILE = "trainer_state.pt"
 STATE_VERSION = 1
 _CKPT_NAME = re.compile(rf"^{PREFIX}(\d+)$")
+_QUARANTINED = re.compile(rf"^{PREFIX}\d+\.corrupt(-\d+)?$")
+
+
+class NoIntactCheckpointError(CheckpointError):
+    """``resume="auto"`` in a run folder whose checkpoints are all damaged; the message names each."""
 
 
 def derive_seed(*parts: int) -> int:
@@ -221,25 +228,52 @@ def verify_checkpoint(path: Path) -> None:
 def find_intact(
     out_dir: str | os.PathLike[str], *, report: Callable[[str], None] = print, quarantine: bool = True
 ) -> Path | None:
-    """Like :func:`find_latest`, but the newest checkpoint whose files match their checksums.
+    """Like :func:`find_latest`, but the newest checkpoint whose files match their checksums; None when the
+    folder holds no checkpoint at all.
 
-    Each corrupted one passed over is reported with the reason and, with ``quarantine`` (one process per
-    run directory: rank 0), renamed to ``ckpt-N.corrupt``.
+    Each corrupted one passed over for an intact one is reported with the reason and, with ``quarantine``
+    (one process per run directory: rank 0), renamed to ``ckpt-N.corrupt``. When there are checkpoints
+    (incomplete ones and those set aside earlier included) and none is intact, raises
+    :class:`NoIntactCheckpointError` naming each and why, and moves nothing.
     """
     out = Path(out_dir)
-    candidates = [p for _, p in reversed(list_checkpoints(out))]
+    candidates = [p for _, p in reversed(checkpoint_dirs(out))]
     named = find_latest(out)
     if named is not None and named in candidates:  # ``latest`` first, as find_latest would
         candidates.remove(named)
         candidates.insert(0, named)
+    damaged: list[tuple[Path, CheckpointError]] = []
     for path in candidates:
         try:
             verify_checkpoint(path)
-            return path
         except CheckpointError as err:
-            moved = f"; moved it aside to {_quarantine(path).name}" if quarantine else ""
-            report(f"skipped checkpoint {path}: {err}{moved}")
-    return None
+            damaged.append((path, err))
+            continue
+        for bad, err in damaged:
+            moved = f"; moved it aside to {_quarantine(bad).name}" if quarantine else ""
+            report(f"skipped checkpoint {bad}: {err}{moved}")
+        return path
+    set_aside = sorted(p.name for p in out.iterdir() if _QUARANTINED.match(p.name)) if out.is_dir() else []
+    if not damaged and not set_aside:
+        return None
+    reasons = [f"{path.name}: {err}" for path, err in damaged]
+    reasons += [f"{name}: set aside earlier as corrupted" for name in set_aside]
+    raise NoIntactCheckpointError(
+        f"{out} holds {len(reasons)} checkpoint(s) and none is intact, so the run cannot resume "
+        f"({'; '.join(reasons)}). Nothing was changed; to start a fresh run here pass --resume none "
+        "(runtime.resume=none): the earlier run's records and checkpoints are then moved into a previous-N "
+        "folder, not deleted"
+    )
+
+
+def checkpoint_dirs(out_dir: str | os.PathLike[str]) -> list[tuple[int, Path]]:
+    """(step, path) of every ``ckpt-N`` folder in ``out_dir``, complete or not, oldest first (a folder of
+    that name only appears by an atomic rename, so an incomplete one was damaged after it was written)."""
+    out = Path(out_dir)
+    if not out.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in out.iterdir() if (m := _CKPT_NAME.match(p.name)) and p.is_dir()]
+    return sorted(found)
 
 
 def _quarantine(path: Path) -> Path:
@@ -258,9 +292,10 @@ def resolve_resume(
     report: Callable[[str], None] = print,
     quarantine: bool = True,
 ) -> Path | None:
-    """``"auto"``: ``out_dir``'s newest intact checkpoint (see :func:`find_intact`) or None; ``"none"``/None:
-    None; else that checkpoint, which must be intact (:class:`CheckpointError` otherwise: no fallback
-    when one was asked for by name)."""
+    """``"auto"``: ``out_dir``'s newest intact checkpoint (see :func:`find_intact`: an error when there are
+    checkpoints and none is intact) or None when there are none; ``"none"``/None: None; else that
+    checkpoint, which must be intact (:class:`CheckpointError` otherwise: no fallback when one was asked
+    for by name)."""
     if resume is None or str(resume) == "none":
         return None
     if str(resume) == "auto":

@@ -207,6 +207,10 @@ class FeaturesSection:
 @dataclass(frozen=True)
 class RuntimeConfig:
     out_dir: str = "runs/train"  # checkpoints, metrics.jsonl, summary.json, learning_curve.png, config.yaml
+    # "auto": continue from out_dir's newest intact checkpoint (an error when it holds only damaged ones);
+    # "none": start fresh (an earlier run's records move to out_dir/previous-N/); or a checkpoint folder.
+    # `fastaed train --resume X` sets it too.
+    resume: str = "auto"
     device: str = "auto"  # "auto" (cuda if available) | "cpu" | "cuda"
     dtype: str = "auto"  # "auto"/"bf16": bf16 autocast on CUDA; CPU always trains in fp32
     num_workers: int = 1  # DataLoader workers (they only read audio; features run in the main process)
@@ -224,6 +228,7 @@ class RuntimeConfig:
 
     def __post_init__(self) -> None:
         _require(self.device in DEVICES, f"runtime.device: one of {DEVICES}, got {self.device!r}")
+        _require(bool(self.resume), "runtime.resume: auto, none or a checkpoint folder")
         _require(self.dtype in DTYPES, f"runtime.dtype: one of {DTYPES}, got {self.dtype!r}")
         _require(self.num_workers >= 0, "runtime.num_workers must be >= 0")
         _require(self.threads is None or self.threads >= 1, "runtime.threads must be >= 1 or null")

@@ -54,16 +54,17 @@ from fastaed.train.metrics import STAT_FIELDS, batch_stats, left_out_line, peak_
 from fastaed.train.pretrained import load_pretrained
 from fastaed.train.schedule import lr_at
 from fastaed.train.session import Session
-from fastaed.train.setup import build_model_parts, load_data, open_metrics, resume_position
+from fastaed.train.setup import build_model_parts, load_data, open_metrics, prepare_run_dir, resume_position
 from fastaed.train.shards import shard_stream, stream_rejections
 from fastaed.train.step import Precision, piece_forward
 
 
-def train(cfg: TrainConfig, resume: str | Path | None = "auto") -> dict[str, Any]:
+def train(cfg: TrainConfig, resume: str | Path | None = None) -> dict[str, Any]:
     """Train as configured; returns the run summary (also written to ``out_dir/summary.json`` by rank 0).
 
-    ``resume``: ``"auto"`` continues from ``out_dir``'s latest checkpoint if there is one, ``"none"`` starts
-    fresh, a path resumes from that checkpoint.
+    ``resume`` (None: ``runtime.resume``): ``"auto"`` continues from ``out_dir``'s newest intact checkpoint
+    if there is one (an error when every checkpoint there is damaged), ``"none"`` starts fresh (an earlier
+    run's records in ``out_dir`` move to ``previous-N/``), a path resumes from that checkpoint.
     """
     t_start = time.perf_counter()
     # ---- setup: ranks, device, precision, data, model, resume ----------------------------------------------
@@ -75,9 +76,7 @@ def train(cfg: TrainConfig, resume: str | Path | None = "auto") -> dict[str, Any
     if rt.dtype == "bf16" and not precision.bf16:
         D.print0("note: bf16 autocast is used on CUDA only; training in fp32 on CPU")
     out_dir = Path(rt.out_dir)
-    if info.is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        cfg.to_yaml(out_dir / "config.yaml")
+    checkpoint = prepare_run_dir(cfg, info, rt.resume if resume is None else resume)
     pretrained = load_pretrained(cfg.model)  # fine-tuning: weights, tokenizer and front end come with it
     data = load_data(cfg, info, device, precision, pretrained)
     parts = build_model_parts(cfg, data.tokenizer.vocab_size, device, pretrained)
@@ -85,7 +84,7 @@ def train(cfg: TrainConfig, resume: str | Path | None = "auto") -> dict[str, Any
     torch.manual_seed(ckpt.derive_seed(seed, info.rank))
     np.random.seed(ckpt.derive_seed(seed, info.rank, 1) % 2**32)
     guard = NonFiniteGuard(rt.max_nonfinite)
-    start = resume_position(resume, out_dir, info, parts, guard)  # last to touch the RNG
+    start = resume_position(checkpoint, info, parts, guard)  # last to touch the RNG
     metrics = open_metrics(cfg, info, out_dir, start)
     run = Session(
         cfg, info, device, precision, out_dir, data, parts, guard, FaultInjector(cfg.debug), metrics,

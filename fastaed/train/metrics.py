@@ -27,6 +27,8 @@ from fastaed.util.tables import format_table, pct
 
 METRICS_FILE = "metrics.jsonl"
 CURVE_FILE = "learning_curve.png"
+SUMMARY_FILE = "summary.json"
+SUMMARY_TEXT_FILE = "summary.txt"
 
 
 class MetricsWriter:

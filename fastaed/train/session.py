@@ -25,6 +25,8 @@ from fastaed.train.faults import FaultInjector, NonFiniteGuard
 from fastaed.train.metrics import (
     CURVE_FILE,
     METRICS_FILE,
+    SUMMARY_FILE,
+    SUMMARY_TEXT_FILE,
     MetricsWriter,
     RunTotals,
     left_out,
@@ -35,9 +37,6 @@ from fastaed.train.metrics import (
 from fastaed.train.setup import ModelParts, Position, TrainData
 from fastaed.train.shards import stream_states
 from fastaed.train.step import Precision
-
-SUMMARY_FILE = "summary.json"
-SUMMARY_TEXT_FILE = "summary.txt"
 
 
 @dataclass

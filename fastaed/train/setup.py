@@ -1,5 +1,12 @@
-"""What ``train()`` sets up before its first step: the data, the model with its optimizer and front end, the
-resume state, and the metrics file. Each piece is one function, called in this order by ``loop.train``.
+"""What ``train()`` sets up before its first step: the run folder, the data, the model with its optimizer and
+front end, the resume state, and the metrics file. Each piece is one function, called in this order by
+``loop.train``.
+
+The run folder (``runtime.out_dir``) is one the trainer made (it writes a ``.fastaed-run`` marker when it
+creates or adopts an empty one; folders of runs from before the marker are recognised by their
+checkpoints or ``metrics.jsonl``): any other non-empty folder is refused, so user files are never mixed
+with, or moved as, a run's. A fresh start in a folder that holds an earlier run moves that run's records
+and checkpoints into ``previous-N/`` (never truncated or deleted).
 
 RNG: :func:`build_model_parts` seeds the global torch RNG for the initial weights; the trainer then reseeds
 per rank, and :func:`resume_position` restores a checkpoint's RNG state last, so nothing set up here shifts
@@ -8,6 +15,9 @@ the random streams of the steps.
 
 from __future__ import annotations
 
+import json
+import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,13 +38,100 @@ from fastaed.sampling import LengthLimits
 from fastaed.train import checkpoint as ckpt
 from fastaed.train import distributed as D
 from fastaed.train.batches import SamplerFactory, length_limits, make_sampler_factory
-from fastaed.train.config import TrainConfig
+from fastaed.train.config import ConfigError, TrainConfig
 from fastaed.train.faults import NonFiniteGuard
-from fastaed.train.metrics import METRICS_FILE, MetricsWriter, RunTotals
+from fastaed.train.metrics import (
+    CURVE_FILE,
+    METRICS_FILE,
+    SUMMARY_FILE,
+    SUMMARY_TEXT_FILE,
+    MetricsWriter,
+    RunTotals,
+)
 from fastaed.train.pretrained import AnyTokenizer, Pretrained
 from fastaed.train.profile.profile import ProfileIdentity
 from fastaed.train.shards import ShardData, make_stream_sampler, open_train_shards
 from fastaed.train.step import Precision, build_optimizer
+
+RUN_MARKER = ".fastaed-run"  # written into every run folder the trainer makes: the folder is a run's
+CONFIG_FILE = "config.yaml"  # the run's TrainConfig, as it ran
+PREVIOUS_PREFIX = "previous-"  # an earlier run's records, moved aside by a fresh start in its folder
+# What a run writes into its folder besides the marker (the names a fresh start moves aside).
+RUN_RECORDS = (
+    METRICS_FILE, "metrics.rank*.jsonl", SUMMARY_FILE, SUMMARY_TEXT_FILE, CURVE_FILE, "tb", CONFIG_FILE,
+    ckpt.LATEST_FILE, f"{ckpt.PREFIX}*", f".{ckpt.PREFIX}*",
+)  # fmt: skip
+
+
+def prepare_run_dir(cfg: TrainConfig, info: D.DistInfo, resume: str | Path) -> Path | None:
+    """Check and set up ``runtime.out_dir``; returns the checkpoint to resume from (None: a fresh start).
+
+    Rank 0 alone touches the folder: it refuses a non-empty folder that is not a fastaed run
+    (:class:`ConfigError`), resolves ``resume`` (``auto`` with only damaged checkpoints is an error, see
+    ``checkpoint.find_intact``), on a fresh start moves an earlier run's records into ``previous-N/``, and
+    writes ``config.yaml``. Every rank gets the same answer, or raises the same error (no rank is left
+    waiting in a collective)."""
+    outcome: Any = None
+    if info.is_main:
+        try:
+            outcome = _prepare_run_dir(cfg, resume)
+        except Exception as err:  # re-raised on every rank below
+            outcome = err
+    outcome = D.all_gather_objects(outcome)[0]
+    if isinstance(outcome, Exception):
+        raise outcome
+    return outcome
+
+
+def _prepare_run_dir(cfg: TrainConfig, resume: str | Path) -> Path | None:
+    out = Path(cfg.runtime.out_dir)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"runtime.out_dir {out}: is a file, not a folder")
+    if out.is_dir() and not is_run_dir(out):
+        first = min(p.name for p in out.iterdir())
+        raise ConfigError(
+            f"runtime.out_dir {out}: the folder holds files that are not a fastaed training run (e.g. "
+            f"{first}); give a new or empty folder (the trainer only writes into folders it made)"
+        )
+    checkpoint = ckpt.resolve_resume(resume, out, report=D.print0, quarantine=True)
+    out.mkdir(parents=True, exist_ok=True)
+    marker = out / RUN_MARKER
+    if not marker.exists():
+        marker.write_text(json.dumps({"created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}) + "\n")
+    if checkpoint is None:
+        if kept := move_aside_previous_run(out):
+            D.print0(f"starting a fresh run in {out}: the earlier run's records are kept in {kept}")
+    cfg.to_yaml(out / CONFIG_FILE)
+    return checkpoint
+
+
+def is_run_dir(out: Path) -> bool:
+    """Whether ``out`` (an existing folder) may hold a run: empty, marked, or (runs from before the marker)
+    holding the trainer's checkpoints, ``latest`` pointer or ``metrics.jsonl``."""
+    names = [p.name for p in out.iterdir()]
+    if not names or RUN_MARKER in names:
+        return True
+    return (
+        (out / METRICS_FILE).is_file()
+        or (out / ckpt.LATEST_FILE).is_file()
+        or any((p / ckpt.STATE_FILE).is_file() for _, p in ckpt.checkpoint_dirs(out))
+    )
+
+
+def move_aside_previous_run(out: Path) -> Path | None:
+    """Move an earlier run's records and checkpoints (:data:`RUN_RECORDS`) into a new ``out/previous-N/``
+    (N: the first unused number); None when there is nothing to keep. Files a user put in the folder stay."""
+    found = sorted({p for pattern in RUN_RECORDS for p in out.glob(pattern)})
+    if not found:
+        return None
+    n = 1
+    while (out / f"{PREVIOUS_PREFIX}{n}").exists():
+        n += 1
+    dest = out / f"{PREVIOUS_PREFIX}{n}"
+    dest.mkdir()
+    for path in found:
+        os.replace(path, dest / path.name)
+    return dest
 
 
 @dataclass
@@ -180,14 +277,10 @@ def build_model_parts(
 
 
 def resume_position(
-    resume: str | Path | None, out_dir: Path, info: D.DistInfo, parts: ModelParts, guard: NonFiniteGuard
+    checkpoint: Path | None, info: D.DistInfo, parts: ModelParts, guard: NonFiniteGuard
 ) -> Start:
-    """``resume``: ``auto`` (``out_dir``'s newest intact checkpoint, if any), ``none`` or a checkpoint path.
-
-    Restores weights, optimizer, position, totals, guard and this rank's RNG state (last: nothing may draw
-    from the RNG after it)."""
-    # Rank 0 alone moves corrupted checkpoints aside; every rank skips them the same way.
-    checkpoint = ckpt.resolve_resume(resume, out_dir, report=D.print0, quarantine=info.is_main)
+    """Restore ``checkpoint`` (from :func:`prepare_run_dir`; None: a fresh start): weights, optimizer,
+    position, totals, guard and this rank's RNG state (last: nothing may draw from the RNG after it)."""
     if checkpoint is None:
         return Start(Position(), RunTotals())
     state = ckpt.load_trainer_state(checkpoint)
