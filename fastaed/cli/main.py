@@ -64,6 +64,9 @@ def expected_errors() -> tuple[type[BaseException], ...]:
     from fastaed.data.errors import BadInputError
     from fastaed.data.realcheck import DownloadError
     from fastaed.formats import CheckpointError
+    from fastaed.formats.ctranslate2 import CTranslate2FormatError
+    from fastaed.formats.fetch import FetchError
+    from fastaed.formats.whisper import WhisperImportError
     from fastaed.synth.engines import EngineMissingError
     from fastaed.synth.text import SourceMissingError
     from fastaed.train.config import ConfigError
@@ -72,8 +75,9 @@ def expected_errors() -> tuple[type[BaseException], ...]:
 
     return (
         BadInputError, CheckpointError, ConfigError, FileFormatError, UsageError,  # a file or flag to fix
+        CTranslate2FormatError, WhisperImportError,  # another toolkit's model file fastaed cannot read
         NonFiniteLossError, UtteranceOOMError,  # training stopped, with what to change
-        DownloadError, EngineMissingError, SourceMissingError,  # something to install or fetch
+        DownloadError, EngineMissingError, FetchError, SourceMissingError,  # something to install or fetch
         FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError, PermissionError,
     )  # fmt: skip
 

@@ -31,7 +31,7 @@ from fastaed.data.tokenizer import Tokenizer, is_tokenizer_dir, load_tokenizer
 from fastaed.data.whisper_features import WhisperFeatureConfig
 from fastaed.data.whisper_tokenizer import WhisperTokenizer
 from fastaed.decode.search import Hypothesis, beam_search, greedy_search, nemo_limits
-from fastaed.formats import load_model, read_checkpoint_meta
+from fastaed.formats import load_model, read_checkpoint_meta, verify_tokenizer
 from fastaed.model import EncoderDecoderModel
 from fastaed.util.devices import resolve_device, resolve_dtype, synchronize
 
@@ -128,6 +128,8 @@ def find_tokenizer(checkpoint: str | Path, tokenizer_dir: str | Path | None = No
         + ([Path(train_cfg["data"]["tokenizer"])] if train_cfg.get("data", {}).get("tokenizer") else [])
     )
     for cand in candidates:
+        if cand == ckpt / TOKENIZER_DIR and cand.is_dir():
+            verify_tokenizer(ckpt)  # the checkpoint's own copy: checked against its checksums first
         if is_tokenizer_dir(cand):
             tok = load_tokenizer(cand)
             if want is not None and tok.identity != want:

@@ -4,6 +4,7 @@
 from fastaed.formats.native import (
     CHECKSUMS_FILE,
     CONFIG_FILE,
+    TOKENIZER_DIR,
     WEIGHTS_FILE,
     CheckpointError,
     UnverifiedCheckpointWarning,
@@ -11,12 +12,14 @@ from fastaed.formats.native import (
     read_checkpoint_meta,
     save_model,
     verify_checksums,
+    verify_tokenizer,
     write_checksums,
 )
 
 __all__ = [
     "CHECKSUMS_FILE",
     "CONFIG_FILE",
+    "TOKENIZER_DIR",
     "WEIGHTS_FILE",
     "CheckpointError",
     "UnverifiedCheckpointWarning",
@@ -24,5 +27,6 @@ __all__ = [
     "read_checkpoint_meta",
     "save_model",
     "verify_checksums",
+    "verify_tokenizer",
     "write_checksums",
 ]

@@ -21,6 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fastaed.util.files import one_line
+
 _DTYPES = {0: np.float32, 1: np.int8, 2: np.int16, 3: np.int32, 4: np.float16, 5: None}  # 5 = bfloat16
 MIN_VERSION = 5
 
@@ -72,8 +74,19 @@ class _Reader:
 
 
 def read_model_bin(path: str | Path) -> CTranslate2Model:
-    """Parse ``path`` (a ``model.bin``); int8 weights are dequantised with their ``weight_scale``."""
+    """Parse ``path`` (a ``model.bin``); int8 weights are dequantised with their ``weight_scale``.
+
+    Raises :class:`CTranslate2FormatError` naming the file for anything that is not a well-formed file."""
     path = Path(path)
+    try:
+        return _parse(path)
+    except CTranslate2FormatError:
+        raise
+    except (ValueError, KeyError, IndexError, RuntimeError, struct.error) as e:  # a bad name, size or scale
+        raise CTranslate2FormatError(f"{path}: not a readable model.bin ({one_line(e)})") from None
+
+
+def _parse(path: Path) -> CTranslate2Model:
     r = _Reader(path.read_bytes(), path)
     version = r.u32()
     if version < MIN_VERSION:

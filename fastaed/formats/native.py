@@ -6,10 +6,11 @@ parameter counts and the weights file size, so :func:`load_model` rebuilds the m
 notices a truncated or swapped weights file. Training resume state (optimizer, scheduler, sampler) is not
 a model concern and is stored elsewhere.
 
-``checksums.json`` lists the size and sha256 of every file of the checkpoint and is written last. Loading
-checks the files it reads against it, so bytes flipped on disk or in transfer (same size, still a valid
-safetensors file) raise :class:`CheckpointError` instead of decoding garbage. Checkpoints written before
-checksums existed still load, with a warning.
+``checksums.json`` lists the size and sha256 of every file of the checkpoint, ``tokenizer/`` included, and
+is written last. Loading checks the files it reads against it (:func:`load_model` the config and weights,
+:func:`verify_tokenizer` the tokenizer before anyone reads it), so bytes flipped on disk or in transfer (same
+size, still a valid file) raise :class:`CheckpointError` instead of decoding garbage. Checkpoints written
+before checksums existed still load, with a warning, and so does a tokenizer an older listing left out.
 
 Writes are atomic per file: each is written to a temporary file in the same directory and moved into place
 with ``os.replace``, so a crash never leaves a half-written ``model.safetensors`` under its real name.
@@ -41,6 +42,7 @@ from fastaed.model.config import ModelConfig
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 CHECKSUMS_FILE = "checksums.json"
+TOKENIZER_DIR = "tokenizer"  # a checkpoint's own copy of its tokenizer
 FORMAT_VERSION = 1  # bump when the layout of config.json or the parameter names change
 _HASH_CHUNK = 1 << 20
 
@@ -60,16 +62,21 @@ def save_model(
     tokenizer_identity: str | None = None,
     extra: dict[str, Any] | None = None,
     frontend: dict[str, Any] | None = None,
+    tokenizer: Any = None,
 ) -> Path:
     """Write ``model`` to ``path_dir`` (created if needed); returns the directory.
 
     tokenizer_identity: the tokenizer's identity hash, so a loader can check it decodes with the right one.
+    tokenizer: saved into ``tokenizer/`` (anything with ``save(folder)``) before ``checksums.json`` is
+    written, so the checksums cover it too (default: the identity of ``tokenizer`` when one is given).
     frontend: the feature front end the model takes (``{"kind": ..., fields}``, see
     ``fastaed.data.frontend``); None = fastaed's default log-mel.
     extra: any JSON-able metadata (training step, data description); checked before anything is written.
     """
     path = Path(path_dir)
     path.mkdir(parents=True, exist_ok=True)
+    if tokenizer is not None and tokenizer_identity is None:
+        tokenizer_identity = tokenizer.identity
     # Contiguous CPU copies: safetensors stores raw buffers and refuses views of shared storage.
     state = {name: t.detach().to("cpu").contiguous() for name, t in model.state_dict().items()}
     meta: dict[str, Any] = {
@@ -99,7 +106,9 @@ def save_model(
     finally:
         weights_tmp.unlink(missing_ok=True)  # only left over when something above failed
     write_atomic(path / CONFIG_FILE, json.dumps(meta, indent=2) + "\n")
-    write_checksums(path, [CONFIG_FILE, WEIGHTS_FILE])
+    if tokenizer is not None:
+        tokenizer.save(path / TOKENIZER_DIR)
+    write_checksums(path)  # every file of the folder: config, weights, tokenizer (and anything else there)
     return path
 
 
@@ -191,7 +200,7 @@ def _read_checksums(path: Path) -> dict[str, dict[str, Any]] | None:
     return files
 
 
-_warned_unverified: set[Path] = set()
+_warned_unverified: set[Path | tuple[Path, str]] = set()
 
 
 def verify_checksums(path_dir: str | os.PathLike[str], names: Iterable[str] | None = None) -> bool:
@@ -232,6 +241,42 @@ def verify_checksums(path_dir: str | os.PathLike[str], names: Iterable[str] | No
                 "(corrupted on disk or in transfer)"
             )
     return True
+
+
+def verify_tokenizer(path_dir: str | os.PathLike[str]) -> bool:
+    """Check a checkpoint's ``tokenizer/`` files against its ``checksums.json`` before they are read.
+
+    Raises :class:`CheckpointError` naming a file that differs, is missing, or was added after the listing.
+    Returns False, with one warning per checkpoint, when the listing predates tokenizer checksums (fastaed
+    imports of Whisper listed only config and weights) or the checkpoint has no listing at all.
+    """
+    path = Path(path_dir)
+    files = _read_checksums(path)
+    if files is None:
+        return verify_checksums(path, [])  # the legacy warning, or the error for a deleted listing
+    prefix = f"{TOKENIZER_DIR}/"
+    listed = [name for name in files if name.startswith(prefix)]
+    on_disk = sorted(
+        p.relative_to(path).as_posix()
+        for p in (path / TOKENIZER_DIR).rglob("*")
+        if p.is_file() and not p.name.startswith(".")
+    )
+    if not listed:
+        if on_disk and (path.resolve(), TOKENIZER_DIR) not in _warned_unverified:
+            _warned_unverified.add((path.resolve(), TOKENIZER_DIR))
+            warnings.warn(
+                f"{path / TOKENIZER_DIR}: not listed in {CHECKSUMS_FILE} (written before fastaed covered the "
+                "tokenizer); loading it unverified",
+                UnverifiedCheckpointWarning,
+                stacklevel=2,
+            )
+        return False
+    if unlisted := [name for name in on_disk if name not in files]:
+        raise CheckpointError(
+            f"{path / unlisted[0]}: not listed in {CHECKSUMS_FILE} (added or replaced after the checkpoint "
+            "was written)"
+        )
+    return verify_checksums(path, listed)
 
 
 def _require_legacy(path: Path) -> None:

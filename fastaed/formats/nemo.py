@@ -22,12 +22,14 @@ from __future__ import annotations
 
 import copy
 import io
+import lzma
 import math
 import os
 import re
 import tarfile
 import time
 import uuid
+import zlib
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -39,15 +41,17 @@ from fastaed.data.canary_tokenizer import SPECIAL_PART, CanaryTokenizer
 from fastaed.data.features import FeatureConfig, mel_filterbank
 from fastaed.data.frontend import frontend_config, frontend_dict
 from fastaed.formats.native import (
+    TOKENIZER_DIR,
     CheckpointError,
     load_model,
     read_checkpoint_meta,
     save_model,
-    write_checksums,
+    verify_tokenizer,
 )
 from fastaed.formats.nemo_state import from_nemo, to_nemo
 from fastaed.model import EncoderDecoderModel
 from fastaed.model.config import DecoderConfig, EncoderConfig, ModelConfig
+from fastaed.util.files import one_line
 
 CONFIG_NAME = "model_config.yaml"
 WEIGHTS_NAME = "model_weights.ckpt"
@@ -91,18 +95,26 @@ def read_nemo(path: str | os.PathLike[str]) -> NemoArchive:
             for member in tar.getmembers():
                 if member.isfile():
                     files[Path(member.name).name] = tar.extractfile(member).read()  # type: ignore[union-attr]
-    except tarfile.TarError as e:
-        raise NemoFormatError(f"{path}: not a .nemo archive ({e})") from None
+    except (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError, OSError) as e:  # truncated or corrupt
+        raise NemoFormatError(f"{path}: not a .nemo archive ({one_line(e)})") from None
     for name in (CONFIG_NAME, WEIGHTS_NAME):
         if name not in files:
             raise NemoFormatError(f"{path}: archive has no {name}")
-    config = _resolve(yaml.safe_load(files.pop(CONFIG_NAME)), path)
+    try:
+        raw_config = yaml.safe_load(files.pop(CONFIG_NAME))
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise NemoFormatError(f"{path}: {CONFIG_NAME} is not valid YAML ({one_line(e)})") from None
+    if not isinstance(raw_config, dict):
+        raise NemoFormatError(f"{path}: {CONFIG_NAME} is not a mapping")
+    config = _resolve(raw_config, path)
     try:
         state = torch.load(io.BytesIO(files.pop(WEIGHTS_NAME)), map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises several kinds for a damaged or foreign pickle
-        raise NemoFormatError(f"{path}: unreadable {WEIGHTS_NAME} ({e})") from None
+        raise NemoFormatError(f"{path}: unreadable {WEIGHTS_NAME} ({one_line(e)})") from None
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(t, torch.Tensor) for t in state.values()):
+        raise NemoFormatError(f"{path}: {WEIGHTS_NAME} is not a state dict of tensors")
     return NemoArchive(path, config, state, files)
 
 
@@ -306,8 +318,24 @@ def import_nemo(
 ) -> Path:
     """Convert a Canary ``.nemo`` into a fastaed checkpoint folder (with ``tokenizer/``); returns it."""
     archive = read_nemo(source)
+    try:
+        model, tok, features, extra = _convert(archive, name or Path(source).stem)
+    except NemoFormatError as e:
+        raise e if str(archive.path) in str(e) else NemoFormatError(f"{archive.path}: {e}") from None
+    except (KeyError, ValueError, TypeError, AttributeError, IndexError, RuntimeError) as e:
+        # a key the config lacks, a tensor of the wrong shape, a tokenizer model SentencePiece cannot load
+        raise NemoFormatError(
+            f"{archive.path}: not a Canary checkpoint fastaed can read ({one_line(e)})"
+        ) from None
+    return save_model(model, out_dir, tokenizer=tok, extra=extra, frontend=frontend_dict(features))
+
+
+def _convert(
+    archive: NemoArchive, name: str
+) -> tuple[EncoderDecoderModel, CanaryTokenizer, FeatureConfig, dict[str, Any]]:
+    """The fastaed model, tokenizer, front end and checkpoint metadata of a ``.nemo``'s contents."""
     cfg = archive.config
-    config = model_config(cfg, archive.state, name or Path(source).stem)
+    config = model_config(cfg, archive.state, name)
     tok = tokenizer(archive)
     if tok.model_vocab_size != config.vocab_size:
         raise NemoFormatError(
@@ -332,20 +360,17 @@ def import_nemo(
         "generation": generation_rule(cfg),
         "nemo": {"config": cfg},
     }
-    out = save_model(model.eval(), out_dir, tokenizer_identity=tok.identity, extra=extra,
-                     frontend=frontend_dict(features))  # fmt: skip
-    tok.save(out / "tokenizer")
-    write_checksums(out, extend=True)  # the tokenizer files too
-    return out
+    return model.eval(), tok, features, extra
 
 
 def export_nemo(checkpoint: str | os.PathLike[str], out_path: str | os.PathLike[str]) -> Path:
     """Write a fastaed checkpoint with a Canary tokenizer as a ``.nemo`` that NeMo restores."""
     ckpt = Path(checkpoint)
     meta = read_checkpoint_meta(ckpt)
-    tok_dir = ckpt / "tokenizer"
+    tok_dir = ckpt / TOKENIZER_DIR
     if not (tok_dir / "tokenizer.json").is_file():
         raise CheckpointError(f"{ckpt}: no tokenizer/ folder (export needs the checkpoint's own tokenizer)")
+    verify_tokenizer(ckpt)
     from fastaed.data.tokenizer import load_tokenizer
 
     tok = load_tokenizer(tok_dir)

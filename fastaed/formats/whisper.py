@@ -21,6 +21,7 @@ import torch
 from fastaed.formats.ctranslate2 import read_model_bin
 from fastaed.model import EncoderDecoderModel, whisper_config, whisper_sinusoids
 from fastaed.model.config import ModelConfig
+from fastaed.util.files import one_line
 
 
 class WhisperImportError(ValueError):
@@ -289,7 +290,9 @@ def read_openai(path: Path) -> tuple[WhisperDims, Canonical]:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # a pickle with code in it, a truncated zip, not a torch file at all
-        raise WhisperImportError(f"{path}: not a loadable OpenAI Whisper checkpoint ({e})") from None
+        raise WhisperImportError(
+            f"{path}: not a loadable OpenAI Whisper checkpoint ({one_line(e)})"
+        ) from None
     if not isinstance(ckpt, dict) or "dims" not in ckpt or "model_state_dict" not in ckpt:
         raise WhisperImportError(f"{path}: expected a dict with 'dims' and 'model_state_dict'")
     try:

@@ -4,6 +4,8 @@ the canonical form (``whisper.py``), and write a fastaed checkpoint with its tok
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -12,8 +14,11 @@ from fastaed.data.tokenizer import load_tokenizer
 from fastaed.data.whisper_features import WhisperFeatureConfig
 from fastaed.data.whisper_tokenizer import WhisperTokenizer
 from fastaed.formats import hf_whisper
-from fastaed.formats.native import load_model, save_model
+from fastaed.formats.ctranslate2 import CTranslate2FormatError
+from fastaed.formats.native import TOKENIZER_DIR, CheckpointError, load_model, save_model, verify_tokenizer
 from fastaed.formats.whisper import (
+    Canonical,
+    WhisperDims,
     WhisperImportError,
     canonical_to_fastaed,
     check_encoder_positions,
@@ -21,6 +26,7 @@ from fastaed.formats.whisper import (
     read_ctranslate2,
     read_openai,
 )
+from fastaed.util.files import one_line
 
 # ---- import --------------------------------------------------------------------------------------------
 
@@ -41,6 +47,27 @@ def detect_format(src: Path) -> str:
     )
 
 
+def _read(src: Path, fmt: str) -> tuple[WhisperDims, Canonical, dict[str, Any]]:
+    if fmt == "ctranslate2":
+        return read_ctranslate2(src)
+    if fmt == "hf":
+        return hf_whisper.read_hf(src)
+    return (*read_openai(src), {})
+
+
+@contextmanager
+def _named(path: Path, what: str) -> Iterator[None]:
+    """The reader boundary: whatever a damaged or foreign file makes the parsers raise (a missing tensor or
+    key, a wrong shape, bad JSON or safetensors) becomes one :class:`WhisperImportError` naming ``path``.
+    Only parsing and converting run inside it (no writes), so an unexpected kind is a damaged file too."""
+    try:
+        yield
+    except (WhisperImportError, CTranslate2FormatError):
+        raise
+    except Exception as e:  # noqa: BLE001 (the tokenizers library raises bare Exception for bad JSON)
+        raise WhisperImportError(f"{path}: {what} ({one_line(e)})") from None
+
+
 def import_whisper(
     src: str | Path,
     out_dir: str | Path,
@@ -57,25 +84,18 @@ def import_whisper(
     """
     src, out = Path(src), Path(out_dir)
     fmt = detect_format(src)
-    config: dict[str, Any] = {}
-    if fmt == "ctranslate2":
-        dims, state, config = read_ctranslate2(src)
-        tok_path = Path(tokenizer_json) if tokenizer_json else src / "tokenizer.json"
-    elif fmt == "hf":
-        dims, state, config = hf_whisper.read_hf(src)
-        tok_path = Path(tokenizer_json) if tokenizer_json else src / "tokenizer.json"
-    else:
-        dims, state = read_openai(src)
-        if tokenizer_json is None:
-            raise WhisperImportError(
-                f"{src}: an OpenAI checkpoint carries no tokenizer; pass --tokenizer FILE"
-            )
-        tok_path = Path(tokenizer_json)
+    if fmt == "openai" and tokenizer_json is None:
+        raise WhisperImportError(f"{src}: an OpenAI checkpoint carries no tokenizer; pass --tokenizer FILE")
+    tok_path = Path(tokenizer_json) if tokenizer_json else src / "tokenizer.json"
     if not tok_path.is_file():
         raise WhisperImportError(f"{tok_path}: tokenizer.json not found (pass --tokenizer FILE)")
-    check_encoder_positions(dims, state, str(src))
-    model = canonical_to_fastaed(dims, state, name or f"whisper-{src.stem if src.is_file() else src.name}")
-    tokenizer = WhisperTokenizer.from_files(tok_path, dims.n_vocab, config)
+    with _named(src, f"not a readable {fmt} Whisper checkpoint"):
+        dims, state, config = _read(src, fmt)
+        check_encoder_positions(dims, state, str(src))
+        name = name or f"whisper-{src.stem if src.is_file() else src.name}"
+        model = canonical_to_fastaed(dims, state, name)
+    with _named(tok_path, "not a Whisper tokenizer.json for this model"):
+        tokenizer = WhisperTokenizer.from_files(tok_path, dims.n_vocab, config)
     frontend = WhisperFeatureConfig(**{"n_mels": dims.n_mels, **(frontend_override or {})})
     if frontend.n_mels != dims.n_mels:
         raise WhisperImportError(f"front end has {frontend.n_mels} mel bins, the model takes {dims.n_mels}")
@@ -85,11 +105,10 @@ def import_whisper(
     save_model(
         model,
         tmp,
-        tokenizer_identity=tokenizer.identity,
+        tokenizer=tokenizer,
         extra=extra,
         frontend={"kind": "whisper", **asdict(frontend)},
     )
-    tokenizer.save(tmp / "tokenizer")
     if out.exists():
         shutil.rmtree(out)
     tmp.rename(out)
@@ -100,10 +119,14 @@ def export_hf(checkpoint: str | Path, out_dir: str | Path) -> Path:
     """Write a fastaed Whisper checkpoint as a Hugging Face folder (``hf_whisper.write_hf``)."""
     checkpoint = Path(checkpoint)
     model = load_model(checkpoint)
-    tokenizer = load_tokenizer(checkpoint / "tokenizer")
+    verify_tokenizer(checkpoint)
+    tokenizer = load_tokenizer(checkpoint / TOKENIZER_DIR)
     if not isinstance(tokenizer, WhisperTokenizer):
-        raise ValueError(
+        raise CheckpointError(
             f"{checkpoint}: not a Whisper checkpoint (its tokenizer is {type(tokenizer).__name__})"
         )
-    dims, canonical = fastaed_to_canonical(model)
+    try:
+        dims, canonical = fastaed_to_canonical(model)
+    except ValueError as e:
+        raise CheckpointError(f"{checkpoint}: {e}") from None
     return hf_whisper.write_hf(dims, canonical, out_dir, tokenizer)

@@ -29,3 +29,15 @@ def read_json(path: str | Path) -> Any:
     except UnicodeDecodeError as err:
         raise FileFormatError(f"{path}: not UTF-8 text (byte {err.start}); expected JSON") from None
     return parse_json(text, str(path))
+
+
+def one_line(err: BaseException, limit: int = 240) -> str:
+    """A third-party parser's exception as one short line for a message that names the file: its type and
+    its text with whitespace collapsed (torch, PyYAML and tarfile write several lines), cut at ``limit``."""
+    text = str(err)
+    if "WeightsUnpickler error:" in text:  # torch.load(weights_only=True): the cause sits inside boilerplate
+        text = text.split("WeightsUnpickler error:", 1)[1].split("Check the documentation", 1)[0]
+    text = " ".join(text.split()) or "no detail"
+    if len(text) > limit:
+        text = text[: limit - 3] + "..."
+    return f"{type(err).__name__}: {text}"
