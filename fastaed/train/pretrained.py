@@ -22,7 +22,7 @@ from fastaed.data.frontend import frontend_config, frontend_dict
 from fastaed.data.tokenizer import Tokenizer, is_tokenizer_dir, load_tokenizer
 from fastaed.data.whisper_features import WhisperFeatureConfig
 from fastaed.data.whisper_tokenizer import WhisperTokenizer
-from fastaed.formats import load_model, read_checkpoint_meta
+from fastaed.formats import load_model, read_checkpoint_meta, verify_tokenizer
 from fastaed.model import EncoderDecoderModel, ModelConfig
 from fastaed.train.config import ConfigError, ModelSection
 
@@ -66,6 +66,7 @@ def load_pretrained(section: ModelSection) -> Pretrained | None:
     tok_dir = path / "tokenizer"
     if not is_tokenizer_dir(tok_dir):
         raise ConfigError(f"model.init_from: {path} has no tokenizer/ folder (fine-tuning needs the model's)")
+    verify_tokenizer(path)  # against the checkpoint's checksums, before it is read
     tokenizer = load_tokenizer(tok_dir)
     if meta.get("tokenizer_identity") not in (None, tokenizer.identity):
         raise ConfigError(f"model.init_from: {tok_dir} is not the tokenizer {path} was saved with")

@@ -103,3 +103,16 @@ def test_older_listing_without_the_tokenizer_loads_with_a_warning(whisper_ckpt, 
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert find_tokenizer(ckpt) is not None  # warned once per checkpoint
+
+
+def test_fine_tuning_start_checks_the_tokenizer(whisper_ckpt, tmp_path):
+    import shutil
+
+    from fastaed.train.config import ModelSection
+    from fastaed.train.pretrained import load_pretrained
+
+    ckpt = shutil.copytree(whisper_ckpt, tmp_path / "ckpt")
+    assert load_pretrained(ModelSection(init_from=str(ckpt))) is not None
+    _flip(ckpt / "tokenizer" / "whisper.json")
+    with pytest.raises(CheckpointError, match=r"tokenizer/whisper\.json: sha256 differs"):
+        load_pretrained(ModelSection(init_from=str(ckpt)))
