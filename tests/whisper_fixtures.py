@@ -14,7 +14,9 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from fastaed.bench.fixtures import SENTENCES
+from fastaed.data.whisper_features import WhisperFeatureConfig
 from fastaed.data.whisper_tokenizer import WhisperTokenizer
+from fastaed.formats import save_model
 from fastaed.formats.whisper import fastaed_to_canonical
 from fastaed.formats.whisper_import import import_whisper
 from fastaed.model import EncoderDecoderModel, whisper_config
@@ -95,3 +97,13 @@ def imported_checkpoint(root: Path) -> Path:
     dims, canonical = fastaed_to_canonical(model)
     torch.save({"dims": asdict(dims), "model_state_dict": canonical}, root / "w.pt")
     return import_whisper(root / "w.pt", root / "ckpt", tokenizer_json=tok_path)
+
+
+def checkpoint(root: Path, *, multilingual: bool) -> Path:
+    """A tiny random Whisper saved as a fastaed checkpoint (``root/ckpt``), English-only or multilingual
+    (en, de, fr): what the decoding commands' option checks need, in a second."""
+    root.mkdir(parents=True, exist_ok=True)
+    tok = tokenizer(root, multilingual=multilingual)
+    model = random_model(tok.vocab_size, n_mels=16, d_model=32, heads=2, layers=1, text_positions=16)
+    frontend = {"kind": "whisper", **asdict(WhisperFeatureConfig(n_mels=16))}
+    return save_model(model, root / "ckpt", tokenizer=tok, frontend=frontend)

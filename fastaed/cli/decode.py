@@ -12,6 +12,8 @@ import json
 import sys
 from pathlib import Path
 
+from fastaed.cli.errors import UsageError
+
 
 def _decode_args(p: argparse.ArgumentParser, exclude: tuple[str, ...] = ()) -> None:
     """The flags transcribe and eval share; the decoding ones derived from ``DecodeConfig``'s fields."""
@@ -29,11 +31,28 @@ def register(sub: argparse._SubParsersAction) -> None:
     t = sub.add_parser("transcribe", help="transcribe (or translate) audio files or a manifest")
     _decode_args(t)
     t.add_argument("audio", nargs="*", type=Path, help="audio files (or use --manifest)")
-    t.add_argument("--manifest", type=Path, default=None, help="NeMo JSONL: each entry's own prompt is used")
-    t.add_argument("--lang", default="en", help="source language of the audio files")
-    t.add_argument("--target-lang", default=None, help="output language (default: --lang)")
-    t.add_argument("--task", choices=["transcribe", "translate"], default="transcribe")
-    t.add_argument("--pnc", choices=["yes", "no"], default="yes", help="punctuation and casing in the output")
+    t.add_argument(
+        "--manifest", type=Path, default=None,
+        help="NeMo JSONL: each entry's own source_lang/target_lang/task/pnc make its prompt (the four flags "
+        "below are for audio files and refused with --manifest). Whisper models have no pnc prompt: an entry "
+        "with pnc: no is an error naming its line (skipped and counted under --on-bad-input skip)",
+    )  # fmt: skip
+    t.add_argument("--lang", default=None, help="source language of the audio files (default: en)")
+    t.add_argument(
+        "--target-lang", default=None,
+        help="output language (default: --lang; en with --task translate). Whisper: transcribes into --lang "
+        "and translates into en only; anything else is refused",
+    )  # fmt: skip
+    t.add_argument(
+        "--task", choices=["transcribe", "translate"], default=None,
+        help="default: transcribe. An English-only Whisper model (*.en) refuses translate and any --lang "
+        "but en",
+    )  # fmt: skip
+    t.add_argument(
+        "--pnc", choices=["yes", "no"], default=None,
+        help="punctuation and casing in the output (default: yes). Whisper models always write cased, "
+        "punctuated text and have no prompt for it: --pnc no is refused",
+    )  # fmt: skip
     t.add_argument("--out", type=Path, required=True, help="JSONL of hypotheses, one line per input")
     t.set_defaults(func=transcribe_cmd)
 
@@ -45,7 +64,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument(
         "--normalizer", choices=["basic", "whisper", "none"], default="basic",
         help="text normaliser before WER/CER, on both sides: basic = lower case, punctuation removed; "
-        "whisper = Whisper's English normaliser (also numbers as digits, US spelling); none = as written",
+        "whisper = Whisper's English normaliser (also numbers as digits, US spelling); none = as written. "
+        "Whisper models have no pnc prompt: entries with pnc: no are decoded cased and punctuated, as "
+        "Whisper writes, and scored after basic/whisper, which remove both (the output counts them); with "
+        "none they are an error naming the line (skipped and counted under --on-bad-input skip)",
     )  # fmt: skip
     e.set_defaults(func=eval_cmd)
 
@@ -65,29 +87,70 @@ def _transcriber(args: argparse.Namespace):
     return Transcriber(_checkpoint(args.checkpoint), config, args.tokenizer)
 
 
+PROMPT_FLAGS = {"source_lang": "--lang", "target_lang": "--target-lang", "task": "--task", "pnc": "--pnc"}
+
+
+def _prompt_flags(args: argparse.Namespace):
+    """The one prompt that transcribe's flags ask of every audio file, as an utterance (with --manifest each
+    entry has its own: the flags are refused there rather than ignored)."""
+    from fastaed.data.manifest import Utterance
+
+    given = [f for f in PROMPT_FLAGS.values() if getattr(args, f[2:].replace("-", "_")) is not None]
+    if args.manifest and given:
+        raise UsageError(
+            f"{' '.join(given)}: not used with --manifest (each entry's own source_lang, target_lang, task "
+            "and pnc fields make its prompt)"
+        )
+    lang, task = args.lang or "en", args.task or "transcribe"
+    target = args.target_lang or ("en" if task == "translate" else lang)
+    return Utterance("", 0.0, "", source_lang=lang, target_lang=target, task=task, pnc=args.pnc != "no")
+
+
+def _check_prompt_flags(transcriber, prompt) -> None:
+    """A flag the model cannot honour is refused once, naming the flag and the model family (not once per
+    audio file, nor skipped file by file under --on-bad-input skip). Whisper only: fastaed's own and Canary
+    models keep naming each audio file for a language their tokenizer lacks."""
+    from fastaed.data.errors import BadInputError
+
+    if "Whisper" not in transcriber.family:
+        return
+    try:
+        transcriber.check_prompt(prompt, pnc="prompt")
+    except BadInputError as err:
+        flag = PROMPT_FLAGS.get(err.field or "", "--lang/--target-lang/--task/--pnc")
+        value = getattr(prompt, err.field or "", "")
+        value = ("yes" if value else "no") if isinstance(value, bool) else value
+        family = "" if transcriber.family in err.detail else f" ({transcriber.family} model)"
+        raise UsageError(f"{flag} {value}: {err.detail}{family}") from None
+
+
 def _report_skips(report, where: str) -> None:
     if report.total:
         print(f"{where}: {report.summary()}", file=sys.stderr)
 
 
 def transcribe_cmd(args: argparse.Namespace) -> int:
-    from fastaed.cli.errors import UsageError, check_output_path
+    from fastaed.cli.errors import check_output_path
     from fastaed.data.errors import BadInputReport
     from fastaed.decode.transcribe import utterances_from_audio, utterances_from_manifest, write_jsonl
 
     if bool(args.audio) == bool(args.manifest):
         raise UsageError("give audio files or --manifest (not both)")
+    prompt = _prompt_flags(args)
     check_output_path(args.out, "--out")  # now, not after the whole decode
+    transcriber = _transcriber(args)
+    if not args.manifest:
+        _check_prompt_flags(transcriber, prompt)
     report = BadInputReport()
     if args.manifest:
         utts = utterances_from_manifest(args.manifest, args.on_bad_input, report)
     else:
         utts = utterances_from_audio(
-            args.audio, source_lang=args.lang, target_lang=args.target_lang or args.lang, task=args.task,
-            pnc=args.pnc == "yes", on_bad_input=args.on_bad_input, report=report,
+            args.audio, source_lang=prompt.source_lang, target_lang=prompt.target_lang, task=prompt.task,
+            pnc=prompt.pnc, on_bad_input=args.on_bad_input, report=report,
         )  # fmt: skip
-    transcriber = _transcriber(args)
-    result = transcriber.run(utts, on_bad_input=args.on_bad_input)
+    # The output is the product: a pnc=no entry asks for text Whisper cannot write (bad input, named).
+    result = transcriber.run(utts, on_bad_input=args.on_bad_input, pnc="prompt")
     write_jsonl(result.transcripts, args.out)
     _report_skips(report, str(args.manifest or "audio files"))
     _report_skips(result.skipped, "decoding")
@@ -100,7 +163,7 @@ def transcribe_cmd(args: argparse.Namespace) -> int:
 
 
 def eval_cmd(args: argparse.Namespace) -> int:
-    from fastaed.cli.errors import UsageError, check_output_path
+    from fastaed.cli.errors import check_output_path
     from fastaed.data.errors import BadInputReport
     from fastaed.decode.scoring import NORMALIZER_DESCRIPTIONS, score
     from fastaed.decode.transcribe import utterances_from_manifest, write_jsonl
@@ -115,9 +178,18 @@ def eval_cmd(args: argparse.Namespace) -> int:
     for manifest in args.manifest:
         report = BadInputReport()
         utts = utterances_from_manifest(manifest, args.on_bad_input, report)
-        result = transcriber.run(utts, on_bad_input=args.on_bad_input)
+        # pnc=no describes the reference; only "none" keeps the casing and punctuation that it is about.
+        pnc = "prompt" if args.normalizer == "none" else "scored"
+        result = transcriber.run(utts, on_bad_input=args.on_bad_input, pnc=pnc)
         _report_skips(report, str(manifest))
         _report_skips(result.skipped, f"decoding {manifest}")
+        if result.pnc_not_prompted:
+            print(
+                f"{manifest}: {result.pnc_not_prompted} entries ask pnc=no; {transcriber.family} models have "
+                f"no pnc prompt: written cased and punctuated, scored after the {args.normalizer} normaliser "
+                "(which removes both)",
+                file=sys.stderr,
+            )
         if args.hyps is not None:
             write_jsonl(result.transcripts, args.hyps)
         scores = score(result.transcripts, args.normalizer)
@@ -125,6 +197,7 @@ def eval_cmd(args: argparse.Namespace) -> int:
         results[str(manifest)] = {
             **scores, "rtfx": result.rtfx, "audio_seconds": result.audio_seconds,
             "wall_seconds": result.wall_seconds, "bad_input": report.to_dict(),
+            "pnc_not_prompted": result.pnc_not_prompted,
         }  # fmt: skip
         for name, g in scores["groups"].items():
             rows.append([

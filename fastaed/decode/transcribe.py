@@ -37,6 +37,8 @@ from fastaed.util.devices import resolve_device, resolve_dtype, synchronize
 
 TOKENIZER_DIR = "tokenizer"  # a checkpoint's own copy of its tokenizer (written by the trainer)
 AnyTokenizer = Tokenizer | WhisperTokenizer  # what load_tokenizer returns
+# What an entry's pnc=no asks of a model that has no pnc prompt (Whisper): see ``Transcriber.run``.
+PncPolicy = Literal["prompt", "scored"]
 
 
 @dataclass(frozen=True)
@@ -105,6 +107,9 @@ class TranscribeResult:
     audio_seconds: float
     wall_seconds: float  # timed part: warm-up excluded
     skipped: E.BadInputReport
+    # Entries asking pnc=no that a model without a pnc prompt (Whisper) wrote cased and punctuated, as it
+    # always does: only where the caller said pnc does not change its result (``Transcriber.run(pnc=...)``).
+    pnc_not_prompted: int = 0
 
     @property
     def rtfx(self) -> float:
@@ -287,16 +292,51 @@ class Transcriber:
         size = self.config.batch_size
         return [order[i : i + size] for i in range(0, len(order), size)]
 
+    @property
+    def family(self) -> str:
+        """The model family, as messages name it: ``Whisper``, ``English-only Whisper``, ``Canary`` or
+        ``fastaed`` (a model trained here: fastaed's Canary-style prompt)."""
+        tok = self.tokenizer
+        if isinstance(tok, WhisperTokenizer):
+            return "Whisper" if tok.multilingual else "English-only Whisper"
+        return "Canary" if type(tok).__name__ == "CanaryTokenizer" else "fastaed"
+
+    def check_prompt(self, u: Utterance, *, pnc: PncPolicy = "prompt") -> None:
+        """Raise :class:`BadInputError` (naming the field) for a prompt this model cannot follow.
+
+        The tokenizer refuses what it has no token for (a language, a task: an English-only Whisper cannot
+        translate, and Whisper translates into English only). Whisper's prompt has no target language and no
+        pnc token, so two more requests would be ignored silently and are refused here: ``transcribe`` into a
+        ``target_lang`` other than the spoken one, and ``pnc=no`` (Whisper always writes cased, punctuated
+        text) unless ``pnc="scored"``: the caller scores after a normaliser that removes casing and
+        punctuation from both sides, so the field only describes the reference.
+        """
+        self.tokenizer.utterance_prompt(u)
+        if not isinstance(self.tokenizer, WhisperTokenizer):
+            return
+        where = {"path": u.manifest or None, "line": u.line or None}
+        if u.task == "transcribe" and u.target_lang != u.source_lang:
+            raise E.BadInputError(
+                E.BAD_FIELD, f"{u.target_lang!r} differs from source_lang {u.source_lang!r}: {self.family} "
+                "models transcribe into the spoken language (task translate gives English)",
+                field="target_lang", **where,
+            )  # fmt: skip
+        if not u.pnc and pnc == "prompt":
+            raise E.BadInputError(
+                E.BAD_FIELD, f"pnc 'no' cannot be honoured: {self.family} models have no pnc prompt and "
+                "always write cased, punctuated text", field="pnc", **where,
+            )  # fmt: skip
+
     def _usable(
-        self, utterances: Sequence[Utterance], on_bad_input: str, report: E.BadInputReport
+        self, utterances: Sequence[Utterance], on_bad_input: str, report: E.BadInputReport, pnc: PncPolicy
     ) -> list[int]:
-        """Indices of the utterances whose prompt this tokenizer can build (a language it lacks is bad input,
-        found here before any decoding rather than by the batch it lands in)."""
+        """Indices of the utterances whose prompt this model can follow (a language it lacks, or a request it
+        cannot honour, is bad input, found here before any decoding rather than by the batch it lands in)."""
         usable = []
         window = self._max_seconds()
         for i, u in enumerate(utterances):
             try:
-                self.tokenizer.utterance_prompt(u)
+                self.check_prompt(u, pnc=pnc)
                 if window is not None and u.duration > window:
                     raise E.BadInputError(
                         E.BAD_FIELD, f"{u.duration:.2f} s is longer than this Whisper model's {window:.0f} s "
@@ -367,10 +407,18 @@ class Transcriber:
         on_bad_input: str = "error",
         force_lengths: Callable[[Utterance], int] | None = None,
         warmup: bool = True,
+        pnc: PncPolicy = "scored",
     ) -> TranscribeResult:
-        """Transcribe ``utterances``; results in input order, the bad ones skipped (counted) or raised."""
+        """Transcribe ``utterances``; results in input order, the bad ones skipped (counted) or raised.
+
+        ``pnc``: what a ``pnc=no`` entry means to a model without a pnc prompt (Whisper). ``"prompt"``: a
+        request for lower-case output without punctuation, which it cannot honour: bad input
+        (``fastaed transcribe``). ``"scored"`` (default: scoring after a normaliser that removes casing and
+        punctuation): a description of the reference; the entry is decoded as the model writes and counted in
+        ``TranscribeResult.pnc_not_prompted``."""
         report = E.BadInputReport()
-        batches = self._batches(utterances, self._usable(utterances, on_bad_input, report))
+        usable = self._usable(utterances, on_bad_input, report, pnc)
+        batches = self._batches(utterances, usable)
         audio = _AudioSet(utterances)
         if warmup and batches:  # untimed: first-call allocations, kernel selection, thread-pool start
             loaded = [audio[i] for i in batches[0]]
@@ -409,7 +457,9 @@ class Transcriber:
         wall = time.perf_counter() - t0
         bar.close()
         ordered = [results[i] for i in sorted(results)]
-        return TranscribeResult(ordered, audio_seconds, wall, report)
+        whisper = isinstance(self.tokenizer, WhisperTokenizer)
+        unprompted = sum(not t.utterance.pnc for t in ordered) if whisper else 0
+        return TranscribeResult(ordered, audio_seconds, wall, report, unprompted)
 
     def _text(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids) if self.config.decode_text else ""
