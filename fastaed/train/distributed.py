@@ -142,16 +142,27 @@ def broadcast_model_(model: nn.Module) -> nn.Module:
 
 
 def all_reduce_gradients_(params: Sequence[nn.Parameter]) -> None:
-    """Sum every parameter's gradient over ranks (missing gradients count as zero), in flat buckets.
+    """Sum every parameter's gradient over ranks, in flat buckets.
+
+    A parameter that has a gradient on some rank gets the sum on every rank (a rank without one, e.g. whose
+    whole batch was skipped as bad input, counts as zero). A parameter without a gradient on *every* rank
+    (a frozen encoder, an unused head) keeps ``grad = None``, as in a single process: AdamW then leaves its
+    weights and moments alone (a zero gradient would still apply weight decay and advance its step). The
+    ranks first agree on which parameters have a gradient, so all of them reduce the same tensors.
 
     The loss is normalised by the *global* token count before backward, so the sum is the gradient of the
     global per-token loss; no division by the world size follows.
     """
-    if not _INFO.enabled:
+    if not _INFO.enabled or not params:
         return
+    device = params[0].device
+    has_grad = torch.tensor([p.grad is not None for p in params], dtype=torch.int32, device=device)
+    dist.all_reduce(has_grad, op=dist.ReduceOp.SUM)
     grads = []
-    for p in params:
-        if p.grad is None:  # e.g. a rank whose whole batch was skipped as bad input
+    for p, anywhere in zip(params, has_grad.tolist(), strict=True):
+        if not anywhere:
+            continue
+        if p.grad is None:
             p.grad = torch.zeros_like(p)
         grads.append(p.grad)
     bucket: list[torch.Tensor] = []

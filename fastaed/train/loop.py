@@ -221,9 +221,13 @@ def optimizer_step(run: Session, stream: Iterator[StreamItem]) -> StepOutcome:
     )  # fmt: skip
     pieces = [b.to(device, non_blocking=True) for b in micro]
     # Encoder frozen (fine-tuning's first steps): no gradient reaches it, so backward stops at its output
-    # and AdamW leaves its weights and moments alone (parameters without a gradient are skipped).
+    # and AdamW leaves its weights and moments alone (parameters without a gradient are skipped, on every
+    # rank: see D.all_reduce_gradients_); its batch norms use and keep their running statistics.
     frozen = pos.step < cfg.optim.freeze_encoder_steps
     parts.model.encoder.requires_grad_(not frozen)
+    for module in parts.model.encoder.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.train(not frozen)
     zero_grad = functools.partial(parts.optimizer.zero_grad, set_to_none=True)
     kept, splits = accumulate_with_oom_split(pieces, forward, zero_grad=zero_grad, backward=injector.backward)
     loss_parts = torch.stack(kept).sum(0).double().cpu() if kept else torch.zeros(2, dtype=torch.float64)
