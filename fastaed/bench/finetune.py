@@ -11,9 +11,13 @@ Recipes:
   seq2seq collator, in ``.venv-whisper`` (``make whisper-venv``), on a Hugging Face folder written from the
   same checkpoint (``fastaed export hf``), batch ``padded_batch_size``, the YAML's optimiser settings.
 
-Each trains in its own process (its peak memory is its own). Reported per recipe: training audio seconds per
-second, input padding (for 30 s inputs counted against the 30 s the encoder computes), output padding, mean
-batch size, peak resident memory, steps, and the greedy dev WER after the equal wall time (each model decoded
+Like for like: every recipe trains in its own process tree with the same number of data-loading worker
+processes (the YAML's ``runtime.num_workers``: fastaed's DataLoader workers, ``dataloader_num_workers`` of
+the Hugging Face Trainer), and its peak memory is the peak of the whole tree's summed resident memory
+(trainer + loader workers, sampled every ``TreePeak.interval_s``), not the trainer process's own
+``ru_maxrss``. Reported per recipe: training audio seconds per second, input padding (for 30 s inputs
+counted against the 30 s the encoder computes), output padding, mean batch size, peak resident memory of the
+process tree, steps, and the greedy dev WER after the equal wall time (each model decoded
 by fastaed in the input shape it was trained with; the ``hf`` model is imported back first). Then the real-
 speech table (``fastaed.bench.finetune_eval``): the original model padded and unpadded, the bucketed model
 unpadded, on real recordings never trained on. Targets (issue 15): bucketed >= 4x the audio throughput of
@@ -29,9 +33,10 @@ import platform
 import subprocess
 import sys
 import tempfile
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastaed.bench.finetune_eval import (
     fastaed_curve,
@@ -42,7 +47,11 @@ from fastaed.bench.finetune_eval import (
     update_markdown,
 )
 from fastaed.data.manifest import iter_lines, parse_line, read_manifest
+from fastaed.train.config import TrainConfig
 from fastaed.util.tables import format_table, pct
+
+if TYPE_CHECKING:
+    from fastaed.bench.peers.hf_finetune import HFFinetuneConfig
 
 RECIPES = ("bucketed", "padded", "hf")
 RECIPE_LABELS = {
@@ -104,6 +113,78 @@ class FinetuneBenchConfig:
             raise ValueError(f"recipes: choose from {', '.join(RECIPES)}, got {', '.join(self.recipes)}")
 
 
+def _descendants(root: int) -> list[int]:
+    """Every process below ``root`` (children, their children, ...), from ``/proc/PID/stat`` (Linux)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = Path(entry.path, "stat").read_text()
+        except OSError:  # the process ended while we looked
+            continue
+        ppid = int(stat[stat.rindex(")") + 2 :].split()[1])  # after "pid (comm) state": ppid
+        children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [root]
+    while todo:
+        kids = children.get(todo.pop(), [])
+        found += kids
+        todo += kids
+    return found
+
+
+def tree_rss_bytes(root: int, *, include_root: bool = True) -> int:
+    """Summed resident memory of ``root`` and every process below it (pages shared by a fork count twice,
+    as a per-process RSS sum does)."""
+    page = os.sysconf("SC_PAGE_SIZE")
+    total = 0
+    for pid in ([root] if include_root else []) + _descendants(root):
+        try:
+            total += int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * page
+        except (OSError, IndexError, ValueError):  # gone meanwhile
+            continue
+    return total
+
+
+class TreePeak:
+    """Peak summed RSS of a process tree while the ``with`` block runs (sampled in a thread).
+
+    ``root`` defaults to this process with ``include_root=False``: what a recipe started from here uses, its
+    trainer and every worker it forks, whatever runs it (``subprocess`` or the peer client). A peak shorter
+    than ``interval_s`` can be missed; the trainers' peaks last whole steps."""
+
+    def __init__(self, root: int | None = None, *, include_root: bool = False, interval_s: float = 0.05):
+        self.root = os.getpid() if root is None else root
+        self.include_root, self.interval_s = include_root, interval_s
+        self.peak_bytes = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while True:
+            now = tree_rss_bytes(self.root, include_root=self.include_root)
+            self.peak_bytes = max(self.peak_bytes, now)
+            if self._stop.wait(self.interval_s):
+                return
+
+    def __enter__(self) -> TreePeak:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    @property
+    def peak_mb(self) -> float:
+        return self.peak_bytes / 2**20
+
+
+def loader_workers(config: FinetuneBenchConfig) -> int:
+    """Data-loading worker processes of every recipe: the YAML's ``runtime.num_workers``."""
+    return TrainConfig.from_yaml(config.config).runtime.num_workers
+
+
 def _durations(manifest: Path) -> list[float]:
     return [u.duration for u in read_manifest(manifest)]  # a bad line: an error naming file, line, field
 
@@ -135,6 +216,7 @@ def recipe_overrides(config: FinetuneBenchConfig, recipe: str, checkpoint: Path)
         "data.dev_manifest=null",
         f"runtime.out_dir={config.out_dir / recipe}",
         f"runtime.threads={config.threads}",
+        f"runtime.num_workers={loader_workers(config)}",
         f"runtime.time_budget_s={config.time_budget_s}",
         f"optim.max_steps={config.max_steps}",
         "runtime.device=cpu",
@@ -166,7 +248,8 @@ def _run_fastaed(config: FinetuneBenchConfig, recipe: str, checkpoint: Path) -> 
     out = config.out_dir / recipe
     command = [sys.executable, "-m", "fastaed.cli.train", "--config", str(config.config), "--resume", "none"]
     command += recipe_overrides(config, recipe, checkpoint)
-    done = subprocess.run(command, capture_output=True, text=True)
+    with TreePeak() as peak:  # the trainer and its DataLoader workers
+        done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"fastaed train ({recipe}) failed:\n{done.stderr[-3000:]}")
     s = json.loads((out / "summary.json").read_text())
@@ -184,28 +267,40 @@ def _run_fastaed(config: FinetuneBenchConfig, recipe: str, checkpoint: Path) -> 
         "input_padding": input_padding,
         "output_padding": s["output_padding"],
         "mean_batch_size": s["mean_batch_size"],
-        "peak_mem_mb": s["peak_mem_mb"],
+        "peak_mem_mb": peak.peak_mb,
+        "peak_mem_mb_trainer_process": s["peak_mem_mb"],
+        "loader_workers": loader_workers(config),
         "final_train_loss": s.get("final_train_loss"),
         "model": str(out / latest) if latest else str(out),
         "curve": fastaed_curve(out),
     }
 
 
-def _run_hf(config: FinetuneBenchConfig, checkpoint: Path, work: Path) -> dict[str, Any]:
-    """Baseline (b): export the checkpoint for transformers, train there, import the result back."""
-    from fastaed.bench.peers.hf_finetune import HFFinetuneConfig, run_hf_finetune
-    from fastaed.formats.whisper_import import export_hf, import_whisper
-    from fastaed.train.config import TrainConfig
+def hf_recipe_config(config: FinetuneBenchConfig) -> HFFinetuneConfig:
+    """The Hugging Face recipe's settings: the YAML's optimiser, the bench's batch, threads, budget and the
+    same number of data-loading workers as fastaed's recipes."""
+    from fastaed.bench.peers.hf_finetune import HFFinetuneConfig
 
     optim = TrainConfig.from_yaml(config.config).optim
-    hf_in = export_hf(checkpoint, work / "hf-start")
-    out = config.out_dir / "hf"
-    hf_config = HFFinetuneConfig(
+    return HFFinetuneConfig(
         batch_size=config.padded_batch_size, lr=optim.lr, warmup_steps=optim.warmup_steps,
         betas=tuple(optim.betas), weight_decay=optim.weight_decay, grad_clip=optim.grad_clip,
         max_steps=config.max_steps, time_budget_s=config.time_budget_s, threads=config.threads,
+        dataloader_workers=loader_workers(config),
     )  # fmt: skip
-    s = run_hf_finetune(hf_in, one_manifest(config.train_manifests, work / "train.jsonl"), out, hf_config)
+
+
+def _run_hf(config: FinetuneBenchConfig, checkpoint: Path, work: Path) -> dict[str, Any]:
+    """Baseline (b): export the checkpoint for transformers, train there, import the result back."""
+    from fastaed.bench.peers.hf_finetune import run_hf_finetune
+    from fastaed.formats.whisper_import import export_hf, import_whisper
+
+    hf_in = export_hf(checkpoint, work / "hf-start")
+    out = config.out_dir / "hf"
+    hf_config = hf_recipe_config(config)
+    manifest = one_manifest(config.train_manifests, work / "train.jsonl")
+    with TreePeak() as peak:  # the peer's python and its DataLoader workers
+        s = run_hf_finetune(hf_in, manifest, out, hf_config)
     model = import_whisper(out / "model", out / "fastaed-model")
     return {
         "recipe": "hf",
@@ -216,7 +311,9 @@ def _run_hf(config: FinetuneBenchConfig, checkpoint: Path, work: Path) -> dict[s
         "input_padding": s["input_padding"],
         "output_padding": s["output_padding"],
         "mean_batch_size": s["mean_batch_size"],
-        "peak_mem_mb": s["peak_mem_mb"],
+        "peak_mem_mb": peak.peak_mb,
+        "peak_mem_mb_trainer_process": s["peak_mem_mb"],
+        "loader_workers": hf_config.dataloader_workers,
         "final_train_loss": s.get("final_loss"),
         "model": str(model),
         "versions": s.get("versions"),

@@ -6,11 +6,21 @@ venv: tests/bench/test_hf_peer.py.)"""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from fastaed.bench.finetune import FinetuneBenchConfig, one_manifest, print_report, run
+from fastaed.bench.finetune import (
+    FinetuneBenchConfig,
+    TreePeak,
+    hf_recipe_config,
+    one_manifest,
+    print_report,
+    recipe_overrides,
+    run,
+)
 from fastaed.bench.finetune_eval import SECTION_BEGIN, SECTION_END, spread_subset, update_markdown
 from fastaed.data.errors import BadInputError
 from fastaed.testing import write_tiny_corpus
@@ -42,6 +52,7 @@ def test_bucketed_and_padded_recipes_run_on_the_same_checkpoint(source, tmp_path
     # 8 utterances of 0.5..2.25 s in 30 s windows: most of what the padded encoder computes is padding
     assert by["padded"]["input_padding"] > 0.9 > by["bucketed"]["input_padding"]
     assert all(r["dev_wer"] is not None and r["peak_mem_mb"] > 0 for r in by.values())
+    assert all(r["loader_workers"] == 1 and r["peak_mem_mb_trainer_process"] > 0 for r in by.values())
     assert by["bucketed"]["dev_input"] == "unpadded" and by["padded"]["dev_input"] == "padded"
     assert set(result["comparisons"]) == {"padded"}
     # one real set (the missing one is skipped): original padded + unpadded, fine-tuned unpadded
@@ -113,3 +124,37 @@ def test_one_manifest_keeps_every_line_of_every_manifest_with_resolvable_audio(t
         f.write('{"audio_filepath": "clip9.wav", "text": "no duration"}\n')
     with pytest.raises(BadInputError, match=r"m\.jsonl:5.*duration"):
         one_manifest((a / "m.jsonl", b / "m.jsonl"), tmp_path / "one.jsonl")
+
+
+def test_every_recipe_gets_the_yaml_loader_workers_hf_included(tmp_path):
+    """Like for like: the Hugging Face Trainer gets as many data-loading workers as fastaed's DataLoader."""
+    yaml = (REPO / "configs" / "finetune_whisper_tiny.yaml").read_text()
+    assert "  num_workers: 1\n" in yaml
+    (tmp_path / "ft.yaml").write_text(yaml.replace("  num_workers: 1\n", "  num_workers: 3\n"))
+    config = FinetuneBenchConfig(config=tmp_path / "ft.yaml", out_dir=tmp_path / "runs")
+    assert hf_recipe_config(config).dataloader_workers == 3
+    assert "runtime.num_workers=3" in recipe_overrides(config, "bucketed", tmp_path / "ckpt")
+    default = FinetuneBenchConfig(config=REPO / "configs" / "finetune_whisper_tiny.yaml")
+    assert hf_recipe_config(default).dataloader_workers == 1
+
+
+_ALLOCATE = """
+import subprocess, sys, time
+hold = b"x" * (int(sys.argv[1]) << 20)  # touched pages: resident
+if len(sys.argv) > 2:  # a worker of its own, like a DataLoader's, holding 200 MB while this one holds 100
+    subprocess.run([sys.executable, "-c", sys.argv[2], "200"], check=True)
+else:
+    time.sleep(1.5)
+"""
+
+
+def test_peak_memory_counts_the_worker_processes_of_a_recipe():
+    """A recipe's peak is its whole process tree's: a trainer holding 100 MB whose worker holds 200 MB peaks
+    above 300 MB, which neither process's own ru_maxrss shows."""
+    child = [sys.executable, "-c", _ALLOCATE, "100", _ALLOCATE]
+    with TreePeak(interval_s=0.02) as peak:
+        subprocess.run(child, check=True)
+    assert peak.peak_mb > 300, peak.peak_mb
+    with TreePeak(interval_s=0.02) as idle:  # nothing started: nothing counted
+        pass
+    assert idle.peak_mb < 50

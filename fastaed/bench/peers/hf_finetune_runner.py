@@ -259,9 +259,15 @@ class SpeechDataset:
         }
 
 
+STATS_KEY = "fastaed_batch_stats"  # the collator's per-batch record; the trainer takes it out before forward
+STATS_FIELDS = ("audio_s", "utterances", "label_positions", "label_padding")
+
+
 class SpeechSeq2SeqCollator:
-    """The blog recipe's ``DataCollatorSpeechSeq2SeqWithPadding``, plus a log of each batch's audio seconds
-    and label padding (read by :class:`StepLog` in step order)."""
+    """The blog recipe's ``DataCollatorSpeechSeq2SeqWithPadding``, plus each batch's audio seconds and label
+    padding under ``STATS_KEY``. The collator runs in the DataLoader's worker processes when there are any,
+    so the record travels inside the batch; the trainer (``_logged_trainer``) moves it to ``batches`` in the
+    training process, where :class:`StepLog` reads it in step order."""
 
     def __init__(self, feature_extractor, tokenizer, decoder_start_token_id: int):
         self.feature_extractor, self.tokenizer = feature_extractor, tokenizer
@@ -269,6 +275,8 @@ class SpeechSeq2SeqCollator:
         self.batches: collections.deque = collections.deque()
 
     def __call__(self, features: list[dict]) -> dict:
+        import torch
+
         inputs = [{"input_features": f["input_features"]} for f in features]
         batch = self.feature_extractor.pad(inputs, return_tensors="pt")
         labels_batch = self.tokenizer.pad([{"input_ids": f["labels"]} for f in features], return_tensors="pt")
@@ -277,15 +285,26 @@ class SpeechSeq2SeqCollator:
         if (labels[:, 0] == self.decoder_start_token_id).all().item():
             labels = labels[:, 1:]
         batch["labels"] = labels
-        self.batches.append(
-            {
-                "audio_s": float(sum(f["audio_s"] for f in features)),
-                "utterances": len(features),
-                "label_positions": int(labels.numel()),
-                "label_padding": int((labels == -100).sum()),
-            }
-        )
+        stats = (sum(f["audio_s"] for f in features), len(features), labels.numel(), (labels == -100).sum())
+        batch[STATS_KEY] = torch.tensor([float(x) for x in stats], dtype=torch.float64)
         return batch
+
+    def take_stats(self, inputs: dict) -> None:
+        """Move a batch's record out of the model inputs into ``batches`` (in the training process)."""
+        values = inputs.pop(STATS_KEY).tolist()
+        self.batches.append({k: (v if k == "audio_s" else int(v)) for k, v in zip(STATS_FIELDS, values)})
+
+
+def _logged_trainer(collator: SpeechSeq2SeqCollator):
+    """``Seq2SeqTrainer`` that takes the collator's batch record out of each batch before the forward."""
+    from transformers import Seq2SeqTrainer
+
+    class LoggedTrainer(Seq2SeqTrainer):
+        def training_step(self, model, inputs, *args, **kwargs):
+            collator.take_stats(inputs)
+            return super().training_step(model, inputs, *args, **kwargs)
+
+    return LoggedTrainer
 
 
 def _step_log_callback(collator: SpeechSeq2SeqCollator, metrics_path: Path, time_budget_s: float | None):
@@ -347,7 +366,7 @@ def cmd_train(request: dict) -> dict:
     import accelerate
     import torch
     import transformers
-    from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments, WhisperFeatureExtractor
+    from transformers import Seq2SeqTrainingArguments, WhisperFeatureExtractor
 
     threads = _threads(request)
     tokenizer = _tokenizer(folder, language)
@@ -384,7 +403,7 @@ def cmd_train(request: dict) -> dict:
         log_level="warning",
         seed=int(request.get("seed", 0)),
     )
-    trainer = Seq2SeqTrainer(
+    trainer = _logged_trainer(collator)(
         model=model,
         args=args,
         train_dataset=SpeechDataset(items, manifest, feature_extractor, tokenizer),
@@ -412,7 +431,10 @@ def cmd_train(request: dict) -> dict:
         "mean_batch_size": utterances / len(steps),
         "input_padding": 1.0 - audio_s / (utterances * CHUNK_SECONDS),
         "output_padding": sum(s["label_padding"] for s in steps) / label_positions,
-        "peak_mem_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,  # Linux reports KiB
+        # This process alone (Linux reports KiB): its DataLoader workers are not in it. `fastaed bench
+        # finetune` reports the peak of the whole process tree (fastaed.bench.finetune.TreePeak) instead.
+        "peak_mem_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+        "dataloader_workers": int(request.get("dataloader_workers", 0)),
         "first_loss": steps[0]["loss"],
         "final_loss": steps[-1]["loss"],
         "threads": threads,
