@@ -1,0 +1,419 @@
+"""``fastaed bench readme``: README.md's results table, rendered from the JSON records in ``bench_results/``.
+
+Every number in the table is read from a named path of a recorded file, so the README cannot say more than
+the records do. The table lives between two marker comments in README.md; this module owns what is between
+them. ``--check`` renders the table and exits 1 when it differs from the README's (drift: a record changed
+and the README was not re-rendered, or the README was edited by hand); a test in the default suite does the
+same check.
+
+A cell is text with placeholders ``{FILE:PATH|FORMAT}``:
+
+* ``FILE`` is relative to the results folder; ``a.json,all/a.json`` reads the same path from several files;
+* ``PATH`` is dotted keys; ``*`` takes every value of a mapping or list, ``[k=v,k2=v2]`` every list item whose
+  fields match, a number the item at that index;
+* two or more values render as a range (``1,132–1,689x``); ``{A / B|FORMAT}`` is the ratio of two values;
+* ``FORMAT`` is one of :data:`FORMATS`.
+
+A :class:`Pending` cell renders its text when its record does not exist yet (a measurement being redone).
+Text outside placeholders is fixed wording, targets (from the spec) or numbers quoted from a paper, which the
+row says it is.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+BEGIN = "<!-- results:begin (rendered by `fastaed bench readme` from bench_results/; do not edit by hand) -->"
+END = "<!-- results:end -->"
+HEADER = ("what", "fastaed", "reference", "target")
+
+
+def _sig3(x: float) -> str:
+    """Three significant digits, never in exponent form (``4.66``, ``27.2``, ``780``)."""
+    if x == 0:
+        return "0"
+    text = f"{x:#.3g}"  # '#': keep trailing zeros (67.0)
+    return f"{float(text):,.0f}" if "e" in text else text.rstrip(".")
+
+
+# name -> (function of the raw value, unit appended once, after a range's upper end too)
+FORMATS: dict[str, tuple[Callable[[float], str], str]] = {
+    "pct": (lambda v: _sig3(100 * v), "%"),
+    "pct1": (lambda v: f"{100 * v:,.1f}", "%"),
+    "pct0": (lambda v: f"{100 * v:,.0f}", "%"),
+    "rel": (lambda v: f"{100 * (v - 1):+.1f}", "%"),  # a ratio as a relative change: 0.936 -> -6.4%
+    "x0": (lambda v: f"{v:,.0f}", "x"),
+    "x1": (lambda v: f"{v:,.1f}", "x"),
+    "x2": (lambda v: f"{v:,.2f}", "x"),
+    "int": (lambda v: f"{v:,.0f}", ""),
+    "f1": (lambda v: f"{v:,.1f}", ""),
+    "f2": (lambda v: f"{v:,.2f}", ""),
+    "s1": (lambda v: f"{v:,.1f}", " s"),
+    "s2": (lambda v: f"{v:,.2f}", " s"),
+    "h1": (lambda v: f"{v / 3600:,.1f}", " h"),
+    "mb": (lambda v: f"{v:,.0f}", " MB"),
+    "M1": (lambda v: f"{v / 1e6:,.1f}", "M"),
+}
+
+
+@dataclass(frozen=True)
+class Pending:
+    """A cell whose record is being re-measured: its text until ``needs`` exists, then the template."""
+
+    template: str
+    needs: str  # the file (relative to the results folder) whose absence means "pending"
+    text: str
+
+
+Cell = str | Pending
+
+
+@dataclass(frozen=True)
+class Row:
+    what: str
+    fastaed: Cell
+    reference: Cell = ""
+    target: str = ""
+
+
+def _ft(recipe: str, key: str, fmt: str) -> str:
+    """A placeholder for one recipe's value in the fine-tuning record."""
+    return f"{{finetune.json:runs[recipe={recipe}].{key}|{fmt}}}"
+
+
+def _ft_real(model: str, shape: str, name: str, fmt: str) -> str:
+    """A placeholder for a real-speech WER of the fine-tuning record (``name``: the set's file stem)."""
+    selector = f"model={model},input={shape},manifest=data/real/{name}.jsonl"
+    return f"{{finetune.json:real_speech[{selector}].wer|{fmt}}}"
+
+
+# The README's results table. Paths name the record each number comes from; see the module docstring.
+ROWS: tuple[Row, ...] = (
+    Row(
+        "padding in / out, {sampler.json:utterances|int} log-normal utts, "
+        "{sampler.json:max_duration|int} s budget",
+        "**{sampler.json:distributions.lognormal.strategies.ours_2d.input_padding|pct} / "
+        "{sampler.json:distributions.lognormal.strategies.ours_2d.output_padding|pct}** (2D 30 × 4)",
+        "Lhotse 1D: {sampler.json:distributions.lognormal.strategies.lhotse_1d.input_padding|pct} / "
+        "{sampler.json:distributions.lognormal.strategies.lhotse_1d.output_padding|pct}; random (Lhotse "
+        "SimpleCutSampler): {sampler.json:distributions.lognormal.strategies.lhotse_simple.input_padding|pct}"
+        " / {sampler.json:distributions.lognormal.strategies.lhotse_simple.output_padding|pct}",
+        "≤ 5% / ≤ 8%",
+    ),
+    Row(
+        "sampler batches/s per epoch, warm",
+        "{sampler.json:distributions.lognormal.speed.ours.epoch_batches_per_s|int} "
+        "(**{sampler.json:distributions.*.speed.speedup_epoch|x0}** Lhotse's, warm: our index already in "
+        "memory, against Lhotse re-reading its lazy JSONL manifest every epoch)",
+        "Lhotse {sampler.json:lhotse_version}: "
+        "{sampler.json:distributions.lognormal.speed.lhotse.epoch_batches_per_s|int}",
+        "≥ 10x",
+    ),
+    Row(
+        "first epoch from a cold manifest: index build (parse, validate, tokenize) + bins + plan + epoch",
+        "**{sampler.json:distributions.*.speed.speedup_cold|x1}** Lhotse's speed",
+        "Lhotse {sampler.json:lhotse_version}: construct + epoch",
+        "(≥ 10x is per warm epoch)",
+    ),
+    Row(
+        "plan / restore an epoch of 1M utterances",
+        "{sampler.json:one_million.plan_s|s2} / {sampler.json:one_million.restore_s|s2} "
+        "(+{sampler.json:one_million.construct_s|s2} build): restore rebuilds the epoch plan from the seed "
+        "(O(N), vectorised), no batch is replayed",
+        "Lhotse {sampler.json:lhotse_version} replays the epoch "
+        "({sampler.json:distributions.lognormal.lhotse_restore.restore_s|s1} at 20k); Lhotse main since June "
+        "2026 (PR #1570, after 1.33) restores in O(1) from indexed JSONL / Shar",
+        "≤ 5 s / ≤ 1 s",
+    ),
+    Row(
+        "metadata index, {index.json:lines|int} manifest lines: build / reload",
+        "{index.json:build_s|s1} / {index.json:reload_s|s2}",
+        "",
+        "≤ 30 s / ≤ 1 s",
+    ),
+    Row(
+        "log-mel features, per CPU core, batch 1 / 16",
+        "{features.json:rows[stage=features].xrt_per_core|x0} real time",
+        "",
+        "≥ 500x",
+    ),
+    Row(
+        "batch-size profile, memory fill per bucket, min (CPU, tiny-flash; measured peaks)",
+        Pending(
+            "**{demo_profile_stage.json:profile.min_fill|pct}** (demo, `make demo` stage)",
+            "demo_profile_stage.json",
+            "demo: pending re-measurement (the 98.5% recorded earlier used the replaced byte count)",
+        ),
+        "",
+        "≥ 85%",
+    ),
+    Row(
+        "… SPEC log-normal lengths (0.5–40 s, 100k utts), re-run with measured peaks",
+        "fill min / mean **{batch_sizes_synthetic.json:profile_min_fill|pct} / "
+        "{batch_sizes_synthetic.json:profile_mean_fill|pct}**; mean batch "
+        "**{batch_sizes_synthetic.json:mean_batch_ratio|x2}** the heuristic's; training audio s/s "
+        "**{batch_sizes_synthetic.json:throughput_ratio|x2}** the heuristic's "
+        "({batch_sizes_synthetic.json:steps|int} timed steps each)",
+        "NeMo heuristic fill min {batch_sizes_synthetic.json:heuristic_min_fill|pct}; paper (GPU, quoted): "
+        "~5x mean batch, ~1.8x throughput",
+        "≥ 85% fill; ≥ 4x batch, ≥ 1.8x speed (GPU: a CPU gains nothing from fuller batches)",
+    ),
+    Row(
+        "`make demo` training: tiny-flash ({convergence.json:runs.tiny-flash.summary.params|M1}) on 2 CPU "
+        "cores, 42 min budget",
+        "dev **WER {convergence.json:rows[step=3377].a_wer|pct1} / CER "
+        "{convergence.json:rows[step=3377].a_cer|pct1}** at step 3,377, the end of the demo run that the "
+        "long run below continued",
+        "pilots quoted by the training issue (vanilla AED, 30 min): WER 113% / CER 71%",
+        "well below the pilots",
+    ),
+    Row(
+        "long run (`make convergence`): tiny-flash vs tiny-balanced, same batches",
+        "step {convergence.json:held_out.step|int} of {convergence.json:runs.tiny-flash.summary.steps|int} "
+        "({convergence.json:runs.tiny-flash.summary.wall_time_s|h1}): in-domain test **WER "
+        "{convergence.json:held_out.rows[model=tiny-flash,set=in-domain].wer|pct1}** / unseen voice "
+        "{convergence.json:held_out.rows[model=tiny-flash,set=unseen-voice].wer|pct1}",
+        "tiny-balanced, step {convergence.json:held_out.step|int} of "
+        "{convergence.json:runs.tiny-balanced.summary.steps|int}: "
+        "{convergence.json:held_out.rows[model=tiny-balanced,set=in-domain].wer|pct1} / "
+        "{convergence.json:held_out.rows[model=tiny-balanced,set=unseen-voice].wer|pct1}",
+        "flash within 10% of balanced (**{convergence.json:held_out.rows[model=tiny-flash,set=in-domain].wer"
+        " / convergence.json:held_out.rows[model=tiny-balanced,set=in-domain].wer|rel}**); ≤ 15% in-domain",
+    ),
+    Row(
+        "RTFx, tiny-flash vs tiny-balanced (equal params, random weights), CPU batch 1 / 16",
+        "**{rtfx.json,all/rtfx.json:flash_vs_balanced.batch_1|x1} / "
+        "{rtfx.json,all/rtfx.json:flash_vs_balanced.batch_16|x1}** (two runs)",
+        "paper (GPU, 32+4 vs 24+24, quoted): ~3x",
+        "≥ 3x (not met on CPU: see BENCHMARKS.md)",
+    ),
+    Row(
+        "decoder tokens/s, our K/V cache vs a NeMo-style hidden-state cache (same block, NeMo's caching), "
+        "batch 1 / 64",
+        "**{rtfx.json,all/rtfx.json:kv_cache_vs_nemo_style.batch_1|x1} / "
+        "{rtfx.json,all/rtfx.json:kv_cache_vs_nemo_style.batch_64|x1}** (two runs)",
+        "",
+        "≥ 2x",
+    ),
+    Row(
+        "Whisper tiny.en fine-tuning, {finetune.json:config.time_budget_s|int} s per recipe on 2 CPU cores "
+        "(`make finetune`): training audio s/s; measured **before** the like-for-like fix (the HF recipe had "
+        "no data-loading worker where fastaed's had the YAML's one; peak memory was the trainer process's "
+        "alone): to be re-run",
+        f"**{_ft('bucketed', 'audio_s_per_s', 'f1')} = {{finetune.json:comparisons.padded.audio_s_per_s|x1}}"
+        " / {finetune.json:comparisons.hf.audio_s_per_s|x1}"
+        f"** the 30 s padded recipe's ({_ft('padded', 'audio_s_per_s', 'f2')}) / HF `Seq2SeqTrainer`'s "
+        f"({_ft('hf', 'audio_s_per_s', 'f2')}); "
+        f"{_ft('bucketed', 'steps', 'int')} / {_ft('padded', 'steps', 'int')} / {_ft('hf', 'steps', 'int')} "
+        f"steps; dev WER {_ft('bucketed', 'dev_wer', 'pct1')} vs {_ft('padded', 'dev_wer', 'pct1')} / "
+        f"{_ft('hf', 'dev_wer', 'pct1')}",
+        "(a) fastaed padded, fixed batch {finetune.json:config.padded_batch_size|int}; (b) transformers "
+        "{finetune.json:runs[recipe=hf].versions.transformers}",
+        "≥ 4x / ≥ 5x at equal or better dev WER",
+    ),
+    Row(
+        "… real-speech WER of the fine-tuned model fed unpadded input (pocketsphinx / Asterisk sets, never "
+        "trained on)",
+        f"{_ft_real('fine-tuned (bucketed)', 'unpadded', 'real_check', 'pct1')} / "
+        f"{_ft_real('fine-tuned (bucketed)', 'unpadded', 'asterisk', 'pct1')} (original unpadded: "
+        f"{_ft_real('original', 'unpadded', 'real_check', 'pct0')} / "
+        f"{_ft_real('original', 'unpadded', 'asterisk', 'pct0')}, loops)",
+        f"original padded: {_ft_real('original', 'padded', 'real_check', 'pct1')} / "
+        f"{_ft_real('original', 'padded', 'asterisk', 'pct1')}",
+        "within 1 point: **missed** (see BENCHMARKS.md)",
+    ),
+)
+
+
+class RecordError(ValueError):
+    """A placeholder names a file, path or format that the records do not have."""
+
+
+_PLACEHOLDER = re.compile(r"\{([^{}]+)\}")
+_SELECTOR = re.compile(r"^(?P<key>[^\[\]]*)\[(?P<sel>[^\]]+)\]$")
+
+
+def _split_path(path: str) -> list[str]:
+    """Dotted keys; a ``[...]`` selector may hold dots and spaces (``rows[manifest=data/a.jsonl]``)."""
+    parts, depth, current = [], 0, ""
+    for ch in path:
+        depth += ch == "["
+        depth -= ch == "]"
+        if ch == "." and depth == 0:
+            parts.append(current)
+            current = ""
+        else:
+            current += ch
+    return [*parts, current]
+
+
+def _step(values: list[Any], part: str, where: str) -> list[Any]:
+    out: list[Any] = []
+    m = _SELECTOR.match(part)
+    key, selector = (m["key"], m["sel"]) if m else (part, None)
+    for value in values:
+        if key == "*":
+            out += list(value.values()) if isinstance(value, dict) else list(value)
+        elif key:
+            if isinstance(value, list) and key.isdigit() and int(key) < len(value):
+                out.append(value[int(key)])
+            elif isinstance(value, dict) and key in value:
+                out.append(value[key])
+            else:
+                raise RecordError(f"{where}: no key {key!r}")
+        else:
+            out.append(value)
+    if selector is None:
+        return out
+    wanted = dict(pair.split("=", 1) for pair in selector.split(","))
+    chosen = [
+        item
+        for items in out
+        for item in (items if isinstance(items, list) else [items])
+        if isinstance(item, dict) and all(str(item.get(k)) == v for k, v in wanted.items())
+    ]
+    if not chosen:
+        raise RecordError(f"{where}: no item matches [{selector}]")
+    return chosen
+
+
+class Records:
+    """The JSON files of a results folder, read once each; remembers which were used."""
+
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+        self.cache: dict[str, Any] = {}
+
+    def exists(self, name: str) -> bool:
+        return (self.folder / name).is_file()
+
+    def load(self, name: str) -> Any:
+        if name not in self.cache:
+            path = self.folder / name
+            try:
+                self.cache[name] = json.loads(path.read_text())
+            except FileNotFoundError:
+                raise RecordError(f"{path}: no such record") from None
+            except json.JSONDecodeError as e:
+                raise RecordError(f"{path}: not JSON ({e})") from None
+        return self.cache[name]
+
+    def values(self, ref: str) -> list[Any]:
+        """Every value ``FILE[,FILE...]:PATH`` names (one per file, unless the path has ``*`` or ``[..]``)."""
+        files, sep, path = ref.strip().partition(":")
+        if not sep or not path:
+            raise RecordError(f"{ref!r}: want FILE:PATH")
+        found = []
+        for name in files.split(","):
+            values = [self.load(name)]
+            for part in _split_path(path):
+                values = _step(values, part, f"{self.folder / name}: {path}")
+            found += values
+        return found
+
+
+def _format(values: list[Any], fmt: str | None, where: str) -> str:
+    if fmt is None:
+        if len(values) != 1:
+            raise RecordError(f"{where}: {len(values)} values need a FORMAT")
+        return str(values[0])
+    if fmt not in FORMATS:
+        raise RecordError(f"{where}: unknown format {fmt!r} (one of {', '.join(FORMATS)})")
+    number, unit = FORMATS[fmt]
+    if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
+        raise RecordError(f"{where}: not a number: {values!r}")
+    lo, hi = number(min(values)), number(max(values))
+    return f"{lo}{unit}" if lo == hi else f"{lo}–{hi}{unit}"
+
+
+def fill(template: str, records: Records) -> str:
+    """The template with every ``{...}`` placeholder replaced by the recorded value(s)."""
+
+    def one(m: re.Match) -> str:
+        body, _, fmt = m[1].rpartition("|") if "|" in m[1] else (m[1], "", None)
+        if " / " in body:  # a ratio of two single values
+            a, b = (records.values(side) for side in body.split(" / "))
+            if len(a) != 1 or len(b) != 1 or not b[0]:
+                raise RecordError(f"{body}: a ratio needs one value on each side, not zero below")
+            return _format([a[0] / b[0]], fmt, body)
+        return _format(records.values(body), fmt, body)
+
+    return _PLACEHOLDER.sub(one, template)
+
+
+def _cell(cell: Cell, records: Records) -> str:
+    if isinstance(cell, Pending):
+        return fill(cell.template, records) if records.exists(cell.needs) else cell.text
+    return fill(cell, records)
+
+
+def render(records: Records, rows: tuple[Row, ...] = ROWS) -> str:
+    """The table, with the marker lines and a line naming the records it was read from."""
+    lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
+    for row in rows:
+        cells = [_cell(c, records) for c in (row.what, row.fastaed, row.reference, row.target)]
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    used = ", ".join(f"`{name}`" for name in sorted(records.cache))
+    note = (
+        f"Every number in this table is read from a record in `bench_results/` ({used}) by "
+        "`fastaed bench readme` (the row templates and JSON paths: `fastaed/bench/results_table.py`); "
+        "`fastaed bench readme --check` fails when the table and the records disagree. Numbers marked paper "
+        "or quoted are not ours."
+    )
+    return "\n".join([BEGIN, *lines, "", note, END])
+
+
+def current(text: str, source: str = "README.md") -> tuple[int, int]:
+    """Start and end offsets of the marked block (markers included) in ``text``."""
+    start, end = text.find(BEGIN), text.find(END)
+    if start < 0 or end < start:
+        raise RecordError(f"{source}: no results block ({BEGIN!r} ... {END!r})")
+    return start, end + len(END)
+
+
+@dataclass(frozen=True)
+class ReadmeTableConfig:
+    """Options of ``fastaed bench readme``."""
+
+    readme: Path = field(default=Path("README.md"), metadata={"help": "document holding the marked table"})
+    results: Path = field(default=Path("bench_results"), metadata={"help": "folder of the JSON records"})
+    check: bool = field(
+        default=False, metadata={"help": "write nothing; exit 1 if the table differs from the records"}
+    )
+
+
+def run(config: ReadmeTableConfig) -> dict[str, Any]:
+    """Render the table; write it into the README unless ``check``. Returns whether it had drifted, the diff
+    and the records used."""
+    text = Path(config.readme).read_text()
+    start, end = current(text, str(config.readme))
+    records = Records(config.results)
+    table = render(records)
+    old = text[start:end]
+    diff = "\n".join(
+        difflib.unified_diff(old.splitlines(), table.splitlines(), "README (now)", "records", lineterm="")
+    )
+    if old != table and not config.check:
+        Path(config.readme).write_text(text[:start] + table + text[end:])
+    return {"drift": old != table, "diff": diff, "records": sorted(records.cache), "check": config.check}
+
+
+def print_report(result: dict[str, Any]) -> None:
+    if not result["drift"]:
+        print(f"results table matches the records ({len(result['records'])} files)")
+    elif result["check"]:
+        print("results table differs from the records (re-render: fastaed bench readme):")
+        print(result["diff"])
+    else:
+        print("results table re-rendered from the records:")
+        print(result["diff"])
+
+
+def exit_status(result: dict[str, Any], config: ReadmeTableConfig) -> int:
+    return 1 if result["drift"] and config.check else 0
