@@ -90,6 +90,7 @@ def train(cfg: TrainConfig, resume: str | Path | None = None) -> dict[str, Any]:
         cfg, info, device, precision, out_dir, data, parts, guard, FaultInjector(cfg.debug), metrics,
         pos=start.pos, totals=start.totals, resumed_from=start.checkpoint, t_start=t_start,
         frontend_entry=pretrained.frontend_entry if pretrained else None,
+        carried_extra=pretrained.extra if pretrained else None,
     )  # fmt: skip
     pos = run.pos
     n_params = sum(p.numel() for p in parts.params)

@@ -1,9 +1,12 @@
 """Fine-tuning: what a run takes from the checkpoint named by ``model.init_from``.
 
-A checkpoint written by ``fastaed import whisper`` (or by this trainer) carries its weights, model config,
-``tokenizer/`` and a ``frontend`` entry. A fine-tuning run uses all four: the tokenizer defines U and the
-prompt (Whisper's 2 or 4 tokens), the front end computes the features the weights expect, and the run's
-checkpoints carry both again so ``fastaed transcribe`` and ``eval`` take them as they are.
+A checkpoint written by ``fastaed import whisper`` / ``import nemo`` (or by this trainer) carries its weights,
+model config, ``tokenizer/`` and a ``frontend`` entry. A fine-tuning run uses all four: the tokenizer defines
+U and the prompt (Whisper's 2 or 4 tokens, Canary's), the front end computes the features the weights
+expect, and the run's checkpoints carry both again so ``fastaed transcribe`` and ``eval`` take them as they
+are. The checkpoint's other metadata (``extra``: an imported Canary's ``generation`` rule and original NeMo
+config, its ``source``) is carried into every checkpoint of the run too, so decoding stops where it did and
+``fastaed export nemo`` writes the model back with its own settings.
 
 ``model.frontend_input`` switches a Whisper front end between its 30 s padded input (the shapes Whisper was
 pre-trained on) and the real frames alone (``unpadded``, the default here: what bucketing needs).
@@ -12,7 +15,7 @@ pre-trained on) and the real frames alone (``unpadded``, the default here: what 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +30,7 @@ from fastaed.model import EncoderDecoderModel, ModelConfig
 from fastaed.train.config import ConfigError, ModelSection
 
 AnyTokenizer = Tokenizer | WhisperTokenizer | CanaryTokenizer
+TRAINER_EXTRA = ("step", "epoch", "train_config")  # what each trainer checkpoint writes anew (not carried)
 
 
 @dataclass(frozen=True)
@@ -37,6 +41,7 @@ class Pretrained:
     model_config: ModelConfig  # as saved (the run applies model.dropout on top)
     tokenizer: AnyTokenizer
     frontend: FeatureConfig | WhisperFeatureConfig  # with model.frontend_input applied
+    extra: dict[str, Any] = field(default_factory=dict)  # the checkpoint's metadata a fine-tuned one keeps
 
     def training_frontend(self, dither: float) -> FeatureConfig | WhisperFeatureConfig:
         """The front end training runs: a log-mel one with the run's dither (Whisper's has none)."""
@@ -46,9 +51,9 @@ class Pretrained:
 
     @property
     def frontend_entry(self) -> dict[str, Any]:
-        """The ``frontend`` entry the run's checkpoints store (what inference computes: no dither)."""
-        if isinstance(self.frontend, FeatureConfig):
-            return frontend_dict(dataclasses.replace(self.frontend, dither=0.0))
+        """The ``frontend`` entry the run's checkpoints store: the init_from checkpoint's, as it was. Its
+        dither acts in training mode only (inference computes the same features whatever it says), and an
+        exported ``.nemo`` writes it back as the preprocessor's setting."""
         return frontend_dict(self.frontend)
 
     def load_weights_into_(self, model: EncoderDecoderModel) -> EncoderDecoderModel:
@@ -78,4 +83,5 @@ def load_pretrained(section: ModelSection) -> Pretrained | None:
         raise ConfigError(
             f"model.init_from: {path} has {config.vocab_size} outputs, its tokenizer {tokenizer.vocab_size}"
         )
-    return Pretrained(path, config, tokenizer, frontend)
+    extra = {k: v for k, v in (meta.get("extra") or {}).items() if k not in TRAINER_EXTRA}
+    return Pretrained(path, config, tokenizer, frontend, extra)

@@ -58,6 +58,7 @@ class Session:
     resumed_from: Path | None
     t_start: float  # perf_counter() when this process started
     frontend_entry: dict[str, Any] | None = None  # the fine-tuned checkpoint's front end (None: the default)
+    carried_extra: dict[str, Any] | None = None  # the fine-tuned checkpoint's metadata (``Pretrained.extra``)
 
     def elapsed_s(self) -> float:
         """Wall time of the whole run: what the resumed-from checkpoint recorded plus this process's."""
@@ -109,7 +110,7 @@ class Session:
                 "sampler": sampler_state,
                 "rng": rng_states,
             }
-            extra = {"epoch": pos.epoch, "train_config": self.cfg.to_dict()}
+            extra = {**(self.carried_extra or {}), "epoch": pos.epoch, "train_config": self.cfg.to_dict()}
             tokenizer = self.data.tokenizer
             ckpt.save_checkpoint(
                 self.out_dir, pos.step, parts.model, state, tokenizer_identity=tokenizer.identity,
