@@ -447,7 +447,7 @@ def _plain(value: Any) -> Any:
 
 
 def print_report(result: dict[str, Any]) -> None:
-    header = ["recipe", "steps", "audio s/s", "in pad", "out pad", "batch", "peak MB", "dev WER"]
+    header = ["recipe", "steps", "audio s/s", "in pad", "out pad", "batch", "peak MB (tree)", "dev WER"]
     rows = [
         [
             RECIPE_LABELS[r["recipe"]], r["steps"], f"{r['audio_s_per_s']:.2f}", pct(r["input_padding"]),
