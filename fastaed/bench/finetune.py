@@ -113,8 +113,8 @@ class FinetuneBenchConfig:
             raise ValueError(f"recipes: choose from {', '.join(RECIPES)}, got {', '.join(self.recipes)}")
 
 
-def _descendants(root: int) -> list[int]:
-    """Every process below ``root`` (children, their children, ...), from ``/proc/PID/stat`` (Linux)."""
+def _children_by_scan() -> dict[int, list[int]]:
+    """Every process's children, from each ``/proc/PID/stat``'s parent field (any Linux kernel)."""
     children: dict[int, list[int]] = {}
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
@@ -125,9 +125,28 @@ def _descendants(root: int) -> list[int]:
             continue
         ppid = int(stat[stat.rindex(")") + 2 :].split()[1])  # after "pid (comm) state": ppid
         children.setdefault(ppid, []).append(int(entry.name))
+    return children
+
+
+def _children(pid: int) -> list[int]:
+    """The children of ``pid`` from ``/proc/PID/task/*/children`` (a few reads, not a scan of /proc)."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            found += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:  # the task ended while we looked
+            continue
+    return found
+
+
+def _descendants(root: int) -> list[int]:
+    """Every process below ``root`` (children, their children, ...), from ``/proc`` (Linux)."""
+    has_children_files = any(Path("/proc/self/task").glob("*/children"))  # CONFIG_PROC_CHILDREN
+    tree = None if has_children_files else _children_by_scan()
     found, todo = [], [root]
     while todo:
-        kids = children.get(todo.pop(), [])
+        pid = todo.pop()
+        kids = _children(pid) if tree is None else tree.get(pid, [])
         found += kids
         todo += kids
     return found

@@ -6,8 +6,10 @@ venv: tests/bench/test_hf_peer.py.)"""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -158,3 +160,19 @@ def test_peak_memory_counts_the_worker_processes_of_a_recipe():
     with TreePeak(interval_s=0.02) as idle:  # nothing started: nothing counted
         pass
     assert idle.peak_mb < 50
+
+
+def test_process_tree_is_found_with_and_without_the_kernels_children_files():
+    from fastaed.bench.finetune import _children_by_scan, _descendants
+
+    code = "import subprocess, sys; subprocess.run([sys.executable, '-c', 'import time; time.sleep(2)'])"
+    child = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        deadline = time.monotonic() + 10
+        while not (below := _descendants(child.pid)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(below) == 1 and set(below) | {child.pid} <= set(_descendants(os.getpid()))
+        scan = _children_by_scan()
+        assert child.pid in scan[os.getpid()] and scan[child.pid] == below
+    finally:
+        child.wait()
