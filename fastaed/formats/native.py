@@ -44,6 +44,7 @@ CONFIG_FILE = "config.json"
 CHECKSUMS_FILE = "checksums.json"
 TOKENIZER_DIR = "tokenizer"  # a checkpoint's own copy of its tokenizer
 FORMAT_VERSION = 1  # bump when the layout of config.json or the parameter names change
+CHECKPOINT_KIND = "checkpoint"  # output kind (fastaed.util.outputs) of the checkpoint folders commands write
 _HASH_CHUNK = 1 << 20
 
 
@@ -313,6 +314,23 @@ def read_checkpoint_meta(path_dir: str | os.PathLike[str]) -> dict[str, Any]:
             f"{config_path}: format_version {version!r}, this fastaed reads up to {FORMAT_VERSION}"
         )
     return meta
+
+
+def is_checkpoint_folder(path: Path) -> bool:
+    """Whether ``path`` holds a fastaed checkpoint and nothing else: a ``config.json`` with fastaed's format
+    version and model config, and a ``checksums.json`` listing every other entry (an import written before
+    output folders carried a marker; see ``fastaed.util.outputs``). Reads, never raises."""
+    try:
+        meta = json.loads((path / CONFIG_FILE).read_text())
+        files = _read_checksums(path)
+    except (OSError, ValueError, CheckpointError):
+        return False
+    if not isinstance(meta, dict) or not isinstance(meta.get("format_version"), int) or files is None:
+        return False
+    if "model_config" not in meta:
+        return False
+    listed = {name.split("/", 1)[0] for name in files} | {CHECKSUMS_FILE}
+    return all(p.name in listed for p in path.iterdir())
 
 
 def load_model(

@@ -41,8 +41,10 @@ from fastaed.data.canary_tokenizer import SPECIAL_PART, CanaryTokenizer
 from fastaed.data.features import FeatureConfig, mel_filterbank
 from fastaed.data.frontend import frontend_config, frontend_dict
 from fastaed.formats.native import (
+    CHECKPOINT_KIND,
     TOKENIZER_DIR,
     CheckpointError,
+    is_checkpoint_folder,
     load_model,
     read_checkpoint_meta,
     save_model,
@@ -52,6 +54,10 @@ from fastaed.formats.nemo_state import from_nemo, to_nemo
 from fastaed.model import EncoderDecoderModel
 from fastaed.model.config import DecoderConfig, EncoderConfig, ModelConfig
 from fastaed.util.files import one_line
+from fastaed.util.outputs import FileKind, building_dir, check_output_dir, check_output_file, replacing_file
+
+NEMO_TAG = "fastaed.export"  # a pax header naming fastaed's own .nemo files (so a re-export may replace one)
+NEMO_KIND = FileKind(".nemo exported by fastaed", lambda p: _exported_by_fastaed(p))
 
 CONFIG_NAME = "model_config.yaml"
 WEIGHTS_NAME = "model_weights.ckpt"
@@ -316,7 +322,9 @@ def generation_rule(cfg: dict[str, Any]) -> dict[str, Any]:
 def import_nemo(
     source: str | os.PathLike[str], out_dir: str | os.PathLike[str], name: str | None = None
 ) -> Path:
-    """Convert a Canary ``.nemo`` into a fastaed checkpoint folder (with ``tokenizer/``); returns it."""
+    """Convert a Canary ``.nemo`` into a fastaed checkpoint folder (with ``tokenizer/``), built beside
+    ``out_dir`` and renamed in (a folder fastaed did not write is refused); returns it."""
+    check_output_dir(out_dir, CHECKPOINT_KIND, legacy=is_checkpoint_folder)  # before any reading
     archive = read_nemo(source)
     try:
         model, tok, features, extra = _convert(archive, name or Path(source).stem)
@@ -327,7 +335,9 @@ def import_nemo(
         raise NemoFormatError(
             f"{archive.path}: not a Canary checkpoint fastaed can read ({one_line(e)})"
         ) from None
-    return save_model(model, out_dir, tokenizer=tok, extra=extra, frontend=frontend_dict(features))
+    with building_dir(out_dir, CHECKPOINT_KIND, "import nemo", legacy=is_checkpoint_folder) as tmp:
+        save_model(model, tmp, tokenizer=tok, extra=extra, frontend=frontend_dict(features))
+    return Path(out_dir)
 
 
 def _convert(
@@ -364,8 +374,11 @@ def _convert(
 
 
 def export_nemo(checkpoint: str | os.PathLike[str], out_path: str | os.PathLike[str]) -> Path:
-    """Write a fastaed checkpoint with a Canary tokenizer as a ``.nemo`` that NeMo restores."""
+    """Write a fastaed checkpoint with a Canary tokenizer as a ``.nemo`` that NeMo restores (written beside
+    ``out_path`` and moved in; an existing file is replaced only when fastaed exported it)."""
     ckpt = Path(checkpoint)
+    out = Path(out_path)
+    check_output_file(out, NEMO_KIND)
     meta = read_checkpoint_meta(ckpt)
     tok_dir = ckpt / TOKENIZER_DIR
     if not (tok_dir / "tokenizer.json").is_file():
@@ -405,16 +418,24 @@ def export_nemo(checkpoint: str | os.PathLike[str], out_path: str | os.PathLike[
     torch.save(state, weights)
     files[WEIGHTS_NAME] = weights.getvalue()
     files[CONFIG_NAME] = yaml.safe_dump(cfg, sort_keys=False).encode()
-    out = Path(out_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    with tarfile.open(tmp, "w") as tar:
+    with (
+        replacing_file(out, NEMO_KIND) as tmp,
+        tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT, pax_headers={NEMO_TAG: "nemo"}) as tar,
+    ):
         for name, data in files.items():
             info = tarfile.TarInfo(f"./{name}")
             info.size, info.mtime = len(data), int(time.time())
             tar.addfile(info, io.BytesIO(data))
-    os.replace(tmp, out)
     return out
+
+
+def _exported_by_fastaed(path: Path) -> bool:
+    """Whether ``path`` is a ``.nemo`` :func:`export_nemo` wrote (its global pax header says so)."""
+    try:
+        with tarfile.open(path, "r:*") as tar:
+            return tar.pax_headers.get(NEMO_TAG) == "nemo"
+    except (OSError, tarfile.TarError):
+        return False
 
 
 def _check_exportable(config: ModelConfig) -> None:

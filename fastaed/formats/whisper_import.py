@@ -3,7 +3,6 @@ the canonical form (``whisper.py``), and write a fastaed checkpoint with its tok
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
@@ -15,7 +14,15 @@ from fastaed.data.whisper_features import WhisperFeatureConfig
 from fastaed.data.whisper_tokenizer import WhisperTokenizer
 from fastaed.formats import hf_whisper
 from fastaed.formats.ctranslate2 import CTranslate2FormatError
-from fastaed.formats.native import TOKENIZER_DIR, CheckpointError, load_model, save_model, verify_tokenizer
+from fastaed.formats.native import (
+    CHECKPOINT_KIND,
+    TOKENIZER_DIR,
+    CheckpointError,
+    is_checkpoint_folder,
+    load_model,
+    save_model,
+    verify_tokenizer,
+)
 from fastaed.formats.whisper import (
     Canonical,
     WhisperDims,
@@ -27,6 +34,9 @@ from fastaed.formats.whisper import (
     read_openai,
 )
 from fastaed.util.files import one_line
+from fastaed.util.outputs import building_dir, check_output_dir
+
+HF_KIND = "Hugging Face Whisper folder"
 
 # ---- import --------------------------------------------------------------------------------------------
 
@@ -83,6 +93,7 @@ def import_whisper(
     (default: 30 s padded input, OpenAI's convention, the model's mel bins).
     """
     src, out = Path(src), Path(out_dir)
+    check_output_dir(out, CHECKPOINT_KIND, legacy=is_checkpoint_folder)  # before any reading
     fmt = detect_format(src)
     if fmt == "openai" and tokenizer_json is None:
         raise WhisperImportError(f"{src}: an OpenAI checkpoint carries no tokenizer; pass --tokenizer FILE")
@@ -99,25 +110,19 @@ def import_whisper(
     frontend = WhisperFeatureConfig(**{"n_mels": dims.n_mels, **(frontend_override or {})})
     if frontend.n_mels != dims.n_mels:
         raise WhisperImportError(f"front end has {frontend.n_mels} mel bins, the model takes {dims.n_mels}")
-    tmp = out.with_name(f".{out.name}.importing")
-    shutil.rmtree(tmp, ignore_errors=True)
     extra = {"source": {"format": fmt, "path": str(src.resolve()), "dims": asdict(dims)}}
-    save_model(
-        model,
-        tmp,
-        tokenizer=tokenizer,
-        extra=extra,
-        frontend={"kind": "whisper", **asdict(frontend)},
-    )
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
+    frontend_dict = {"kind": "whisper", **asdict(frontend)}
+    # Built beside ``out`` and renamed in: a folder of the user's is refused, never deleted.
+    with building_dir(out, CHECKPOINT_KIND, "import whisper", legacy=is_checkpoint_folder) as tmp:
+        save_model(model, tmp, tokenizer=tokenizer, extra=extra, frontend=frontend_dict)
     return out
 
 
 def export_hf(checkpoint: str | Path, out_dir: str | Path) -> Path:
-    """Write a fastaed Whisper checkpoint as a Hugging Face folder (``hf_whisper.write_hf``)."""
+    """Write a fastaed Whisper checkpoint as a Hugging Face folder (``hf_whisper.write_hf``), built beside
+    ``out_dir`` and renamed in (a folder fastaed did not write is refused)."""
     checkpoint = Path(checkpoint)
+    check_output_dir(out_dir, HF_KIND)
     model = load_model(checkpoint)
     verify_tokenizer(checkpoint)
     tokenizer = load_tokenizer(checkpoint / TOKENIZER_DIR)
@@ -129,4 +134,6 @@ def export_hf(checkpoint: str | Path, out_dir: str | Path) -> Path:
         dims, canonical = fastaed_to_canonical(model)
     except ValueError as e:
         raise CheckpointError(f"{checkpoint}: {e}") from None
-    return hf_whisper.write_hf(dims, canonical, out_dir, tokenizer)
+    with building_dir(out_dir, HF_KIND, "export hf") as tmp:
+        hf_whisper.write_hf(dims, canonical, tmp, tokenizer)
+    return Path(out_dir)
