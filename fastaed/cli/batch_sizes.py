@@ -22,6 +22,13 @@ import json
 import sys
 from pathlib import Path
 
+from fastaed.util.outputs import check_output_file, json_kind, plot_kind, replacing_file
+
+# What each output file is (fastaed.util.outputs): an existing file is replaced only when it is the same kind.
+PROFILE_JSON = json_kind("batch-size profile", format="fastaed.batch_size_profile")  # profile.PROFILE_FORMAT
+PROFILE_PLOT = plot_kind("batch-size profile plot")
+SUMMARY_JSON = json_kind("batch-sizes summary", "model", "buckets", "budget_gib", "ratio_per_bucket_mean")
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     from fastaed.train.profile.run import DDP_OVERHEAD_BYTES, SAFETY_MARGIN
@@ -47,7 +54,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="with --config: config overrides")
     p.add_argument("--bins", type=Path, default=None, help="bins JSON (default: the SPEC's 30x4 bins)")
     p.add_argument(
-        "--out", type=Path, required=True, help="profile JSON to write (a PNG is written beside it)"
+        "--out",
+        type=Path,
+        required=True,
+        help="profile JSON to write, a PNG beside it (each replaces only a file of its kind fastaed wrote)",
     )
     p.add_argument("--png", type=Path, default=None, help="batch size and memory fill per bucket")
     p.add_argument("--memory-budget", default="auto", help="GiB the run may use; auto: the GPU's memory")
@@ -86,6 +96,11 @@ def batch_sizes_cmd(args: argparse.Namespace) -> int:
     from fastaed.train.profile import NoBatchFitsError, plot_profile
     from fastaed.train.profile.run import ProfileSettings, default_bins, open_profiler, resolve_run
 
+    png_path = args.png or args.out.with_suffix(".png")
+    for path, kind, flag in ((args.out, PROFILE_JSON, "--out"), (png_path, PROFILE_PLOT, "--png"),
+                             (args.json, SUMMARY_JSON, "--json")):  # fmt: skip
+        if path is not None:  # refused before any profiling
+            check_output_file(path, kind, flag=flag)
     loss_cfg, specaugment, bins_path = LossConfig(), True, args.bins
     device, dtype = args.device, args.dtype
     try:
@@ -132,9 +147,12 @@ def batch_sizes_cmd(args: argparse.Namespace) -> int:
         print(f"fastaed batch-sizes: error: {err} within {budget / 2**30:.2f} GiB", file=sys.stderr)
         return 2
     profile.meta["command"] = " ".join(["fastaed", *sys.argv[1:]]) if sys.argv else None
-    profile.save(args.out)
+    with replacing_file(args.out, PROFILE_JSON) as tmp:
+        profile.save(tmp)
     try:
-        png = plot_profile(profile, args.png or args.out.with_suffix(".png"))
+        with replacing_file(png_path, PROFILE_PLOT, flag="--png") as tmp:
+            plot_profile(profile, tmp)
+        png = str(png_path)
     except ImportError:  # matplotlib is optional on a bare GPU box
         png = "none (matplotlib is not installed)"
     summary = summarize(profile)
@@ -146,8 +164,8 @@ def batch_sizes_cmd(args: argparse.Namespace) -> int:
         )
     print(f"profile: {args.out}  plot: {png}")
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(summary, indent=2) + "\n")
+        with replacing_file(args.json, SUMMARY_JSON, flag="--json") as tmp:
+            tmp.write_text(json.dumps(summary, indent=2) + "\n")
     print(json.dumps(summary))
     return 0
 

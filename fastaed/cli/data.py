@@ -22,7 +22,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         "decode the Debian Asterisk English prompts (G.722, ffmpeg) to 16 kHz wavs and write "
         "OUT/asterisk.jsonl; silence, non-speech and untranscribed entries are counted in the report.",
     )
-    rc.add_argument("--out", type=Path, required=True, help="output folder")
+    rc.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="output folder: new or empty, or an earlier real-check folder (added to; anything else is "
+        "refused)",
+    )
     rc.add_argument("--archive", type=Path, default=None, help="use this pocketsphinx-5.1.1.tar.gz")
     rc.add_argument("--index-url", default=None, help="simple index URL (default: $PIP_INDEX_URL or PyPI)")
     rc.add_argument("--timeout", type=float, default=60.0, help="network timeout in seconds")
@@ -45,7 +51,13 @@ def add_shard_command(dsub: argparse._SubParsersAction) -> None:
         "bytes. Train on the result with data.train_shards=[OUT].",
     )
     p.add_argument("manifests", nargs="+", help="NeMo JSONL manifests")
-    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="output folder: new or empty, or earlier shards (replaced once the new ones are written; "
+        "anything else is refused)",
+    )
     size = p.add_mutually_exclusive_group(required=True)
     size.add_argument("--items-per-shard", type=int, default=None, help="utterances per shard")
     size.add_argument(
@@ -80,11 +92,26 @@ def real_check_cmd(args: argparse.Namespace) -> int:
     unknown = sorted(set(sets) - {"pocketsphinx", "asterisk"})
     if unknown or not sets:
         raise UsageError(f"--sets: unknown {unknown or 'empty'}; expected pocketsphinx and/or asterisk")
+    adopt_real_check_dir(args.out)
     if "pocketsphinx" in sets:
         _pocketsphinx_set(args)
     if "asterisk" in sets:
         _asterisk_set(args, required=sets == ["asterisk"])
     return 0
+
+
+REAL_CHECK_KIND = "real-check folder"  # its output kind (fastaed.util.outputs)
+
+
+def adopt_real_check_dir(out: Path) -> None:
+    """Take ``out`` for the sets, which are added to it in place (each set's manifest is written last): it
+    must be new, empty or a real-check folder (marked, or from before markers: only the names below)."""
+    from fastaed.data import asterisk, realcheck
+    from fastaed.util.outputs import adopt_dir
+
+    names = {"cache", "audio", realcheck.MANIFEST_NAME, asterisk.AUDIO_DIR, asterisk.MANIFEST_NAME}
+    names.add(Path(asterisk.MANIFEST_NAME).with_suffix(".tmp").name)  # its manifest while being written
+    adopt_dir(out, REAL_CHECK_KIND, "data real-check", allowed=names.__contains__)
 
 
 def _asterisk_set(args: argparse.Namespace, required: bool) -> None:

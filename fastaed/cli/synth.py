@@ -18,7 +18,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--preset", choices=sorted(PRESETS), default="default", help="corpus size and recipe")
     p.add_argument(
-        "--out", type=Path, required=True, help="output folder (a previous corpus in it is replaced)"
+        "--out", type=Path, required=True, help="output folder: new or empty, or an earlier corpus (replaced)"
     )
     p.add_argument("--workers", type=int, default=None, help="synthesis processes (default: all CPU cores)")
     p.add_argument("--seed", type=int, default=0, help="seed of sentence splits and per-utterance choices")

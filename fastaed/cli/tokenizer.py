@@ -9,6 +9,10 @@ from pathlib import Path
 from fastaed.data.errors import ON_BAD_INPUT_CHOICES, BadInputReport
 from fastaed.data.manifest import ManifestSpec, Utterance, read_manifest
 from fastaed.data.tokenizer import DEFAULT_LANGUAGES, Tokenizer, TokenizerConfig, train_tokenizer
+from fastaed.util.outputs import building_dir, check_output_dir
+
+TOKENIZER_KIND = "tokenizer folder"  # its output kind (fastaed.util.outputs)
+TOKENIZER_FILES = {"tokenizer.model", "tokenizer.json"}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -18,7 +22,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     t = tsub.add_parser("train", help="train a tokenizer on manifest transcripts")
     t.add_argument("manifests", nargs="+", help="NeMo JSONL manifests (PATH or PATH:WEIGHT)")
-    t.add_argument("--out", type=Path, required=True, help="tokenizer directory to write")
+    t.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="tokenizer folder to write (new or empty, or an earlier tokenizer, which is replaced; anything "
+        "else is refused)",
+    )
     t.add_argument("--vocab-size", type=int, default=TokenizerConfig.vocab_size, help="SentencePiece pieces")
     t.add_argument("--model-type", choices=("bpe", "unigram"), default="bpe")
     t.add_argument(
@@ -37,7 +47,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.set_defaults(func=encode_cmd)
 
 
+def is_tokenizer_folder(path: Path) -> bool:
+    """A tokenizer ``tokenizer train`` wrote before output folders carried a marker, and nothing else."""
+    try:
+        info = json.loads((path / "tokenizer.json").read_text())
+    except (OSError, ValueError):
+        return False
+    names = {p.name for p in path.iterdir()}
+    return isinstance(info, dict) and "identity" in info and "specials" in info and names <= TOKENIZER_FILES
+
+
 def train_cmd(args: argparse.Namespace) -> int:
+    check_output_dir(args.out, TOKENIZER_KIND, legacy=is_tokenizer_folder)  # before reading the manifests
     report = BadInputReport()
     utts: list[Utterance] = []
     for arg in args.manifests:
@@ -52,7 +73,9 @@ def train_cmd(args: argparse.Namespace) -> int:
     config = TokenizerConfig(
         vocab_size=args.vocab_size, model_type=args.model_type, languages=tuple(languages)
     )
-    tok = train_tokenizer((u.target_text for u in utts), args.out, config)
+    # Built beside --out and renamed in: a folder of the user's is refused, never overwritten.
+    with building_dir(args.out, TOKENIZER_KIND, "tokenizer train", legacy=is_tokenizer_folder) as tmp:
+        tok = train_tokenizer((u.target_text for u in utts), tmp, config)
     print(
         f"trained on {len(utts):,} transcripts: {tok.sp.get_piece_size()} pieces + {tok.num_specials} "
         f"specials = {tok.vocab_size} ids; languages {list(tok.languages)}; identity {tok.identity}"

@@ -48,12 +48,17 @@ from fastaed.data.dataset import AEDDataset, Example, Skipped
 from fastaed.data.errors import BadInputError, BadInputReport, OnBadInput
 from fastaed.data.manifest import ManifestSpec, Utterance, iter_lines, parse_line, read_manifest
 from fastaed.data.tokenizer import Tokenizer
+from fastaed.util.outputs import building_dir, check_output_dir
 
 SHARD_INDEX_FILE = "shard_index.json"
 SHARD_LENGTHS_FILE = "shard_lengths.npz"
 SHARD_INDEX_FORMAT = "fastaed.shard_index"
 SHARD_INDEX_VERSION = 1
 MANIFEST_NAME, TAR_NAME = "manifest_{}.json", "audio_{}.tar"
+SHARDS_KIND = "shard folder"  # its output kind (fastaed.util.outputs)
+_SHARD_FILE = re.compile(
+    rf"^(?:{re.escape(SHARD_INDEX_FILE)}|{re.escape(SHARD_LENGTHS_FILE)}|manifest_\d+\.json|audio_\d+\.tar)$"
+)
 _RANGE = re.compile(r"(?:_OP_|\{)(\d+)\.\.(\d+)(?:_CL_|\})")
 _TAR_CACHE_SHARDS = 64  # tars whose member table a worker keeps (a table is ~100 bytes per member)
 
@@ -424,7 +429,11 @@ def write_shards(
 
     Each audio file is checked (exists, header parses) and copied into the tar once per shard, however many
     segments of it the manifests use. Lines keep their fields; ``audio_filepath`` becomes the member name and
-    ``shard_id``, ``tar_offset`` and ``tar_size`` are added."""
+    ``shard_id``, ``tar_offset`` and ``tar_size`` are added.
+
+    The folder is built beside ``out_dir`` and renamed in: ``out_dir`` must be new, empty or earlier shards
+    (``fastaed.util.outputs``), checked before any manifest is read."""
+    check_output_dir(out_dir, SHARDS_KIND, legacy=is_shard_folder)
     if (items_per_shard is None) == (seconds_per_shard is None):
         raise ValueError("give exactly one of items_per_shard and seconds_per_shard")
     if (items_per_shard is not None and items_per_shard < 1) or (seconds_per_shard or 1) <= 0:
@@ -444,8 +453,19 @@ def write_shards(
     if shuffle:
         order = np.random.default_rng(seed).permutation(len(utts)).tolist()
         utts = [utts[i] for i in order]
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    with building_dir(out_dir, SHARDS_KIND, "data shard", legacy=is_shard_folder) as tmp:
+        num_shards, seconds = _write_all(tmp, utts, items_per_shard, seconds_per_shard, report)
+    return ShardWriteResult(Path(out_dir), num_shards, len(utts), seconds, report)
+
+
+def _write_all(
+    out: Path,
+    utts: list[Utterance],
+    items_per_shard: int | None,
+    seconds_per_shard: float | None,
+    report: BadInputReport,
+) -> tuple[int, float]:
+    """Write the shards, index and lengths of ``utts`` into the folder ``out``; (shards, seconds)."""
     groups = _split([u.duration for u in utts], items_per_shard, seconds_per_shard)
     entries, lengths, starts = [], [], [0]
     for shard_id, group in enumerate(groups):
@@ -464,7 +484,19 @@ def write_shards(
     (out / SHARD_INDEX_FILE).write_text(json.dumps(index, indent=1) + "\n")
     with open(out / SHARD_LENGTHS_FILE, "wb") as f:
         np.savez(f, durations=np.asarray(lengths, np.float32), shard_starts=np.asarray(starts, np.int64))
-    return ShardWriteResult(out, len(groups), len(utts), seconds, report)
+    return len(groups), seconds
+
+
+def is_shard_folder(path: Path) -> bool:
+    """Whether ``path`` holds shards :func:`write_shards` wrote before output folders carried a marker, and
+    nothing else: a fastaed shard index, the lengths file, ``manifest_N.json`` and ``audio_N.tar``."""
+    try:
+        index = json.loads((path / SHARD_INDEX_FILE).read_text())
+    except (OSError, ValueError):
+        return False
+    if not isinstance(index, dict) or index.get("format") != SHARD_INDEX_FORMAT:
+        return False
+    return all(_SHARD_FILE.match(p.name) for p in path.iterdir())
 
 
 def _write_one(out: Path, shard_id: int, utts: list[Utterance]) -> dict:

@@ -9,6 +9,10 @@ Layout written under the output folder::
     test_multilingual.jsonl             ... on sentences not in train_multilingual
     card.json card.md duration_hist.png
 
+The corpus is built in a hidden folder beside the output folder and renamed into place when complete
+(``fastaed.util.outputs``): the output folder must be new, empty or an earlier corpus (which is then
+replaced); a folder holding anything else is refused before any work.
+
 Multilingual utterances live in their own manifests so that ``train.jsonl`` stays the English, CPU-budget
 training set; a multilingual run concatenates ``train.jsonl`` and ``train_multilingual.jsonl``.
 
@@ -23,7 +27,6 @@ import json
 import multiprocessing
 import os
 import random
-import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -34,6 +37,7 @@ from tqdm import tqdm
 from fastaed.constants import SAMPLE_RATE
 from fastaed.data import errors
 from fastaed.synth import engines, text
+from fastaed.util.outputs import building_dir, check_output_dir
 
 ENGLISH_MANIFESTS = ("train", "dev", "test", "test_unseen_voice")
 MULTILINGUAL_MANIFESTS = ("train_multilingual", "test_multilingual")
@@ -297,20 +301,18 @@ CORPUS_FILES = frozenset(
 )
 
 
-def prepare_out_dir(out_dir: Path) -> None:
-    """Create the folder, clearing a previous (possibly interrupted) corpus in it, but never a folder that
-    holds anything this command does not write."""
-    if out_dir.exists():
-        foreign = sorted(p.name for p in out_dir.iterdir() if p.name not in CORPUS_FILES)
-        if foreign:
-            raise FileExistsError(
-                f"{out_dir} holds files that are not part of a synth corpus ({', '.join(foreign[:5])}): "
-                "choose another --out"
-            )
-        shutil.rmtree(out_dir / "audio", ignore_errors=True)
-        for name in CORPUS_FILES - {"audio"}:
-            (out_dir / name).unlink(missing_ok=True)  # card.json last written = corpus complete
-    (out_dir / "audio").mkdir(parents=True, exist_ok=True)
+CORPUS_KIND = "synth corpus"  # its output kind (fastaed.util.outputs)
+
+
+def is_corpus_folder(out_dir: Path) -> bool:
+    """A corpus written before output folders carried a marker (possibly interrupted): only corpus names."""
+    return all(p.name in CORPUS_FILES for p in out_dir.iterdir())
+
+
+def check_out_dir(out_dir: Path) -> None:
+    """Refuse (:class:`~fastaed.util.outputs.OutputExistsError`, a FileExistsError) an output folder that
+    holds anything but an earlier corpus."""
+    check_output_dir(out_dir, CORPUS_KIND, legacy=is_corpus_folder)
 
 
 def write_manifest(path: Path, entries: Sequence[dict]) -> None:
@@ -332,14 +334,31 @@ def generate_corpus(
     ``only`` restricts synthesis to these utterance ids (the plan, hence every id's audio, is unchanged):
     handy to regenerate or test single utterances.
     """
-    from fastaed.synth import card as card_mod  # plotting imports matplotlib: keep it off the hot path
-
     t_start = time.perf_counter()
     preset = PRESETS[preset] if isinstance(preset, str) else preset
     workers = max(1, workers or os.cpu_count() or 1)
     out_dir = Path(out_dir)
-    prepare_out_dir(out_dir)
-    plan = plan_corpus(preset, seed, out_dir)
+    check_out_dir(out_dir)
+    with building_dir(out_dir, CORPUS_KIND, "synth", legacy=is_corpus_folder) as tmp:
+        (tmp / "audio").mkdir()
+        card, report, manifests = _generate(tmp, out_dir, preset, workers, seed, progress, only, t_start)
+    return CorpusResult(out_dir, card, report, manifests)
+
+
+def _generate(
+    tmp: Path,
+    out_dir: Path,
+    preset: SynthPreset,
+    workers: int,
+    seed: int,
+    progress: bool,
+    only: Sequence[str] | None,
+    t_start: float,
+) -> tuple[dict, errors.BadInputReport, dict[str, list[dict]]]:
+    """Synthesize into ``tmp`` (renamed to ``out_dir`` when done); the card, skip report and manifests."""
+    from fastaed.synth import card as card_mod  # plotting imports matplotlib: keep it off the hot path
+
+    plan = plan_corpus(preset, seed, tmp)
     wanted = None if only is None else set(only)
     planned = [u for u in plan.utterances if wanted is None or u.job.utt_id in wanted]
     engines.require_engines({u.job.voice for u in planned})
@@ -356,16 +375,17 @@ def generate_corpus(
         if o.ok:
             manifests[u.manifest].append(u.manifest_entry(o.num_samples, o.sha1))
         else:
-            report.add(errors.BadInputError(o.reason, o.detail, path=u.job.wav_path))
+            where = out_dir / Path(u.job.wav_path).relative_to(tmp)  # where it would have been
+            report.add(errors.BadInputError(o.reason, o.detail, path=str(where)))
     for name, entries in manifests.items():
-        write_manifest(out_dir / f"{name}.jsonl", entries)
+        write_manifest(tmp / f"{name}.jsonl", entries)
 
     card = card_mod.build_card(
         plan, manifests, report, tool_times={"plan_s": t_plan, "synth_s": t_synth}, workers=workers
     )
     card["generation"]["wall_s"] = round(time.perf_counter() - t_start, 1)
-    card_mod.write_card(out_dir, card, manifests, plan.vocabulary)
-    return CorpusResult(out_dir, card, report, manifests)
+    card_mod.write_card(tmp, card, manifests, plan.vocabulary)
+    return card, report, manifests
 
 
 def plan_summary(plan: CorpusPlan) -> dict:

@@ -194,7 +194,7 @@ def test_festival_script_sets_every_parameter_per_utterance():
 def test_out_dir_with_foreign_files_is_refused(tmp_path):
     (tmp_path / "notes.txt").write_text("mine")
     with pytest.raises(FileExistsError, match="notes.txt"):
-        corpus.prepare_out_dir(tmp_path)
+        corpus.check_out_dir(tmp_path)
 
 
 # ------------------------------------------------------------------------------------ tiny corpus (TTS)
