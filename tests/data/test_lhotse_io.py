@@ -7,8 +7,9 @@ from fastaed.data.errors import BadInputError, BadInputReport
 from fastaed.data.index import build_index
 from fastaed.data.lhotse_io import lhotse_to_nemo, read_lhotse_cuts
 from fastaed.testing import train_tiny_tokenizer, write_tone
+from tests import import_optional
 
-lhotse = pytest.importorskip("lhotse")
+lhotse = import_optional("lhotse", "pip install -e .[lhotse]")
 
 
 def make_cuts(tmp_path, *, empty_text_for=None):

@@ -17,6 +17,7 @@ from fastaed.data.errors import BadInputError, BadInputReport
 from fastaed.data.shard_sources import open_shard_source
 from fastaed.data.shards import ShardDataset
 from fastaed.testing import train_tiny_tokenizer, write_tone
+from tests import import_optional
 
 
 def write_shar(root, cuts_per_shard, seconds):
@@ -74,7 +75,7 @@ def test_bad_cuts_and_a_missing_recording_tar_are_named(tmp_path):
 
 
 def test_shar_written_by_lhotse_gives_lhotses_own_audio(tmp_path):
-    lhotse = pytest.importorskip("lhotse", reason="the optional lhotse extra is not installed")
+    lhotse = import_optional("lhotse", "pip install -e .[lhotse]")
     tok = train_tiny_tokenizer(tmp_path / "tok")
     cuts = []
     for i, seconds in enumerate([1.0, 1.75, 0.5]):

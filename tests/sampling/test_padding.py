@@ -22,6 +22,7 @@ from fastaed.sampling.padding import (
 )
 from fastaed.sampling.stats import synthetic_lengths
 from fastaed.testing import train_tiny_tokenizer, write_tiny_corpus
+from tests import import_optional
 
 JSON_KEYS = {"input_padding", "output_padding", "num_batches", "mean_batch_size", "median_batch_size"}
 JSON_KEYS |= {"rejected", "rejected_by_reason", "max_padded_seconds", "max_padded_tokens"}
@@ -84,7 +85,7 @@ def test_random_rejects_an_utterance_that_alone_exceeds_the_budget():
 
 
 def test_random_matches_lhotse_simple_cut_sampler_on_the_same_order(lengths):
-    pytest.importorskip("lhotse")
+    import_optional("lhotse", "pip install -e .[lhotse]")
     from lhotse import CutSet
     from lhotse.dataset import SimpleCutSampler
 
