@@ -2,11 +2,12 @@
 front end, the resume state, and the metrics file. Each piece is one function, called in this order by
 ``loop.train``.
 
-The run folder (``runtime.out_dir``) is one the trainer made (it writes a ``.fastaed-run`` marker when it
-creates or adopts an empty one; folders of runs from before the marker are recognised by their
-checkpoints or ``metrics.jsonl``): any other non-empty folder is refused, so user files are never mixed
-with, or moved as, a run's. A fresh start in a folder that holds an earlier run moves that run's records
-and checkpoints into ``previous-N/`` (never truncated or deleted).
+The run folder (``runtime.out_dir``) is one the trainer made: it carries ``fastaed.util.outputs``' marker
+of kind ``training run`` (written when the trainer creates or adopts an empty folder; runs from before the
+marker are recognised by their checkpoints or ``metrics.jsonl``). Any other non-empty folder is refused
+before any work, so a user's files are never mixed with, or moved as, a run's; files a user adds to a run
+folder later (an evaluation report) are left where they are. A fresh start in a folder that holds an
+earlier run moves that run's records and checkpoints into ``previous-N/`` (never truncated or deleted).
 
 RNG: :func:`build_model_parts` seeds the global torch RNG for the initial weights; the trainer then reseeds
 per rank, and :func:`resume_position` restores a checkpoint's RNG state last, so nothing set up here shifts
@@ -15,9 +16,7 @@ the random streams of the steps.
 
 from __future__ import annotations
 
-import json
 import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,7 +37,7 @@ from fastaed.sampling import LengthLimits
 from fastaed.train import checkpoint as ckpt
 from fastaed.train import distributed as D
 from fastaed.train.batches import SamplerFactory, length_limits, make_sampler_factory
-from fastaed.train.config import ConfigError, TrainConfig
+from fastaed.train.config import TrainConfig
 from fastaed.train.faults import NonFiniteGuard
 from fastaed.train.metrics import (
     CURVE_FILE,
@@ -52,8 +51,9 @@ from fastaed.train.pretrained import AnyTokenizer, Pretrained
 from fastaed.train.profile.profile import ProfileIdentity
 from fastaed.train.shards import ShardData, make_stream_sampler, open_train_shards
 from fastaed.train.step import Precision, build_optimizer
+from fastaed.util import outputs
 
-RUN_MARKER = ".fastaed-run"  # written into every run folder the trainer makes: the folder is a run's
+RUN_KIND = "training run"  # the kind in the output marker of every run folder (fastaed.util.outputs)
 CONFIG_FILE = "config.yaml"  # the run's TrainConfig, as it ran
 PREVIOUS_PREFIX = "previous-"  # an earlier run's records, moved aside by a fresh start in its folder
 # What a run writes into its folder besides the marker (the names a fresh start moves aside).
@@ -67,10 +67,10 @@ def prepare_run_dir(cfg: TrainConfig, info: D.DistInfo, resume: str | Path) -> P
     """Check and set up ``runtime.out_dir``; returns the checkpoint to resume from (None: a fresh start).
 
     Rank 0 alone touches the folder: it refuses a non-empty folder that is not a fastaed run
-    (:class:`ConfigError`), resolves ``resume`` (``auto`` with only damaged checkpoints is an error, see
-    ``checkpoint.find_intact``), on a fresh start moves an earlier run's records into ``previous-N/``, and
-    writes ``config.yaml``. Every rank gets the same answer, or raises the same error (no rank is left
-    waiting in a collective)."""
+    (:class:`~fastaed.util.outputs.OutputExistsError`), resolves ``resume`` (``auto`` with only damaged
+    checkpoints is an error, see ``checkpoint.find_intact``), on a fresh start moves an earlier run's
+    records into ``previous-N/``, and writes ``config.yaml``. Every rank gets the same answer, or raises the
+    same error (no rank is left waiting in a collective)."""
     outcome: Any = None
     if info.is_main:
         try:
@@ -85,19 +85,13 @@ def prepare_run_dir(cfg: TrainConfig, info: D.DistInfo, resume: str | Path) -> P
 
 def _prepare_run_dir(cfg: TrainConfig, resume: str | Path) -> Path | None:
     out = Path(cfg.runtime.out_dir)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"runtime.out_dir {out}: is a file, not a folder")
-    if out.is_dir() and not is_run_dir(out):
-        first = min(p.name for p in out.iterdir())
-        raise ConfigError(
-            f"runtime.out_dir {out}: the folder holds files that are not a fastaed training run (e.g. "
-            f"{first}); give a new or empty folder (the trainer only writes into folders it made)"
-        )
+    # A marked run folder may hold anything (what a user added is never moved): ``allowed`` is always true.
+    anything = lambda _: True  # noqa: E731
+    outputs.check_output_dir(out, RUN_KIND, flag="runtime.out_dir", legacy=is_older_run, allowed=anything)
     checkpoint = ckpt.resolve_resume(resume, out, report=D.print0, quarantine=True)
     out.mkdir(parents=True, exist_ok=True)
-    marker = out / RUN_MARKER
-    if not marker.exists():
-        marker.write_text(json.dumps({"created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}) + "\n")
+    if outputs.read_marker(out) is None:  # new, empty, or a run from before the marker
+        outputs._write_marker(out, RUN_KIND, "train", None)  # None: no fixed list of entries
     if checkpoint is None:
         if kept := move_aside_previous_run(out):
             D.print0(f"starting a fresh run in {out}: the earlier run's records are kept in {kept}")
@@ -105,12 +99,9 @@ def _prepare_run_dir(cfg: TrainConfig, resume: str | Path) -> Path | None:
     return checkpoint
 
 
-def is_run_dir(out: Path) -> bool:
-    """Whether ``out`` (an existing folder) may hold a run: empty, marked, or (runs from before the marker)
-    holding the trainer's checkpoints, ``latest`` pointer or ``metrics.jsonl``."""
-    names = [p.name for p in out.iterdir()]
-    if not names or RUN_MARKER in names:
-        return True
+def is_older_run(out: Path) -> bool:
+    """A run folder from before the marker: it holds the trainer's checkpoints, ``latest`` pointer or
+    ``metrics.jsonl``."""
     return (
         (out / METRICS_FILE).is_file()
         or (out / ckpt.LATEST_FILE).is_file()

@@ -12,7 +12,8 @@ import pytest
 from fastaed.cli.main import main
 from fastaed.formats import WEIGHTS_FILE
 from fastaed.train.checkpoint import STATE_FILE, NoIntactCheckpointError, resolve_resume
-from fastaed.train.setup import RUN_MARKER
+from fastaed.util import outputs
+from fastaed.util.outputs import MARKER, read_marker
 from tests.train import TEST_CONFIG, data_overrides, tiny_data, train_records
 
 RUN = ["optim.max_steps=2", "runtime.ckpt_every=1", "runtime.keep_checkpoints=2", "runtime.progress=false"]
@@ -47,7 +48,8 @@ def finished_run(data, tmp_path_factory):
     """A run folder the trainer wrote: checkpoints at steps 1 and 2, metrics.jsonl, summary.json."""
     run = tmp_path_factory.mktemp("finished") / "run"
     assert fastaed_train(data, run) == 0
-    assert (run / "ckpt-1").is_dir() and (run / "ckpt-2").is_dir() and (run / RUN_MARKER).is_file()
+    assert (run / "ckpt-1").is_dir() and (run / "ckpt-2").is_dir()
+    assert read_marker(run)["kind"] == "training run"
     return run
 
 
@@ -61,8 +63,8 @@ def test_a_folder_of_user_files_is_refused_and_left_as_it_was(data, tmp_path, ca
     capsys.readouterr()
     assert fastaed_train(data, out) == 2
     err = capsys.readouterr().err
-    assert err.startswith("fastaed train: error: runtime.out_dir ") and err.count("\n") == 1, err
-    assert "not a fastaed training run" in err
+    assert err.startswith(f"fastaed train: error: runtime.out_dir {out}: ") and err.count("\n") == 1, err
+    assert "notes.txt" in err and "nothing was changed" in err
     assert snapshot(out) == before and sorted(p.name for p in out.iterdir()) == ["notes.txt", "sub"]
     # ``--resume none`` does not make it the trainer's either
     assert fastaed_train(data, out, "--resume", "none") == 2
@@ -73,11 +75,11 @@ def test_an_empty_folder_and_a_run_folder_from_before_the_marker_are_accepted(da
     empty = tmp_path / "empty"
     empty.mkdir()
     assert fastaed_train(data, empty, "optim.max_steps=1") == 0
-    assert (empty / "ckpt-1").is_dir() and (empty / RUN_MARKER).is_file()
+    assert (empty / "ckpt-1").is_dir() and (empty / MARKER).is_file()
 
     legacy = tmp_path / "legacy"
     shutil.copytree(finished_run, legacy)
-    (legacy / RUN_MARKER).unlink()  # as a run written before the marker existed
+    (legacy / MARKER).unlink()  # as a run written before the marker existed
     assert fastaed_train(data, legacy, "optim.max_steps=3") == 0
     assert sorted(train_records(legacy / "metrics.jsonl")) == [1, 2, 3]  # resumed, history kept
 
@@ -118,7 +120,7 @@ def test_damaged_checkpoints_stop_auto_resume_and_a_fresh_start_keeps_the_old_ru
     # a fresh start on request: trains from step 1, the earlier run kept byte for byte in previous-1/
     assert fastaed_train(data, run, *fresh) == 0
     kept = run / "previous-1"
-    earlier = {k: v for k, v in before.items() if k != RUN_MARKER}
+    earlier = {k: v for k, v in before.items() if k != MARKER}
     assert snapshot(kept) == earlier, "the earlier run's files were changed"
     assert (kept / "ckpt-1").is_dir() and (kept / "ckpt-2").is_dir()  # the damaged checkpoints: not deleted
     assert {"metrics.jsonl", "summary.json"} <= set(p.name for p in kept.iterdir())
@@ -133,9 +135,32 @@ def test_a_fresh_start_over_an_intact_run_moves_it_aside_whole(data, finished_ru
     # one step with keep_checkpoints=1: the old run's ckpt-2 must neither displace nor be pruned by ckpt-1
     one_step = ["optim.max_steps=1", "runtime.keep_checkpoints=1"]
     assert fastaed_train(data, run, "--resume", "none", *one_step) == 0
-    assert snapshot(run / "previous-1") == {k: v for k, v in before.items() if k != RUN_MARKER}
+    assert snapshot(run / "previous-1") == {k: v for k, v in before.items() if k != MARKER}
     assert sorted(p.name for p in run.glob("ckpt-*")) == ["ckpt-1"]
     assert (run / "latest").read_text().strip() == "ckpt-1"
     # a second fresh start keeps both earlier runs
     assert fastaed_train(data, run, "--resume", "none", "optim.max_steps=1") == 0
     assert (run / "previous-2" / "ckpt-1").is_dir() and (run / "previous-1" / "ckpt-2").is_dir()
+
+
+def test_another_kind_of_fastaed_output_is_refused(data, tmp_path, capsys):
+    out = tmp_path / "imported"
+    out.mkdir()
+    (out / "model.safetensors").write_bytes(b"weights")
+    outputs._write_marker(out, "checkpoint", "import whisper", ["model.safetensors"])
+    before = snapshot(out)
+    capsys.readouterr()
+    assert fastaed_train(data, out) == 2
+    err = capsys.readouterr().err
+    assert "runtime.out_dir" in err and "not a training run" in err and err.count("\n") == 1, err
+    assert snapshot(out) == before
+
+
+def test_files_a_user_adds_to_a_run_folder_stay_where_they_are(data, finished_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    (run / "eval.json").write_text('{"wer": 0.5}\n')  # e.g. `fastaed eval RUN --json RUN/eval.json`
+    assert fastaed_train(data, run, "optim.max_steps=3") == 0  # resumes
+    assert fastaed_train(data, run, "--resume", "none", "optim.max_steps=1") == 0  # starts over
+    assert (run / "eval.json").read_text() == '{"wer": 0.5}\n'
+    assert sorted(train_records(run / "previous-1" / "metrics.jsonl")) == [1, 2, 3]
