@@ -318,8 +318,9 @@ def read_checkpoint_meta(path_dir: str | os.PathLike[str]) -> dict[str, Any]:
 
 def is_checkpoint_folder(path: Path) -> bool:
     """Whether ``path`` holds a fastaed checkpoint and nothing else: a ``config.json`` with fastaed's format
-    version and model config, and a ``checksums.json`` listing every other entry (an import written before
-    output folders carried a marker; see ``fastaed.util.outputs``). Reads, never raises."""
+    version and model config, a ``checksums.json``, ``tokenizer/`` and the files it lists (an import written
+    before output folders carried a marker, whose listing may leave out the tokenizer; see
+    ``fastaed.util.outputs``). Reads, never raises."""
     try:
         meta = json.loads((path / CONFIG_FILE).read_text())
         files = _read_checksums(path)
@@ -329,7 +330,7 @@ def is_checkpoint_folder(path: Path) -> bool:
         return False
     if "model_config" not in meta:
         return False
-    listed = {name.split("/", 1)[0] for name in files} | {CHECKSUMS_FILE}
+    listed = {name.split("/", 1)[0] for name in files} | {CHECKSUMS_FILE, TOKENIZER_DIR}
     return all(p.name in listed for p in path.iterdir())
 
 
