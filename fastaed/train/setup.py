@@ -91,7 +91,7 @@ def _prepare_run_dir(cfg: TrainConfig, resume: str | Path) -> Path | None:
     checkpoint = ckpt.resolve_resume(resume, out, report=D.print0, quarantine=True)
     out.mkdir(parents=True, exist_ok=True)
     if outputs.read_marker(out) is None:  # new, empty, or a run from before the marker
-        outputs._write_marker(out, RUN_KIND, "train", None)  # None: no fixed list of entries
+        outputs.write_marker(out, RUN_KIND, "train", None)  # None: no fixed list of entries
     if checkpoint is None:
         if kept := move_aside_previous_run(out):
             D.print0(f"starting a fresh run in {out}: the earlier run's records are kept in {kept}")

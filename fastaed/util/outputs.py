@@ -112,7 +112,7 @@ def check_output_dir(
         )
 
 
-def _write_marker(folder: Path, kind: str, command: str, entries: list[str] | None) -> None:
+def write_marker(folder: Path, kind: str, command: str, entries: list[str] | None) -> None:
     doc = {"format": MARKER_FORMAT, "kind": kind, "command": command, "entries": entries}
     doc["created"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     tmp = folder / f"{MARKER}.{secrets.token_hex(4)}.tmp"
@@ -147,7 +147,7 @@ def building_dir(
     os.mkdir(tmp, 0o777)
     try:
         yield tmp
-        _write_marker(tmp, kind, command, sorted(p.name for p in tmp.iterdir()))
+        write_marker(tmp, kind, command, sorted(p.name for p in tmp.iterdir()))
         check_output_dir(path, kind, flag=flag, legacy=legacy)
         _swap_in(tmp, target)
     except BaseException:
@@ -184,7 +184,7 @@ def adopt_dir(
     folder = Path(path)
     folder.mkdir(parents=True, exist_ok=True)
     if read_marker(folder) is None:
-        _write_marker(folder, kind, command, None)
+        write_marker(folder, kind, command, None)
     return folder
 
 

@@ -147,7 +147,7 @@ def test_another_kind_of_fastaed_output_is_refused(data, tmp_path, capsys):
     out = tmp_path / "imported"
     out.mkdir()
     (out / "model.safetensors").write_bytes(b"weights")
-    outputs._write_marker(out, "checkpoint", "import whisper", ["model.safetensors"])
+    outputs.write_marker(out, "checkpoint", "import whisper", ["model.safetensors"])
     before = snapshot(out)
     capsys.readouterr()
     assert fastaed_train(data, out) == 2
