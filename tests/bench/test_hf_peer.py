@@ -46,7 +46,7 @@ def test_runner_imports_only_stdlib_numpy_soundfile_torch_and_transformers():
 @pytest.fixture(scope="module")
 def peer() -> None:
     if hf_peer_python() is None:
-        pytest.skip("no Hugging Face peer venv with transformers + accelerate (make whisper-venv)")
+        pytest.skip("no .venv-whisper with transformers + accelerate (make whisper-venv)")
 
 
 def _checkpoint(root: Path, multilingual: bool) -> tuple[Path, WhisperTokenizer]:

@@ -43,7 +43,7 @@ def test_a_missing_peer_venv_is_none_and_a_clear_error(monkeypatch, tmp_path):
 @pytest.fixture(scope="module")
 def peer():
     if whisper_peer_python() is None:
-        pytest.skip("no faster-whisper peer venv (make whisper-venv)")
+        pytest.skip("no faster-whisper peer venv .venv-whisper (make whisper-venv)")
 
 
 @pytest.fixture(scope="module")

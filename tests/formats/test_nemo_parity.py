@@ -29,7 +29,7 @@ RUNNER = ROOT / "fastaed" / "bench" / "peers" / "nemo_runner.py"
 TOL = 1e-4
 N_CLIPS = 6
 
-pytestmark = pytest.mark.skipif(not NEMO_PY.exists(), reason="no NeMo peer venv (make nemo-venv)")
+pytestmark = pytest.mark.skipif(not NEMO_PY.exists(), reason="no NeMo peer venv .venv-nemo (make nemo-venv)")
 
 MODELS = {
     # canary (Canary-1B prompts), 32-wide encoder into a 48-wide decoder (projection), xscaling on,
