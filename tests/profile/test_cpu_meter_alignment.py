@@ -87,3 +87,24 @@ def test_aligned_traces_extrapolate_exactly():
     line = align(trace([20, 6, -6, -20], list("ab-c")), trace([30, 6, -6, -30], list("ab-c")), 2, 3)
     assert line.unmatched == 0 and line.u_lo is None  # the exact case, as before
     assert [line.peak(b) for b in (4, 50)] == [46, 506]
+
+
+def test_a_profile_over_misaligned_traces_costs_two_small_steps_per_shape():
+    """The cost of a profile does not grow with the batch sizes it finds: every profiled step is at B <= 3,
+    two per bucket shape besides the probes' (B = 1, 2), with batch sizes in the hundreds."""
+    from fastaed.sampling.bins import Bins
+    from fastaed.train.profile import ProfileIdentity, ProfileSettings, make_profile
+
+    torch.manual_seed(0)
+    step = MisalignedStep(build_model("test", vocab_size=64), "cpu")
+    meter = CpuMeter(step)
+    traced = []
+    trace = meter.trace
+    meter.trace = lambda b, shape: traced.append(b) or trace(b, shape)
+    bins = Bins(duration_edges=[0.5, 1.0], max_u=[[8, 12], [10, 14]], max_tps=None)
+    identity = ProfileIdentity.for_run(step.model.config, "cpu", "fp32", None)
+    profile = make_profile(meter, bins, identity, ProfileSettings(budget_bytes=1 << 30), progress=False)
+    assert min(profile.batch_sizes) >= 100 and all(b.fill >= 0.9 for b in profile.buckets)
+    assert max(traced) <= 3
+    assert len(traced) <= 2 * 2 * bins.num_buckets + 2  # both line points of every probe and bucket shape
+    assert all(n > 0 for n in meter.unmatched.values())  # every shape took the misaligned path
