@@ -20,11 +20,11 @@ B = 8 for tiny-flash at 4 s). Tested against real steps.
 in tiny-flash's step (the demo's recipe and shapes) takes a 10 KiB scratch buffer at B = 2 and none at B =
 3; a per-utterance loop allocates B times. Until 2026-12 such a shape made every trial a real step under the
 profiler, at B = 361 for the demo's short buckets: 35+ minutes and 12 GB resident for a stage meant to take
-minutes. Now the two traces are aligned by what each event is (:func:`align`: the op that allocates or
-frees, and the sign; common prefix and suffix first, ``difflib`` on the rest). A pair counts only where it
-can be one allocation at two batch sizes (same sign, ``|lo| ≤ |hi| ≤ |lo|·hi/lo``: ``s + B·p`` bytes with
-``s, p ≥ 0``), and the matched events' own running sum is ``s_i + B·p_i`` as above. What only one trace has
-(a scratch buffer, a loop's extra iteration) is charged on the safe side: bytes that only B = 2 holds as if
+minutes. Now the two traces are aligned by what each event is (:func:`align`: the op begun last before it,
+and the sign; common prefix and suffix first, ``difflib`` on the rest). A pair counts only where it can be
+one allocation at two batch sizes (same sign, ``|lo| ≤ |hi| ≤ |lo|·hi/lo``: ``s + B·p`` bytes with ``s, p ≥
+0``), and the matched events' own running sum is ``s_i + B·p_i`` as above. What only one trace has (a
+scratch buffer, a loop's extra iteration) is charged on the safe side: bytes that only B = 2 holds as if
 every B held them, bytes that only B = 3 holds as if they grew with B (``(B − 2)·x``, a loop's growth, exact
 for it); both for the unmatched bytes still alive at each matched event and for how far the unmatched events
 between two matched ones rise above the first. So the exact case above is unchanged, a scratch buffer counts
@@ -70,7 +70,7 @@ def _quiet_stderr() -> Iterator[None]:
 @dataclass
 class Trace:
     """One profiled step: the running sum of its CPU allocator events (:func:`allocation_trace`) and what
-    each event is (``keys``: the op that allocates or frees, and the sign), for :func:`align`."""
+    each event is (``keys``: the op begun last before it, and the sign), for :func:`align`."""
 
     sums: np.ndarray  # (events,) int64 bytes allocated by the step and still alive after each event
     keys: list[str]
@@ -88,28 +88,18 @@ def _traced(fn: Callable[[], object]) -> Trace:
     assert prof.profiler is not None
     events = prof.profiler.kineto_results.events()
     prof.profiler = None  # the profiler's own reference cycles held ~60 MB per step until a full collection
-    # Ops open and close on a stack per thread; a memory event belongs to the innermost op open at its time.
-    items = []
-    for e in events:
-        start, thread = e.start_ns(), e.start_thread_id()
-        if e.name() == "[memory]":
-            items.append((start, 1, thread, e.nbytes(), ""))
-        else:
-            items.append((start, 0, thread, start + e.duration_ns(), e.name()))
-    items.sort(key=lambda x: (x[0], x[1]))  # stable: events of one timestamp keep their recording order
-    stacks: dict[int, list[tuple[int, str]]] = {}
-    sizes, keys = [], []
-    for start, is_memory, thread, value, name in items:
-        stack = stacks.setdefault(thread, [])
-        while stack and stack[-1][0] < start:
-            stack.pop()
-        if is_memory:
-            sizes.append(value)
-            op = "/".join(n for _, n in stack[-2:])
-            keys.append(f"{op}{'+' if value > 0 else '-'}")
-        else:
-            stack.append((value, name))
-    return Trace(np.cumsum(np.array(sizes, dtype=np.int64)), keys)
+    names = [e.name() for e in events]
+    starts = np.fromiter((e.start_ns() for e in events), dtype=np.int64, count=len(events))
+    is_memory = np.array([n == "[memory]" for n in names], dtype=bool)
+    memory, ops = np.flatnonzero(is_memory), np.flatnonzero(~is_memory)
+    memory = memory[np.argsort(starts[memory], kind="stable")]  # events of one time keep their order
+    ops = ops[np.argsort(starts[ops], kind="stable")]
+    sizes = np.fromiter((events[i].nbytes() for i in memory), dtype=np.int64, count=len(memory))
+    # What an event is: the op begun last before it (the allocating op, or one it calls), and its sign.
+    last = np.searchsorted(starts[ops], starts[memory], side="right") - 1
+    op_names = [names[ops[k]] if k >= 0 else "" for k in last.tolist()]
+    keys = [f"{n}{'+' if b > 0 else '-'}" for n, b in zip(op_names, sizes.tolist())]
+    return Trace(np.cumsum(sizes), keys)
 
 
 def allocation_trace(fn: Callable[[], object]) -> np.ndarray:
