@@ -108,3 +108,4 @@ def test_a_profile_over_misaligned_traces_costs_two_small_steps_per_shape():
     assert max(traced) <= 3
     assert len(traced) <= 2 * 2 * bins.num_buckets + 2  # both line points of every probe and bucket shape
     assert all(n > 0 for n in meter.unmatched.values())  # every shape took the misaligned path
+    assert profile.meta["cpu_misaligned_shapes"] == len(meter.unmatched)  # recorded in the profile

@@ -258,6 +258,12 @@ def make_profile(
         meta={
             "seconds": time.perf_counter() - t_start,
             "trials": meter.trials,
+            # CPU: shapes whose traces at B = 2 and 3 did not align event for event (cpu_meter.py)
+            **(
+                {"cpu_misaligned_shapes": sum(1 for n in meter.unmatched.values() if n)}
+                if isinstance(meter, CpuMeter)
+                else {}
+            ),
             "torch": torch.__version__,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         },
