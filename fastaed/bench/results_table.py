@@ -22,12 +22,13 @@ row says it is.
 from __future__ import annotations
 
 import difflib
-import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from fastaed.util.files import FileFormatError, parse_json
 
 BEGIN = "<!-- results:begin (rendered by `fastaed bench readme` from bench_results/; do not edit by hand) -->"
 END = "<!-- results:end -->"
@@ -233,8 +234,9 @@ ROWS: tuple[Row, ...] = (
 )
 
 
-class RecordError(ValueError):
-    """A placeholder names a file, path or format that the records do not have."""
+class RecordError(FileFormatError):
+    """A placeholder names a file, path or format that the records do not have, or the README has no table
+    (``fastaed`` prints the message and exits 2)."""
 
 
 _PLACEHOLDER = re.compile(r"\{([^{}]+)\}")
@@ -299,11 +301,10 @@ class Records:
         if name not in self.cache:
             path = self.folder / name
             try:
-                self.cache[name] = json.loads(path.read_text())
+                text = path.read_text()
             except FileNotFoundError:
                 raise RecordError(f"{path}: no such record") from None
-            except json.JSONDecodeError as e:
-                raise RecordError(f"{path}: not JSON ({e})") from None
+            self.cache[name] = parse_json(text, str(path))
         return self.cache[name]
 
     def values(self, ref: str) -> list[Any]:

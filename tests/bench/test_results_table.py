@@ -124,3 +124,18 @@ def test_a_readme_without_markers_is_an_error(tmp_path):
     (tmp_path / "README.md").write_text("# no table\n")
     with pytest.raises(RecordError, match="no results block"):
         run(ReadmeTableConfig(readme=tmp_path / "README.md", results=REPO / "bench_results", check=True))
+
+
+def test_the_command_names_a_missing_record_in_one_line_and_exits_2(tmp_path, capsys):
+    from fastaed.cli.main import main
+
+    readme = tmp_path / "README.md"
+    readme.write_text(render(Records(REPO / "bench_results")) + "\n")
+    with pytest.raises(SystemExit) as stop:
+        main(["bench", "readme", "--readme", str(readme), "--results", str(tmp_path), "--check"])
+    assert stop.value.code == 2
+    assert "error:" in (err := capsys.readouterr().err) and "no such record" in err and "Traceback" not in err
+    repo_args = ["--readme", str(REPO / "README.md"), "--results", str(REPO / "bench_results")]
+    with pytest.raises(SystemExit) as stop:  # the repository's own table and records agree
+        main(["bench", "readme", *repo_args, "--check"])
+    assert stop.value.code == 0
