@@ -22,15 +22,16 @@ in tiny-flash's step (the demo's recipe and shapes) takes a 10 KiB scratch buffe
 profiler, at B = 361 for the demo's short buckets: 35+ minutes and 12 GB resident for a stage meant to take
 minutes. Now the two traces are aligned by what each event is (:func:`align`: the op begun last before it,
 and the sign; common prefix and suffix first, ``difflib`` on the rest). A pair counts only where it can be
-one allocation at two batch sizes (same sign, ``|lo| ≤ |hi| ≤ |lo|·hi/lo``: ``s + B·p`` bytes with ``s, p ≥
-0``), and the matched events' own running sum is ``s_i + B·p_i`` as above. What only one trace has (a
-scratch buffer, a loop's extra iteration) is charged on the safe side: bytes that only B = 2 holds as if
+one allocation at two batch sizes (same sign, ``|lo| ≤ |hi| ≤ |lo|·hi/lo``: ``s + B·p`` bytes with
+``s, p ≥ 0``), and the matched events' own running sum is ``s_i + B·p_i`` as above. What only one trace has
+(a scratch buffer, a loop's extra iteration) is charged on the safe side: bytes that only B = 2 holds as if
 every B held them, bytes that only B = 3 holds as if they grew with B (``(B − 2)·x``, a loop's growth, exact
 for it); both for the unmatched bytes still alive at each matched event and for how far the unmatched events
-between two matched ones rise above the first. So the exact case above is unchanged, a scratch buffer counts
-at its size, and no trial above B = 3 runs a real step, whatever the traces: a profile costs two small steps
-per shape. ``CpuMeter.unmatched`` records how many events each shape could not match (0 where the traces
-align event for event).
+between two matched ones rise above the first. Two traces count as aligned (the exact case above) only where
+every event has the same key and such a pair of sizes: equal lengths and signs alone can pair a scratch
+buffer with another allocation. So a scratch buffer counts at its size, and no trial above B = 3 runs a real
+step, whatever the traces: a profile costs two small steps per shape. ``CpuMeter.unmatched`` records how
+many events each shape could not match (0 where the traces align event for event).
 
 Checked independently by ``tests/profile`` against the growth of the process's resident memory
 (``rss.py``).
