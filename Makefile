@@ -42,7 +42,7 @@ WHISPER_CKPT ?= runs/whisper-$(WHISPER_MODEL)
 ASTERISK_SET ?= asterisk.jsonl
 REAL_SETS = --manifest $(DATA)/real/real_check.jsonl $(if $(wildcard $(DATA)/real/$(ASTERISK_SET)),--manifest $(DATA)/real/$(ASTERISK_SET))
 
-# Each demo stage runs under scripts/stage.sh, which appends "NAME SECONDS" here; demo prints them at the end.
+# Each demo stage runs under scripts/stage.sh, which appends "NAME SECONDS MAX_RSS_MB" here; demo prints them at the end.
 STAGE_TIMES = $(DATA)/stage_times.txt
 STAGE = scripts/stage.sh $(STAGE_TIMES)
 
