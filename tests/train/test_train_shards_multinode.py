@@ -44,8 +44,14 @@ def _launch(shards, tok_dir, out_dir, port, log, *extra) -> list[subprocess.Pope
 
 
 def _wait(procs, log_path):
-    for p in procs:
-        assert p.wait(timeout=TIMEOUT_S) == 0, log_path.read_text()[-4000:]
+    try:
+        for p in procs:
+            assert p.wait(timeout=TIMEOUT_S) == 0, log_path.read_text()[-4000:]
+    finally:  # a node left waiting for its partner must not outlive the test
+        for p in procs:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
 
 
 def _steps(path: Path) -> int:
@@ -65,8 +71,14 @@ def test_two_nodes_of_two_ranks_resume_a_killed_run_exactly(tmp_path):
     ref, run = tmp_path / "ref", tmp_path / "run"
     log_path = tmp_path / "log.txt"
     log = open(log_path, "w")  # noqa: SIM115
-    reference = _launch(tmp_path / "shards", tok_dir, ref, _free_port(), log)
-    victim = _launch(tmp_path / "shards", tok_dir, run, _free_port(), log, "debug.sleep_per_step_s=0.5")
+    # Two jobs run at once: their rendezvous ports (and ids) must differ, or four agents meet in one job.
+    # A port is only free until torchrun binds it, so ask until the two answers differ.
+    ref_port = _free_port()
+    run_port = _free_port()
+    while run_port == ref_port:
+        run_port = _free_port()
+    reference = _launch(tmp_path / "shards", tok_dir, ref, ref_port, log)
+    victim = _launch(tmp_path / "shards", tok_dir, run, run_port, log, "debug.sleep_per_step_s=0.5")
     deadline = time.monotonic() + TIMEOUT_S
     while time.monotonic() < deadline and (find_latest(run) is None or _steps(run / "metrics.jsonl") < 4):
         assert all(p.poll() is None for p in victim), log_path.read_text()[-4000:]
