@@ -206,9 +206,7 @@ ROWS: tuple[Row, ...] = (
     ),
     Row(
         "Whisper tiny.en fine-tuning, {finetune.json:config.time_budget_s|int} s per recipe on 2 CPU cores "
-        "(`make finetune`): training audio s/s; measured **before** the like-for-like fix (the HF recipe had "
-        "no data-loading worker where fastaed's had the YAML's one; peak memory was the trainer process's "
-        "alone): to be re-run",
+        "(`make finetune`, every recipe with the YAML's data-loading workers): training audio s/s",
         f"**{_ft('bucketed', 'audio_s_per_s', 'f1')} = {{finetune.json:comparisons.padded.audio_s_per_s|x1}}"
         " / {finetune.json:comparisons.hf.audio_s_per_s|x1}"
         f"** the 30 s padded recipe's ({_ft('padded', 'audio_s_per_s', 'f2')}) / HF `Seq2SeqTrainer`'s "
