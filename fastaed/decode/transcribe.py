@@ -31,11 +31,10 @@ from fastaed.data.tokenizer import Tokenizer, is_tokenizer_dir, load_tokenizer
 from fastaed.data.whisper_features import WhisperFeatureConfig
 from fastaed.data.whisper_tokenizer import WhisperTokenizer
 from fastaed.decode.search import Hypothesis, beam_search, greedy_search, nemo_limits
-from fastaed.formats import load_model, read_checkpoint_meta, verify_tokenizer
+from fastaed.formats import TOKENIZER_DIR, load_model, read_checkpoint_meta, verify_tokenizer
 from fastaed.model import EncoderDecoderModel
 from fastaed.util.devices import resolve_device, resolve_dtype, synchronize
 
-TOKENIZER_DIR = "tokenizer"  # a checkpoint's own copy of its tokenizer (written by the trainer)
 AnyTokenizer = Tokenizer | WhisperTokenizer  # what load_tokenizer returns
 # What an entry's pnc=no asks of a model that has no pnc prompt (Whisper): see ``Transcriber.run``.
 PncPolicy = Literal["prompt", "scored"]

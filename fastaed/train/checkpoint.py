@@ -142,13 +142,12 @@ def save_checkpoint(
             tokenizer_identity=tokenizer_identity,
             extra={"step": step, **(extra or {})},
             frontend=frontend,
+            tokenizer=tokenizer,
         )
-        if tokenizer is not None:
-            tokenizer.save(tmp / "tokenizer")
         state_path = tmp / STATE_FILE
         torch.save({"version": STATE_VERSION, **trainer_state}, state_path)
         _fsync(state_path)
-        write_checksums(tmp, extend=True)  # save_model listed its own two files; add the rest
+        write_checksums(tmp, extend=True)  # save_model listed model and tokenizer; add the trainer state
         if final.exists():  # the same step saved again (a resumed run that ends where it started)
             shutil.rmtree(final)
         os.replace(tmp, final)
@@ -191,15 +190,7 @@ def is_complete(path: Path) -> bool:
 
 def list_checkpoints(out_dir: str | os.PathLike[str]) -> list[tuple[int, Path]]:
     """(step, path) of the complete checkpoints in ``out_dir``, oldest first."""
-    out = Path(out_dir)
-    if not out.is_dir():
-        return []
-    found = []
-    for p in out.iterdir():
-        m = _CKPT_NAME.match(p.name)
-        if m and p.is_dir() and is_complete(p):
-            found.append((int(m.group(1)), p))
-    return sorted(found)
+    return [(step, p) for step, p in checkpoint_dirs(out_dir) if is_complete(p)]
 
 
 def find_latest(out_dir: str | os.PathLike[str]) -> Path | None:

@@ -25,7 +25,7 @@ from fastaed.data.frontend import frontend_config, frontend_dict
 from fastaed.data.tokenizer import Tokenizer, is_tokenizer_dir, load_tokenizer
 from fastaed.data.whisper_features import WhisperFeatureConfig
 from fastaed.data.whisper_tokenizer import WhisperTokenizer
-from fastaed.formats import load_model, read_checkpoint_meta, verify_tokenizer
+from fastaed.formats import TOKENIZER_DIR, load_model, read_checkpoint_meta, verify_tokenizer
 from fastaed.model import EncoderDecoderModel, ModelConfig
 from fastaed.train.config import ConfigError, ModelSection
 
@@ -68,7 +68,7 @@ def load_pretrained(section: ModelSection) -> Pretrained | None:
         return None
     path = Path(section.init_from)
     meta = read_checkpoint_meta(path)  # names the file when the folder is not a checkpoint
-    tok_dir = path / "tokenizer"
+    tok_dir = path / TOKENIZER_DIR
     if not is_tokenizer_dir(tok_dir):
         raise ConfigError(f"model.init_from: {path} has no tokenizer/ folder (fine-tuning needs the model's)")
     verify_tokenizer(path)  # against the checkpoint's checksums, before it is read
