@@ -222,7 +222,11 @@ class CpuMeter(Meter):
     def __init__(self, step: SyntheticStep, extra_bytes: int = 0):
         super().__init__(step, extra_bytes)
         self._lines: dict[Shape, Line] = {}
-        self.unmatched: dict[Shape, int] = {}  # per shape: events its two traces could not match
+
+    @property
+    def unmatched(self) -> dict[Shape, int]:
+        """Per shape traced so far: the events its two traces could not match (0: aligned event for event)."""
+        return {shape: line.unmatched for shape, line in self._lines.items()}
 
     def trace(self, batch_size: int, shape: Shape) -> Trace:
         """The trace (:func:`allocation_trace`, with each event's key) of one real step, batch included."""
@@ -242,9 +246,7 @@ class CpuMeter(Meter):
         """The line through this shape's traces at B = 2 and 3 (:func:`align`)."""
         if shape not in self._lines:
             lo, hi = CPU_LINE_POINTS
-            line = align(self.trace(lo, shape), self.trace(hi, shape), lo, hi)
-            self._lines[shape] = line
-            self.unmatched[shape] = line.unmatched
+            self._lines[shape] = align(self.trace(lo, shape), self.trace(hi, shape), lo, hi)
         return self._lines[shape]
 
     def measure(self, batch_size: int, shape: Shape) -> Measurement:
