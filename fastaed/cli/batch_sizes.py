@@ -22,7 +22,7 @@ import json
 import sys
 from pathlib import Path
 
-from fastaed.util.outputs import check_output_file, json_kind, plot_kind, replacing_file
+from fastaed.util.outputs import check_output_files, json_kind, plot_kind, replacing_file
 
 # What each output file is (fastaed.util.outputs): an existing file is replaced only when it is the same kind.
 PROFILE_JSON = json_kind("batch-size profile", format="fastaed.batch_size_profile")  # profile.PROFILE_FORMAT
@@ -97,10 +97,11 @@ def batch_sizes_cmd(args: argparse.Namespace) -> int:
     from fastaed.train.profile.run import ProfileSettings, default_bins, open_profiler, resolve_run
 
     png_path = args.png or args.out.with_suffix(".png")
-    for path, kind, flag in ((args.out, PROFILE_JSON, "--out"), (png_path, PROFILE_PLOT, "--png"),
-                             (args.json, SUMMARY_JSON, "--json")):  # fmt: skip
-        if path is not None:  # refused before any profiling
-            check_output_file(path, kind, flag=flag)
+    check_output_files(  # refused before any profiling
+        (args.out, PROFILE_JSON, "--out"),
+        (png_path, PROFILE_PLOT, "--png"),
+        (args.json, SUMMARY_JSON, "--json"),
+    )
     loss_cfg, specaugment, bins_path = LossConfig(), True, args.bins
     device, dtype = args.device, args.dtype
     try:

@@ -13,7 +13,7 @@ import numpy as np
 
 from fastaed.data.errors import ON_BAD_INPUT_CHOICES
 from fastaed.sampling.bins import BINS_FORMAT
-from fastaed.util.outputs import FileKind, check_output_file, json_kind, plot_kind, replacing_file
+from fastaed.util.outputs import check_output_files, json_kind, plot_kind, replacing_file
 
 DEFAULT_MAX_DURATION = 600.0
 # What each output file is (fastaed.util.outputs): an existing file is replaced only when it is the same kind.
@@ -115,18 +115,11 @@ def _tps_z(value: float) -> float | None:
     return value if value > 0 else None
 
 
-def check_outputs(*outputs: tuple[Path | None, FileKind, str]) -> None:
-    """Refuse, before any work, an output path that holds a file fastaed would not replace."""
-    for path, kind, flag in outputs:
-        if path is not None:
-            check_output_file(path, kind, flag=flag)
-
-
 def bins_cmd(args: argparse.Namespace) -> int:
     from fastaed.sampling.bins import estimate_bins, plot_bins
     from fastaed.sampling.padding import bins_table
 
-    check_outputs((args.out, BINS_JSON, "--out"), (args.png, BINS_PLOT, "--png"))
+    check_output_files((args.out, BINS_JSON, "--out"), (args.png, BINS_PLOT, "--png"))
     d, u, what = load_lengths(args)
     bins = estimate_bins(
         d, u, args.num_buckets, args.num_subbuckets, tps_outlier_z=_tps_z(args.tps_z), method=args.method
@@ -155,7 +148,7 @@ def padding_cmd(args: argparse.Namespace) -> int:
     bad = [s for s in strategies if s not in STRATEGIES]
     if bad or not strategies:
         raise SystemExit(f"--strategy: unknown {bad}; choose from {', '.join(STRATEGIES)}")
-    check_outputs((args.json, PADDING_JSON, "--json"), (args.png, PADDING_PLOT, "--png"))
+    check_output_files((args.json, PADDING_JSON, "--json"), (args.png, PADDING_PLOT, "--png"))
     bins = Bins.load(args.bins) if args.bins else None
     batch_sizes = None
     if args.profile:

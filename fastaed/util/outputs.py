@@ -235,6 +235,14 @@ def check_output_file(path: str | os.PathLike[str], kind: FileKind, *, flag: str
         )
 
 
+def check_output_files(*outputs: tuple[str | os.PathLike[str] | None, FileKind, str]) -> None:
+    """:func:`check_output_file` for each given ``(path, kind, flag)`` (None: that output is not wanted), so a
+    command refuses every output path it cannot use before any work."""
+    for path, kind, flag in outputs:
+        if path is not None:
+            check_output_file(path, kind, flag=flag)
+
+
 @contextmanager
 def replacing_file(path: str | os.PathLike[str], kind: FileKind, *, flag: str = "--out") -> Iterator[Path]:
     """Yield a temporary path beside ``path`` (same suffix, so writers that go by it still do); on success
