@@ -78,7 +78,7 @@ def test_two_nodes_of_two_ranks_resume_a_killed_run_exactly(tmp_path):
     while run_port == ref_port:
         run_port = _free_port()
     reference = _launch(tmp_path / "shards", tok_dir, ref, ref_port, log)
-    victim = _launch(tmp_path / "shards", tok_dir, run, run_port, log, "debug.sleep_per_step_s=0.5")
+    victim = _launch(tmp_path / "shards", tok_dir, run, run_port, log, "debug.sleep_per_step_s=1.0")
     deadline = time.monotonic() + TIMEOUT_S
     while time.monotonic() < deadline and (find_latest(run) is None or _steps(run / "metrics.jsonl") < 4):
         assert all(p.poll() is None for p in victim), log_path.read_text()[-4000:]
