@@ -87,12 +87,26 @@ def setup(device_choice: str) -> tuple[DistInfo, torch.device]:
     return _INFO, device
 
 
-def cleanup() -> None:
-    """Leave the process group if :func:`setup` joined it (a caller's own group is left alone)."""
+def cleanup(finished: bool = True) -> None:
+    """Leave the process group if :func:`setup` joined it (a caller's own group is left alone).
+    ``finished``: every rank got through its work (False on an error path: no barrier that a crashed rank
+    would never reach)."""
     global _INFO, _OWNS_GROUP
     if _OWNS_GROUP and dist.is_initialized():
-        dist.destroy_process_group()
+        leave_group(finished)
     _INFO, _OWNS_GROUP = DistInfo(), False
+
+
+def leave_group(finished: bool = True) -> None:
+    """Destroy the default process group once every rank has finished its collectives.
+
+    The barrier first: without it a fast rank tears its group down (and its process exits) while a gloo
+    worker thread of a slower rank still holds the last collective's tensors; that thread then needs the
+    GIL during interpreter shutdown and the process aborts ("terminate called without an active
+    exception"), seen on a loaded 2-core machine as a SIGABRT after a run had finished."""
+    if finished:
+        dist.barrier()
+    dist.destroy_process_group()
 
 
 def print0(*args: Any, **kwargs: Any) -> None:

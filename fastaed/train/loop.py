@@ -132,6 +132,7 @@ def train(cfg: TrainConfig, resume: str | Path | None = None) -> dict[str, Any]:
     last_ckpt = run.checkpoint_path()  # resumed from this very checkpoint: not written again at the end
     resumed_here = start.checkpoint is not None and start.checkpoint.resolve() == last_ckpt.resolve()
     last_ckpt_step = pos.step if resumed_here else -1
+    finished = False
     try:
         while pos.step < cfg.optim.max_steps:
             step = optimizer_step(run, stream)
@@ -163,12 +164,13 @@ def train(cfg: TrainConfig, resume: str | Path | None = None) -> dict[str, Any]:
         rejected = stream_rejections(sampler) if data.shards else sampler.assignment.rejected
         summary = run.summary(stopped_by, recent_losses, last_eval, last_ckpt, rejected)
         run.write_summary(summary)
+        finished = True
         return summary
     finally:
         stream.close()  # stops this epoch's DataLoader workers
         bar.close()
         metrics.close()
-        D.cleanup()
+        D.cleanup(finished)
 
 
 @dataclass

@@ -50,6 +50,7 @@ def _rank(rank: int, port: int) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2")
     dist.init_process_group("gloo", rank=rank, world_size=2)
     D.setup("cpu")
+    finished = False
     try:
         torch.manual_seed(0)
         model = Toy()
@@ -73,9 +74,10 @@ def _rank(rank: int, port: int) -> None:
         assert all(int(optimizer.state[p]["step"]) == 3 for p in model.decoder.parameters())
         weights = D.all_gather_objects(model.decoder.weight.detach().clone())
         assert torch.equal(weights[0], weights[1]), "ranks disagree on the decoder"
+        finished = True
     finally:
         D.cleanup()
-        dist.destroy_process_group()
+        D.leave_group(finished)
 
 
 def test_gradient_all_reduce_leaves_gradientless_parameters_alone_on_every_rank():
