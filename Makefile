@@ -49,7 +49,7 @@ STAGE = scripts/stage.sh $(STAGE_TIMES)
 MANIFESTS := train.jsonl dev.jsonl test.jsonl test_unseen_voice.jsonl train_multilingual.jsonl test_multilingual.jsonl
 
 .PHONY: demo demo-ci test lint format apt venv clean-demo clean-run convergence nemo-venv nemo-parity whisper-venv whisper-parity \
-	finetune
+	finetune openai-venv
 
 apt: .apt.stamp
 .apt.stamp:
@@ -193,6 +193,22 @@ whisper-venv: .venv-whisper/.installed
 whisper-parity: venv whisper-venv
 	.venv/bin/pytest -q tests/bench/test_whisper_peer.py tests/bench/test_bench_whisper.py tests/bench/test_hf_peer.py \
 		tests/formats/test_whisper_parity.py
+
+# openai-whisper peer (issue 25): the reference long-form `transcribe()`, run offline on weights that
+# `fastaed export openai` writes. Installed with --no-deps because its triton dependency is a large GPU-only wheel;
+# its CPU dependencies are listed here instead (tiktoken reads the vocab files shipped in the package: no network).
+OPENAI_PY := .venv-openai/bin/python
+OPENAI_WHISPER ?= openai-whisper==20250625
+OPENAI_WHISPER_DEPS ?= numba numpy tqdm more-itertools tiktoken
+openai-venv: .venv-openai/.installed
+.venv-openai/.installed:
+	test -x $(OPENAI_PY) || python3 -m venv .venv-openai
+	$(OPENAI_PY) -m pip install -q --upgrade pip
+	$(OPENAI_PY) -m pip install -q "$(TORCH)"
+	$(OPENAI_PY) -m pip install -q $(OPENAI_WHISPER_DEPS)
+	$(OPENAI_PY) -m pip install -q --no-deps "$(OPENAI_WHISPER)"
+	$(OPENAI_PY) -c "import whisper"
+	@touch $@
 
 # `make finetune` (outside CI, ~40 min on 2 cores): Whisper $(WHISPER_MODEL) fine-tuned three ways for
 # FT_BUDGET_S seconds each on the demo corpus plus short phrases (1-3 words, so that a model fed unpadded
