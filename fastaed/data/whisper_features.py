@@ -92,6 +92,38 @@ class WhisperLogMel(nn.Module):
         power = spec[:, :-1].abs() ** 2  # (n_fft/2+1, frames): the last frame dropped, as Whisper does
         return torch.clamp(self.mel_fb @ power, min=1e-10).log10()
 
+    def long_log_mel(self, wave: torch.Tensor, block_frames: int = 6000) -> torch.Tensor:
+        """(N,) waveform of any length -> (n_mels, N // hop + chunk_frames) normalised features of the whole
+        file followed by 30 s of silence, as openai-whisper's long-form ``transcribe`` slices its windows from.
+
+        The STFT runs over blocks of ``block_frames`` frames (each block reads its own samples plus half a
+        window either side), so no (frames, n_fft/2+1) spectrum of the whole file is ever held: the result
+        and the audio are the only things that grow with the file. The dynamic-range clamp uses the maximum
+        of the whole file, as there."""
+        cfg = self.config
+        wave = wave.float()
+        half = cfg.n_fft // 2
+        padded_len = wave.shape[0] + cfg.chunk_samples  # the audio, then 30 s of zeros
+        n_frames = padded_len // cfg.hop_length  # centred frames, the last one dropped
+        out = torch.empty(cfg.n_mels, n_frames)
+
+        def samples(lo: int, hi: int) -> torch.Tensor:
+            """Padded-signal samples [lo, hi) with reflect padding outside [0, padded_len)."""
+            idx = torch.arange(lo, hi)
+            idx = torch.where(idx < 0, -idx, idx)
+            idx = torch.where(idx >= padded_len, 2 * (padded_len - 1) - idx, idx)
+            real = idx < wave.shape[0]
+            return torch.where(real, wave[idx.clamp(max=wave.shape[0] - 1)], 0.0)
+
+        for a in range(0, n_frames, block_frames):
+            b = min(a + block_frames, n_frames)
+            x = samples(a * cfg.hop_length - half, (b - 1) * cfg.hop_length + half)
+            spec = torch.stft(x, cfg.n_fft, cfg.hop_length, window=self.window, center=False,
+                              return_complex=True)  # fmt: skip
+            out[:, a:b] = torch.clamp(self.mel_fb @ (spec.abs() ** 2), min=1e-10).log10()
+        top = out.max()
+        return out.clamp_(min=top - 8.0).add_(4.0).div_(4.0)
+
     def one(self, wave: torch.Tensor) -> torch.Tensor:
         """(N,) waveform -> (T, n_mels) features of one utterance in the configured mode."""
         cfg = self.config

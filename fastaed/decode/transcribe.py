@@ -326,13 +326,20 @@ class Transcriber:
                 "always write cased, punctuated text", field="pnc", **where,
             )  # fmt: skip
 
-    def _usable(
-        self, utterances: Sequence[Utterance], on_bad_input: str, report: E.BadInputReport, pnc: PncPolicy
+    def usable(
+        self,
+        utterances: Sequence[Utterance],
+        on_bad_input: str,
+        report: E.BadInputReport,
+        pnc: PncPolicy,
+        *,
+        any_length: bool = False,
     ) -> list[int]:
         """Indices of the utterances whose prompt this model can follow (a language it lacks, or a request it
-        cannot honour, is bad input, found here before any decoding rather than by the batch it lands in)."""
+        cannot honour, is bad input, found here before any decoding rather than by the batch it lands in).
+        Without ``any_length`` (long-form decoding) a clip longer than Whisper's window is bad input too."""
         usable = []
-        window = self._max_seconds()
+        window = None if any_length else self.max_seconds()
         for i, u in enumerate(utterances):
             try:
                 self.check_prompt(u, pnc=pnc)
@@ -349,7 +356,7 @@ class Transcriber:
             usable.append(i)
         return usable
 
-    def _max_seconds(self) -> float | None:
+    def max_seconds(self) -> float | None:
         """Longest input the model takes (Whisper: one 30 s window), None if unbounded."""
         cfg = getattr(self.frontend, "config", None)
         if not isinstance(cfg, WhisperFeatureConfig):
@@ -369,10 +376,26 @@ class Transcriber:
         force_lengths: torch.Tensor | None = None,
     ) -> list[list[Hypothesis]]:
         """Features -> encoder -> search for one batch; returns the n-best of each row, best first."""
+        enc, enc_lens = self.encode_waveforms(waves)
+        return self.search(enc, enc_lens, utterances, force_lengths)
+
+    @torch.no_grad()
+    def encode_waveforms(self, waves: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """B waveforms -> encoder states (B, T', De) and their lengths (B,)."""
         audio, audio_lens = pad_1d(waves)
         audio, audio_lens = audio.to(self.device), audio_lens.to(self.device)
         feats, feat_lens = self.frontend(audio, audio_lens)
-        enc, enc_lens = self.model.encode(feats.to(self.dtype), feat_lens)
+        return self.model.encode(feats.to(self.dtype), feat_lens)
+
+    @torch.no_grad()
+    def search(
+        self,
+        enc: torch.Tensor,
+        enc_lens: torch.Tensor,
+        utterances: Sequence[Utterance],
+        force_lengths: torch.Tensor | None = None,
+    ) -> list[list[Hypothesis]]:
+        """Greedy or beam search from encoder states (B, T', De) with each utterance's own prompt."""
         prompts = self.prompts(utterances)
         eos = self.tokenizer.eos_id
         c = self.config
@@ -416,7 +439,7 @@ class Transcriber:
         punctuation): a description of the reference; the entry is decoded as the model writes and counted in
         ``TranscribeResult.pnc_not_prompted``."""
         report = E.BadInputReport()
-        usable = self._usable(utterances, on_bad_input, report, pnc)
+        usable = self.usable(utterances, on_bad_input, report, pnc)
         batches = self._batches(utterances, usable)
         audio = _AudioSet(utterances)
         if warmup and batches:  # untimed: first-call allocations, kernel selection, thread-pool start

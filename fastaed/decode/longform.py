@@ -1,0 +1,450 @@
+"""Long-form transcription: audio of any length in, timed segments out, for Whisper and fastaed/Canary models.
+
+Two algorithms (``LongFormConfig.mode``):
+
+* ``sequential`` (Whisper): openai-whisper's ``transcribe()``. The log-mel of the whole file (followed by 30 s
+  of silence) is sliced into 30 s windows; each window is decoded with timestamp tokens
+  (:mod:`fastaed.decode.whisper_window`), its text cut into segments at the timestamp pairs, and the next
+  window starts where the last complete segment ended (or after the window, when it ended on a single
+  timestamp). The text so far is the next window's prompt (``condition_on_previous_text``). A window whose
+  output is too repetitive (compression ratio above 2.4) or too unlikely (average log-probability below -1)
+  is decoded again at the next temperature; a window that is probably silence (``<|nospeech|>`` above 0.6
+  and an unlikely output) is skipped. Greedy at temperature 0 writes the tokens openai-whisper writes.
+* ``batched`` (every model): a voice-activity detector (:mod:`fastaed.decode.vad`) finds the speech; regions
+  are merged into chunks of at most ``chunk_s`` seconds, each keeping its true offset in the file. Chunks of
+  all files are decoded together, sorted by duration and batched (the paper's bucketing, applied to
+  inference), with the model's own input (padded or not). One segment per chunk, from its first to its last
+  speech second.
+
+``auto`` decodes a clip that fits the model's window as one utterance (today's path) when no timestamps are
+asked for; otherwise Whisper with padded input runs ``sequential`` and every other model ``batched``.
+
+Memory: a file's audio and (sequential) its log-mel, half the audio's size, are held; nothing else grows
+with the file's length (the spectrogram is computed in blocks, see ``WhisperLogMel.long_log_mel``).
+Batched decoding reads files until ``group_s`` seconds of chunks are waiting, decodes them, then goes on.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from tqdm.auto import tqdm
+
+from fastaed.data import errors as E
+from fastaed.data.dataset import load_utterance_audio
+from fastaed.data.manifest import Utterance
+from fastaed.data.whisper_features import WhisperFeatureConfig, WhisperLogMel
+from fastaed.data.whisper_tokenizer import WhisperTokenizer
+from fastaed.decode.segments import FileTranscript, Segment
+from fastaed.decode.transcribe import Transcriber, TranscribeResult, Transcript
+from fastaed.decode.whisper_window import TIME_PRECISION, WindowDecoder, WindowResult
+from fastaed.util.devices import synchronize
+
+LongFormMode = Literal["auto", "sequential", "batched"]
+TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+
+
+@dataclass(frozen=True)
+class LongFormConfig:
+    """How audio longer than one window is decoded (defaults: openai-whisper's ``transcribe``)."""
+
+    mode: LongFormMode = field(default="auto", metadata={"help": "auto | sequential (Whisper) | batched"})
+    temperatures: tuple[float, ...] = field(
+        default=TEMPERATURES, metadata={"help": "sequential: fallback temperatures, tried in order"}
+    )
+    compression_ratio_threshold: float | None = 2.4
+    logprob_threshold: float | None = -1.0
+    no_speech_threshold: float | None = 0.6
+    condition_on_previous_text: bool = True
+    initial_prompt: str | None = None
+    word_timestamps: bool = False
+    chunk_s: float = field(default=30.0, metadata={"help": "batched: longest chunk of merged speech"})
+    group_s: float = field(default=1800.0, metadata={"help": "batched: seconds of chunks decoded together"})
+    seed: int = 0  # sampling at temperature > 0
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("auto", "sequential", "batched"):
+            raise ValueError(f"long-form mode must be auto, sequential or batched, got {self.mode!r}")
+        if not self.temperatures or any(t < 0 for t in self.temperatures):
+            raise ValueError(f"temperatures must be a non-empty list of values >= 0, got {self.temperatures}")
+        if self.chunk_s <= 0 or self.group_s <= 0:
+            raise ValueError("chunk_s and group_s must be > 0")
+
+
+@dataclass
+class LongFormResult:
+    """Timed transcripts in input order, plus the totals ``fastaed transcribe`` reports."""
+
+    transcripts: list[FileTranscript]
+    audio_seconds: float
+    wall_seconds: float
+    skipped: E.BadInputReport
+    mode: str  # the algorithm that ran ("sequential", "batched", or "short" for single-window clips)
+    windows: int = 0  # sequential: windows decoded (fallback re-decodes included); batched: chunks
+    fallbacks: int = 0
+
+    @property
+    def rtfx(self) -> float:
+        return self.audio_seconds / max(self.wall_seconds, 1e-9)
+
+
+def is_padded_whisper(tr: Transcriber) -> bool:
+    cfg = getattr(tr.frontend, "config", None)
+    return isinstance(cfg, WhisperFeatureConfig) and cfg.input == "padded"
+
+
+def resolve_mode(tr: Transcriber, config: LongFormConfig) -> str:
+    """The algorithm ``auto`` stands for with this model; sequential is refused for non-Whisper models."""
+    whisper = isinstance(tr.tokenizer, WhisperTokenizer)
+    if config.mode == "sequential" and not whisper:
+        raise ValueError(
+            f"--long-form sequential needs a Whisper model (its timestamp tokens); this is a {tr.family} "
+            "model: use batched"
+        )
+    if config.mode != "auto":
+        return config.mode
+    return "sequential" if whisper and is_padded_whisper(tr) else "batched"
+
+
+def transcribe_long(
+    tr: Transcriber,
+    utterances: Sequence[Utterance],
+    config: LongFormConfig,
+    *,
+    on_bad_input: str = "error",
+    pnc: str = "prompt",
+) -> LongFormResult:
+    """Timed transcripts of ``utterances`` (whole files or manifest entries of any length)."""
+    mode = resolve_mode(tr, config)
+    if config.word_timestamps:
+        _check_word_timestamps(tr)
+    report = E.BadInputReport()
+    usable = tr.usable(utterances, on_bad_input, report, pnc, any_length=True)  # type: ignore[arg-type]
+    total = sum(utterances[i].duration for i in usable)
+    bar = tqdm(total=round(total, 1), desc=f"transcribe ({mode})", unit="s", disable=not tr.config.progress)
+    synchronize(tr.device)
+    t0 = time.perf_counter()
+    if mode == "sequential":
+        engine = _Sequential(tr, config)
+        done = {}
+        for i in usable:
+            try:
+                done[i] = engine.transcribe(utterances[i], bar)
+            except E.BadInputError as err:
+                E.handle(err, on_bad_input, report)  # type: ignore[arg-type]
+        windows, fallbacks = engine.windows, engine.fallbacks
+    else:
+        batched = _Batched(tr, config)
+        done = batched.transcribe([(i, utterances[i]) for i in usable], on_bad_input, report, bar)
+        windows, fallbacks = batched.chunks, 0
+    synchronize(tr.device)
+    wall = time.perf_counter() - t0
+    bar.close()
+    ordered = [done[i] for i in sorted(done)]
+    return LongFormResult(ordered, sum(t.duration for t in ordered), wall, report, mode, windows, fallbacks)
+
+
+def _check_word_timestamps(tr: Transcriber) -> None:
+    if isinstance(tr.tokenizer, WhisperTokenizer) or tr.model.ctc_head is not None:
+        return
+    raise ValueError(
+        f"--word-timestamps needs a Whisper model (cross-attention alignment) or a model with a CTC head; "
+        f"this {tr.family} model has neither"
+    )
+
+
+def needs_long_form(tr: Transcriber, utterances: Sequence[Utterance], config: LongFormConfig) -> bool:
+    """Whether ``auto`` must leave the one-utterance path: a clip is longer than the model's window (or
+    than a batched chunk, for models without one), or the caller asked for another mode."""
+    if config.mode != "auto" or config.word_timestamps:
+        return True
+    limit = tr.max_seconds() or config.chunk_s
+    return any(u.duration > limit for u in utterances)
+
+
+def as_transcribe_result(utterances: Sequence[Utterance], result: LongFormResult) -> TranscribeResult:
+    """Pair every timed transcript with its utterance (same input order) for scoring and jsonl output."""
+    by_path: dict[tuple[str, float], FileTranscript] = {}
+    for t in result.transcripts:
+        by_path[(t.audio_filepath, t.offset)] = t
+    out = []
+    for u in utterances:
+        t = by_path.get((u.audio_filepath, u.offset))
+        if t is not None:
+            score = sum(s.avg_logprob for s in t.segments) / max(len(t.segments), 1)
+            out.append(Transcript(u, t.text.strip(), score, []))
+    return TranscribeResult(out, result.audio_seconds, result.wall_seconds, result.skipped)
+
+
+# ---- sequential: openai-whisper's algorithm ---------------------------------------------------------------
+
+
+class _Sequential:
+    def __init__(self, tr: Transcriber, config: LongFormConfig):
+        if not isinstance(tr.tokenizer, WhisperTokenizer):
+            raise ValueError("sequential long-form decoding needs a Whisper model")
+        self.tr, self.config = tr, config
+        self.tok: WhisperTokenizer = tr.tokenizer
+        self.window = WindowDecoder(tr.model, self.tok)
+        self.mel = tr.frontend if isinstance(tr.frontend, WhisperLogMel) else WhisperLogMel()
+        self.frames = self.mel.config.chunk_frames  # 3000 mel frames: one window
+        self.stride = self.frames // tr.model.config.encoder.max_positions  # mel frames per timestamp: 2
+        self.padded = is_padded_whisper(tr)
+        self.generator = torch.Generator().manual_seed(config.seed)
+        self.windows = self.fallbacks = 0
+        self.words = _WordTimer(tr) if config.word_timestamps else None
+
+    def transcribe(self, utt: Utterance, bar: tqdm) -> FileTranscript:
+        cfg, tok, tr = self.config, self.tok, self.tr
+        wave = load_utterance_audio(utt)
+        mel = self.mel.long_log_mel(wave.to(tr.device))  # (n_mels, content + 3000)
+        del wave
+        content = mel.shape[1] - self.frames
+        hop_s = self.mel.config.hop_length / self.mel.config.sample_rate
+        sot = self.window.sot_sequence(utt.source_lang, "translate" if utt.task == "translate" else "transcribe")
+        prompt_tokens = tok.encode_text(" " + cfg.initial_prompt.strip()) if cfg.initial_prompt else []
+        all_tokens: list[int] = list(prompt_tokens)
+        segments: list[Segment] = []
+        reset_since, seek, last_speech = 0, 0, 0.0
+        while seek < content:
+            offset = seek * hop_s
+            size = min(self.frames, content - seek)
+            window = mel[:, seek : seek + size]
+            if self.padded:
+                window = torch.nn.functional.pad(window, (0, self.frames - size))
+            feats = window.T[None].to(tr.dtype)  # (1, frames, n_mels)
+            enc, _ = tr.model.encode(feats, torch.tensor([feats.shape[1]], device=tr.device))
+            result = self._decode_with_fallback(enc, sot, all_tokens[reset_since:])
+            if self._is_silence(result):
+                seek += size
+                bar.update(round(size * hop_s, 1))
+                continue
+            previous_seek = seek
+            current, seek, single_ending = self._segments(result, seek, size, offset, hop_s)
+            if self.words is not None:
+                last_speech = self.words.add(enc[0], size, sot, current, offset, last_speech)
+                if not single_ending:
+                    ends = [w.end for s in current for w in (s.words or [])]
+                    if ends and ends[-1] > offset:
+                        seek = round(ends[-1] / hop_s)
+            for s in current:  # an instantaneous segment, or one without text, keeps no text
+                if s.start == s.end or not s.text.strip():
+                    s.text, s.tokens, s.words = "", [], ([] if s.words is not None else None)
+            for s in current:
+                s.id = len(segments)
+                segments.append(s)
+                all_tokens.extend(s.tokens)
+            if not cfg.condition_on_previous_text or result.temperature > 0.5:
+                reset_since = len(all_tokens)
+            bar.update(round((min(content, seek) - previous_seek) * hop_s, 1))
+        text = tok.decode(all_tokens[len(prompt_tokens) :])
+        notes = [] if segments else ["no speech found"]
+        return FileTranscript(utt.audio_filepath, content * hop_s, utt.source_lang, utt.task, text, segments,
+                              notes, offset=utt.offset)  # fmt: skip
+
+    def _decode_with_fallback(self, enc: torch.Tensor, sot: list[int], previous: list[int]) -> WindowResult:
+        cfg = self.config
+        result = None
+        for i, temperature in enumerate(cfg.temperatures):
+            self.windows += 1
+            self.fallbacks += i > 0
+            result = self.window.decode(enc, sot, previous, temperature, self.generator)
+            too_repetitive = (
+                cfg.compression_ratio_threshold is not None
+                and result.compression_ratio > cfg.compression_ratio_threshold
+            )
+            too_unlikely = cfg.logprob_threshold is not None and result.avg_logprob < cfg.logprob_threshold
+            silence = (
+                cfg.no_speech_threshold is not None
+                and result.no_speech_prob > cfg.no_speech_threshold
+                and too_unlikely
+            )
+            if silence or not (too_repetitive or too_unlikely):
+                break
+        assert result is not None
+        return result
+
+    def _is_silence(self, result: WindowResult) -> bool:
+        cfg = self.config
+        if cfg.no_speech_threshold is None or result.no_speech_prob <= cfg.no_speech_threshold:
+            return False
+        return not (cfg.logprob_threshold is not None and result.avg_logprob > cfg.logprob_threshold)
+
+    def _segments(
+        self, result: WindowResult, seek: int, size: int, offset: float, hop_s: float
+    ) -> tuple[list[Segment], int, bool]:
+        """Cut the window's tokens into segments at consecutive timestamp pairs; returns them, the next seek
+        and whether the window ended on a single timestamp (its last segment is complete)."""
+        ts_begin = self.tok.timestamp_begin
+        tokens = result.tokens
+        is_ts = [t >= ts_begin for t in tokens]
+        single_ending = is_ts[-2:] == [False, True]
+        cuts = [i + 1 for i in range(len(tokens) - 1) if is_ts[i] and is_ts[i + 1]]
+
+        def segment(start: float, end: float, ids: list[int]) -> Segment:
+            text = self.tok.decode([t for t in ids if t < self.tok.eos_id])
+            return Segment(
+                id=0, seek=seek, start=start, end=end, text=text, tokens=list(ids),
+                temperature=result.temperature, avg_logprob=result.avg_logprob,
+                compression_ratio=result.compression_ratio, no_speech_prob=result.no_speech_prob,
+            )  # fmt: skip
+
+        if cuts:
+            if single_ending:
+                cuts.append(len(tokens))
+            out, last = [], 0
+            for cut in cuts:
+                piece = tokens[last:cut]
+                start = offset + (piece[0] - ts_begin) * TIME_PRECISION
+                end = offset + (piece[-1] - ts_begin) * TIME_PRECISION
+                out.append(segment(start, end, piece))
+                last = cut
+            if single_ending:
+                return out, seek + size, True
+            return out, seek + (tokens[last - 1] - ts_begin) * self.stride, False
+        duration = size * hop_s
+        stamps = [t for t in tokens if t >= ts_begin]
+        if stamps and stamps[-1] != ts_begin:
+            duration = (stamps[-1] - ts_begin) * TIME_PRECISION
+        return [segment(offset, offset + duration, tokens)], seek + size, single_ending
+
+
+class _WordTimer:
+    """Word timestamps for a window's segments: cross-attention DTW (Whisper) from the window's encoder
+    output, which the decoder already computed."""
+
+    def __init__(self, tr: Transcriber):
+        from fastaed.decode.alignment import alignment_heads
+
+        self.tr = tr
+        self.heads = alignment_heads(tr.model.config, tr.model.config.name)
+
+    def add(
+        self,
+        enc: torch.Tensor,
+        num_frames: int,
+        sot: list[int],
+        segments: list[Segment],
+        offset: float,
+        last_speech: float,
+    ) -> float:
+        from fastaed.decode.alignment import add_whisper_word_timestamps
+
+        add_whisper_word_timestamps(
+            self.tr.model, self.tr.tokenizer, enc, num_frames, sot, segments, offset, self.heads,
+            last_speech_timestamp=last_speech,
+        )  # fmt: skip
+        ends = [w.end for s in segments for w in (s.words or [])]
+        return ends[-1] if ends else last_speech
+
+
+# ---- batched: voice activity -> chunks -> duration-sorted batches -----------------------------------------
+
+
+@dataclass
+class _Pending:
+    """A file whose chunks are being decoded."""
+
+    index: int
+    utt: Utterance
+    duration: float
+    chunks: list = field(default_factory=list)  # vad.Chunk
+    texts: dict[int, str] = field(default_factory=dict)
+    words: dict[int, list] = field(default_factory=dict)
+
+
+class _Batched:
+    def __init__(self, tr: Transcriber, config: LongFormConfig):
+        from fastaed.decode.vad import VadConfig, load_vad
+
+        self.tr, self.config = tr, config
+        self.vad, self.vad_config = load_vad(), VadConfig()
+        self.sample_rate = tr.frontend.config.sample_rate
+        limit = tr.max_seconds()
+        self.chunk_s = min(config.chunk_s, limit) if limit else config.chunk_s
+        self.chunks = 0
+
+    def transcribe(
+        self,
+        items: list[tuple[int, Utterance]],
+        on_bad_input: str,
+        report: E.BadInputReport,
+        bar: tqdm,
+    ) -> dict[int, FileTranscript]:
+        done: dict[int, FileTranscript] = {}
+        group: list[tuple[_Pending, list[torch.Tensor]]] = []
+        waiting = 0.0
+        for index, utt in items:
+            try:
+                wave = load_utterance_audio(utt)
+            except E.BadInputError as err:
+                E.handle(err, on_bad_input, report)  # type: ignore[arg-type]
+                continue
+            pending = _Pending(index, utt, len(wave) / self.sample_rate)
+            pending.chunks = self._chunks(wave)
+            pieces = [wave[round(c.start * self.sample_rate) : round(c.end * self.sample_rate)].clone()
+                      for c in pending.chunks]  # fmt: skip
+            del wave
+            group.append((pending, pieces))
+            waiting += sum(len(p) for p in pieces) / self.sample_rate
+            if waiting >= self.config.group_s:
+                self._decode_group(group, done, bar)
+                group, waiting = [], 0.0
+        if group:
+            self._decode_group(group, done, bar)
+        return done
+
+    def _chunks(self, wave: torch.Tensor) -> list:
+        from fastaed.decode.vad import detect_chunks
+
+        return detect_chunks(wave, self.sample_rate, self.vad_config, self.chunk_s)
+
+    def _decode_group(
+        self, group: list[tuple[_Pending, list[torch.Tensor]]], done: dict[int, FileTranscript], bar: tqdm
+    ) -> None:
+        tr = self.tr
+        rows = [(p, j, w) for p, pieces in group for j, w in enumerate(pieces)]
+        order = sorted(range(len(rows)), key=lambda r: -len(rows[r][2]))  # duration buckets, longest first
+        size = tr.config.batch_size
+        for b in range(0, len(order), size):
+            batch = [rows[r] for r in order[b : b + size]]
+            utts = [p.utt for p, _, _ in batch]
+            enc, enc_lens = tr.encode_waveforms([w for _, _, w in batch])
+            hyps = tr.search(enc, enc_lens, utts)
+            for k, ((p, j, w), nbest) in enumerate(zip(batch, hyps, strict=True)):
+                p.texts[j] = tr._text(nbest[0].tokens)
+                if self.config.word_timestamps:
+                    p.words[j] = self._words(enc[k, : int(enc_lens[k])], nbest[0].tokens, p.chunks[j].start)
+                bar.update(round(len(w) / self.sample_rate, 1))
+            self.chunks += len(batch)
+        for p, _ in group:
+            done[p.index] = self._file(p)
+
+    def _words(self, enc: torch.Tensor, tokens: list[int], offset: float) -> list:
+        from fastaed.decode.alignment import ctc_word_timestamps
+
+        tr = self.tr
+        log_probs = tr.model.ctc_log_probs(enc[None])[0]
+        frame_s = tr.model.config.encoder.subsampling_factor * tr.frontend.config.hop_length / self.sample_rate
+        return ctc_word_timestamps(log_probs, tokens, tr.tokenizer, frame_s, offset)
+
+    def _file(self, p: _Pending) -> FileTranscript:
+        segments = []
+        for j, chunk in enumerate(p.chunks):
+            text = p.texts[j]
+            if not text.strip():
+                continue
+            words = p.words.get(j) if self.config.word_timestamps else None
+            start, end = chunk.regions[0][0], chunk.regions[-1][1]
+            lead = "" if text.startswith(" ") or not isinstance(self.tr.tokenizer, WhisperTokenizer) else " "
+            segments.append(Segment(id=len(segments), start=start, end=end, text=lead + text, words=words,
+                                    seek=round(chunk.start * 100)))  # fmt: skip
+        text = "".join(s.text if s.text.startswith(" ") else " " + s.text for s in segments)
+        notes = [] if p.chunks else ["no speech found"]
+        u = p.utt
+        return FileTranscript(u.audio_filepath, p.duration, u.source_lang, u.task, text.strip(), segments,
+                              notes, offset=u.offset)  # fmt: skip
