@@ -93,8 +93,9 @@ class WhisperLogMel(nn.Module):
         return torch.clamp(self.mel_fb @ power, min=1e-10).log10()
 
     def long_log_mel(self, wave: torch.Tensor, block_frames: int = 6000) -> torch.Tensor:
-        """(N,) waveform of any length -> (n_mels, N // hop + chunk_frames) normalised features of the whole
-        file followed by 30 s of silence, as openai-whisper's long-form ``transcribe`` slices its windows from.
+        """(N,) waveform of any length -> (n_mels, N // hop + chunk_frames) normalised features of the
+        whole file followed by 30 s of silence, which openai-whisper's long-form ``transcribe`` slices its
+        windows from.
 
         The STFT runs over blocks of ``block_frames`` frames (each block reads its own samples plus half a
         window either side), so no (frames, n_fft/2+1) spectrum of the whole file is ever held: the result

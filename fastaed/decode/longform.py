@@ -205,7 +205,8 @@ class _Sequential:
         del wave
         content = mel.shape[1] - self.frames
         hop_s = self.mel.config.hop_length / self.mel.config.sample_rate
-        sot = self.window.sot_sequence(utt.source_lang, "translate" if utt.task == "translate" else "transcribe")
+        task = "translate" if utt.task == "translate" else "transcribe"
+        sot = self.window.sot_sequence(utt.source_lang, task)
         prompt_tokens = tok.encode_text(" " + cfg.initial_prompt.strip()) if cfg.initial_prompt else []
         all_tokens: list[int] = list(prompt_tokens)
         segments: list[Segment] = []
@@ -429,7 +430,8 @@ class _Batched:
 
         tr = self.tr
         log_probs = tr.model.ctc_log_probs(enc[None])[0]
-        frame_s = tr.model.config.encoder.subsampling_factor * tr.frontend.config.hop_length / self.sample_rate
+        hop_s = tr.frontend.config.hop_length / self.sample_rate
+        frame_s = tr.model.config.encoder.subsampling_factor * hop_s
         return ctc_word_timestamps(log_probs, tokens, tr.tokenizer, frame_s, offset)
 
     def _file(self, p: _Pending) -> FileTranscript:

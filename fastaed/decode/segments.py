@@ -3,8 +3,8 @@
 A :class:`FileTranscript` is one audio file's result: its segments in time order, each with start/end in
 seconds from the start of the file and, when word timestamps were asked for, its words. Field names follow
 OpenAI's ``verbose_json`` (``id``, ``seek``, ``start``, ``end``, ``text``, ``tokens``, ``temperature``,
-``avg_logprob``, ``compression_ratio``, ``no_speech_prob``, ``words``), so :meth:`FileTranscript.to_verbose_json`
-is that document.
+``avg_logprob``, ``compression_ratio``, ``no_speech_prob``, ``words``), so
+:meth:`FileTranscript.to_verbose_json` is that document.
 """
 
 from __future__ import annotations

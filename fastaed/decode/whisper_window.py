@@ -3,9 +3,9 @@
 Dimensions: T' encoder frames (1500 for a 30 s window), D model width, V vocabulary.
 
 The decoder is fed ``[<|startofprev|> previous text] <|sot|> [<|lang|> <|task|>]`` and writes text with
-timestamp tokens ``<|t|>`` (t in 0.02 s steps from the window start). The rules openai-whisper applies to every
-step (its ``ApplyTimestampRules``, ``SuppressBlank``, ``SuppressTokens``) are applied here the same way, so greedy
-decoding at temperature 0 writes the same tokens it writes:
+timestamp tokens ``<|t|>`` (t in 0.02 s steps from the window start). The rules openai-whisper applies to
+every step (its ``ApplyTimestampRules``, ``SuppressBlank``, ``SuppressTokens``) are applied here the same
+way, so greedy decoding at temperature 0 writes the same tokens it writes:
 
 * timestamps come in pairs (a segment's end and the next one's start), except right before the end of text;
 * timestamps never go back, and a segment has non-zero length;
@@ -76,7 +76,8 @@ class WindowDecoder:
         self.suppress_blank = torch.tensor(tokenizer.suppress_at_start_ids, dtype=torch.long, device=device)
 
     def sot_sequence(self, language: str, task: str) -> list[int]:
-        """``<|sot|>`` and, for a multilingual model, the language and task tokens (no ``<|notimestamps|>``)."""
+        """``<|sot|>`` and, for a multilingual model, the language and task tokens (no
+        ``<|notimestamps|>``)."""
         tok = self.tokenizer
         if not tok.multilingual:
             return [tok.sot_id]
