@@ -3,6 +3,8 @@
 fastaed transcribe runs/tiny-flash/latest_ckpt a.wav b.flac --lang en --pnc yes --out hyps.jsonl
 fastaed transcribe CKPT --manifest data/default/test.jsonl --beam-size 4 --out hyps.jsonl
 fastaed eval CKPT --manifest data/default/test.jsonl --json eval.json
+fastaed transcribe runs/whisper-tiny.en meeting.wav --out meeting.srt   # any length, timed segments
+fastaed transcribe CKPT a.wav b.wav --long-form batched --word-timestamps --format vtt --out subs/
 """
 
 from __future__ import annotations
@@ -23,11 +25,18 @@ def _decode_args(p: argparse.ArgumentParser, exclude: tuple[str, ...] = ()) -> N
 
     p.add_argument("checkpoint", type=Path, help="checkpoint folder (or a run folder: its latest checkpoint)")
     p.add_argument("--tokenizer", type=Path, default=None, help="tokenizer folder (default: found from CKPT)")
+    from fastaed.decode.longform import LongFormConfig
+
     add_config_arguments(p, DecodeConfig, exclude=exclude)
     p.add_argument("--on-bad-input", choices=ON_BAD_INPUT_CHOICES, default="error")
+    long_form = p.add_argument_group("long-form audio (longer than the model's window) and timestamps")
+    add_config_arguments(long_form, LongFormConfig)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from fastaed.cli.config_args import add_config_arguments
+    from fastaed.decode.writers import FORMATS, SubtitleOptions
+
     t = sub.add_parser("transcribe", help="transcribe (or translate) audio files or a manifest")
     _decode_args(t)
     t.add_argument("audio", nargs="*", type=Path, help="audio files (or use --manifest)")
@@ -53,7 +62,19 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="punctuation and casing in the output (default: yes). Whisper models always write cased, "
         "punctuated text and have no prompt for it: --pnc no is refused",
     )  # fmt: skip
-    t.add_argument("--out", type=Path, required=True, help="JSONL of hypotheses, one line per input")
+    t.add_argument(
+        "--out", type=Path, required=True,
+        help="output file (several inputs and a subtitle/text format: a folder of STEM.FORMAT files)",
+    )  # fmt: skip
+    t.add_argument(
+        "--format", choices=FORMATS, default=None,
+        help="jsonl (one line per input; timed segments when long-form ran), json (OpenAI verbose_json), "
+        "txt, srt, vtt, tsv (default: from the --out extension)",
+    )  # fmt: skip
+    subs = t.add_argument_group(
+        "subtitle layout (srt/vtt; with --word-timestamps, as openai-whisper's writers)"
+    )
+    add_config_arguments(subs, SubtitleOptions)
     t.set_defaults(func=transcribe_cmd)
 
     e = sub.add_parser("eval", help="WER/CER (transcribe), BLEU (translate) and RTFx on a manifest")
@@ -129,16 +150,42 @@ def _report_skips(report, where: str) -> None:
         print(f"{where}: {report.summary()}", file=sys.stderr)
 
 
+def _long_form(args: argparse.Namespace):
+    from fastaed.cli.config_args import config_from_args
+    from fastaed.decode.longform import LongFormConfig
+
+    try:
+        return config_from_args(LongFormConfig, args)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+
+
 def transcribe_cmd(args: argparse.Namespace) -> int:
+    from fastaed.cli.config_args import config_from_args
     from fastaed.cli.errors import check_output_path
     from fastaed.data.errors import BadInputReport
+    from fastaed.decode.longform import needs_long_form, resolve_mode, transcribe_long
     from fastaed.decode.transcribe import utterances_from_audio, utterances_from_manifest, write_jsonl
+    from fastaed.decode.writers import SubtitleOptions, check_output, format_for, write_outputs
 
     if bool(args.audio) == bool(args.manifest):
         raise UsageError("give audio files or --manifest (not both)")
     prompt = _prompt_flags(args)
-    check_output_path(args.out, "--out")  # now, not after the whole decode
+    long_form = _long_form(args)
+    try:
+        fmt = format_for(args.out, args.format)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    several = len(args.audio) > 1 or bool(args.manifest)  # several inputs: a folder, unless jsonl
+    if fmt == "jsonl":
+        check_output_path(args.out, "--out")  # now, not after the whole decode
+    else:
+        check_output(args.out, fmt, as_folder=several)
     transcriber = _transcriber(args)
+    try:
+        resolve_mode(transcriber, long_form)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
     if not args.manifest:
         _check_prompt_flags(transcriber, prompt)
     report = BadInputReport()
@@ -150,12 +197,24 @@ def transcribe_cmd(args: argparse.Namespace) -> int:
             pnc=prompt.pnc, on_bad_input=args.on_bad_input, report=report,
         )  # fmt: skip
     # The output is the product: a pnc=no entry asks for text Whisper cannot write (bad input, named).
-    result = transcriber.run(utts, on_bad_input=args.on_bad_input, pnc="prompt")
-    write_jsonl(result.transcripts, args.out)
+    if fmt == "jsonl" and not needs_long_form(transcriber, utts, long_form):
+        result = transcriber.run(utts, on_bad_input=args.on_bad_input, pnc="prompt")
+        write_jsonl(result.transcripts, args.out)
+        count, mode = len(result.transcripts), "one window per input"
+    else:
+        result = transcribe_long(transcriber, utts, long_form, on_bad_input=args.on_bad_input, pnc="prompt")
+        options = config_from_args(SubtitleOptions, args)
+        written = write_outputs(result.transcripts, args.out, fmt, options, as_folder=several)
+        count, mode = len(result.transcripts), f"long-form {result.mode}"
+        silent = sum(not t.segments for t in result.transcripts)
+        if silent:
+            print(f"{silent} of {count} inputs: no speech found (empty transcript)", file=sys.stderr)
+        if len(written) > 1:
+            print(f"wrote {len(written)} files into {args.out}")
     _report_skips(report, str(args.manifest or "audio files"))
     _report_skips(result.skipped, "decoding")
     print(
-        f"wrote {len(result.transcripts)} transcripts to {args.out}: {result.audio_seconds:.1f} s of audio "
+        f"wrote {count} transcripts to {args.out} ({fmt}, {mode}): {result.audio_seconds:.1f} s of audio "
         f"in {result.wall_seconds:.2f} s (RTFx {result.rtfx:.1f}, batch {args.batch_size}, "
         f"{transcriber.device.type} {str(transcriber.dtype).removeprefix('torch.')}, beam {args.beam_size})"
     )
@@ -165,6 +224,7 @@ def transcribe_cmd(args: argparse.Namespace) -> int:
 def eval_cmd(args: argparse.Namespace) -> int:
     from fastaed.cli.errors import check_output_path
     from fastaed.data.errors import BadInputReport
+    from fastaed.decode.longform import transcribe_any_length
     from fastaed.decode.scoring import NORMALIZER_DESCRIPTIONS, score
     from fastaed.decode.transcribe import utterances_from_manifest, write_jsonl
     from fastaed.util.tables import format_table, pct
@@ -173,6 +233,7 @@ def eval_cmd(args: argparse.Namespace) -> int:
         raise UsageError("--hyps needs a single --manifest")
     check_output_path(args.hyps, "--hyps")  # now, not after the whole decode
     check_output_path(args.json, "--json")
+    long_form = _long_form(args)
     transcriber = _transcriber(args)
     rows, results = [], {}
     for manifest in args.manifest:
@@ -180,7 +241,7 @@ def eval_cmd(args: argparse.Namespace) -> int:
         utts = utterances_from_manifest(manifest, args.on_bad_input, report)
         # pnc=no describes the reference; only "none" keeps the casing and punctuation that it is about.
         pnc = "prompt" if args.normalizer == "none" else "scored"
-        result = transcriber.run(utts, on_bad_input=args.on_bad_input, pnc=pnc)
+        result = transcribe_any_length(transcriber, utts, long_form, on_bad_input=args.on_bad_input, pnc=pnc)
         _report_skips(report, str(manifest))
         _report_skips(result.skipped, f"decoding {manifest}")
         if result.pnc_not_prompted:

@@ -174,9 +174,11 @@ class WhisperTokenizer:
     def encode_texts(self, texts: list[str], num_threads: int = 1) -> list[list[int]]:
         return [self.encode_text(t) for t in texts]
 
-    def decode(self, ids: Iterable[int]) -> str:
-        """Ids -> text; specials and timestamps are dropped."""
-        return self.bpe.decode([i for i in ids if i < self.first_text_special]).strip()
+    def decode(self, ids: Iterable[int], *, strip: bool = True) -> str:
+        """Ids -> text; specials and timestamps are dropped. ``strip=False`` keeps the leading space of a
+        segment's text (as openai-whisper's segments have it)."""
+        text = self.bpe.decode([i for i in ids if i < self.first_text_special])
+        return text.strip() if strip else text
 
     def token_to_id(self, token: str) -> int:
         return self.special_ids[token]

@@ -1,6 +1,6 @@
 """Long-form transcription: audio of any length in, timed segments out, for Whisper and fastaed/Canary models.
 
-Two algorithms (``LongFormConfig.mode``):
+Two algorithms (``LongFormConfig.long_form``):
 
 * ``sequential`` (Whisper): openai-whisper's ``transcribe()``. The log-mel of the whole file (followed by 30 s
   of silence) is sliced into 30 s windows; each window is decoded with timestamp tokens
@@ -52,23 +52,47 @@ TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 class LongFormConfig:
     """How audio longer than one window is decoded (defaults: openai-whisper's ``transcribe``)."""
 
-    mode: LongFormMode = field(default="auto", metadata={"help": "auto | sequential (Whisper) | batched"})
+    long_form: LongFormMode = field(
+        default="auto",
+        metadata={"help": "audio longer than one window, or timestamps asked for: sequential (Whisper: "
+                  "openai-whisper's algorithm), batched (voice activity -> chunks decoded in duration-sorted "
+                  "batches; every model), auto (sequential for Whisper with padded input, else batched)"},
+    )  # fmt: skip
     temperatures: tuple[float, ...] = field(
         default=TEMPERATURES, metadata={"help": "sequential: fallback temperatures, tried in order"}
     )
-    compression_ratio_threshold: float | None = 2.4
-    logprob_threshold: float | None = -1.0
-    no_speech_threshold: float | None = 0.6
-    condition_on_previous_text: bool = True
-    initial_prompt: str | None = None
-    word_timestamps: bool = False
-    chunk_s: float = field(default=30.0, metadata={"help": "batched: longest chunk of merged speech"})
-    group_s: float = field(default=1800.0, metadata={"help": "batched: seconds of chunks decoded together"})
-    seed: int = 0  # sampling at temperature > 0
+    compression_ratio_threshold: float | None = field(
+        default=2.4, metadata={"help": "sequential: a window whose text compresses better is decoded again"}
+    )
+    logprob_threshold: float | None = field(
+        default=-1.0,
+        metadata={"help": "sequential: a window whose mean token log-prob is lower is decoded again"},
+    )
+    no_speech_threshold: float | None = field(
+        default=0.6,
+        metadata={"help": "sequential: a window this likely silent (and unlikely text) is skipped"},
+    )
+    condition_on_previous_text: bool = field(
+        default=True, metadata={"help": "sequential: the text so far is the next window's prompt"}
+    )
+    initial_prompt: str | None = field(
+        default=None, metadata={"help": "sequential: text that precedes the first window (names, spelling)"}
+    )
+    word_timestamps: bool = field(
+        default=False,
+        metadata={"help": "times of every word (Whisper: cross-attention DTW; CTC heads: CTC alignment)"},
+    )
+    chunk_s: float = field(
+        default=30.0, metadata={"help": "batched: longest chunk of merged speech (seconds)"}
+    )
+    group_s: float = field(
+        default=1800.0, metadata={"help": "batched: seconds of chunks held and decoded together"}
+    )
+    seed: int = field(default=0, metadata={"cli": False})  # sampling at temperature > 0
 
     def __post_init__(self) -> None:
-        if self.mode not in ("auto", "sequential", "batched"):
-            raise ValueError(f"long-form mode must be auto, sequential or batched, got {self.mode!r}")
+        if self.long_form not in ("auto", "sequential", "batched"):
+            raise ValueError(f"long_form must be auto, sequential or batched, got {self.long_form!r}")
         if not self.temperatures or any(t < 0 for t in self.temperatures):
             raise ValueError(f"temperatures must be a non-empty list of values >= 0, got {self.temperatures}")
         if self.chunk_s <= 0 or self.group_s <= 0:
@@ -100,13 +124,13 @@ def is_padded_whisper(tr: Transcriber) -> bool:
 def resolve_mode(tr: Transcriber, config: LongFormConfig) -> str:
     """The algorithm ``auto`` stands for with this model; sequential is refused for non-Whisper models."""
     whisper = isinstance(tr.tokenizer, WhisperTokenizer)
-    if config.mode == "sequential" and not whisper:
+    if config.long_form == "sequential" and not whisper:
         raise ValueError(
             f"--long-form sequential needs a Whisper model (its timestamp tokens); this is a {tr.family} "
             "model: use batched"
         )
-    if config.mode != "auto":
-        return config.mode
+    if config.long_form != "auto":
+        return config.long_form
     return "sequential" if whisper and is_padded_whisper(tr) else "batched"
 
 
@@ -160,24 +184,45 @@ def _check_word_timestamps(tr: Transcriber) -> None:
 def needs_long_form(tr: Transcriber, utterances: Sequence[Utterance], config: LongFormConfig) -> bool:
     """Whether ``auto`` must leave the one-utterance path: a clip is longer than the model's window (or
     than a batched chunk, for models without one), or the caller asked for another mode."""
-    if config.mode != "auto" or config.word_timestamps:
+    if config.long_form != "auto" or config.word_timestamps:
         return True
     limit = tr.max_seconds() or config.chunk_s
     return any(u.duration > limit for u in utterances)
 
 
-def as_transcribe_result(utterances: Sequence[Utterance], result: LongFormResult) -> TranscribeResult:
-    """Pair every timed transcript with its utterance (same input order) for scoring and jsonl output."""
-    by_path: dict[tuple[str, float], FileTranscript] = {}
-    for t in result.transcripts:
-        by_path[(t.audio_filepath, t.offset)] = t
-    out = []
-    for u in utterances:
-        t = by_path.get((u.audio_filepath, u.offset))
+def transcribe_any_length(
+    tr: Transcriber,
+    utterances: Sequence[Utterance],
+    config: LongFormConfig,
+    *,
+    on_bad_input: str = "error",
+    pnc: str = "scored",
+) -> TranscribeResult:
+    """Texts of clips of any length, for scoring: those that fit the model's window decoded as one utterance
+    each (``Transcriber.run``), the longer ones by long-form decoding; results in input order, audio and
+    wall seconds summed over both."""
+    limit = tr.max_seconds() or config.chunk_s
+    long_ids = {i for i, u in enumerate(utterances) if u.duration > limit}
+    short = tr.run([u for i, u in enumerate(utterances) if i not in long_ids], on_bad_input=on_bad_input,
+                   pnc=pnc)  # type: ignore[arg-type]  # fmt: skip
+    if not long_ids:
+        return short
+    longs = [u for i, u in enumerate(utterances) if i in long_ids]
+    result = transcribe_long(tr, longs, config, on_bad_input=on_bad_input, pnc=pnc)
+    by_file = {(t.audio_filepath, t.offset): t for t in result.transcripts}
+    texts = {}
+    for u in longs:
+        t = by_file.get((u.audio_filepath, u.offset))
         if t is not None:
             score = sum(s.avg_logprob for s in t.segments) / max(len(t.segments), 1)
-            out.append(Transcript(u, t.text.strip(), score, []))
-    return TranscribeResult(out, result.audio_seconds, result.wall_seconds, result.skipped)
+            texts[id(u)] = Transcript(u, t.text.strip(), score, [])
+    shorts = {id(t.utterance): t for t in short.transcripts}
+    ordered = [x for u in utterances if (x := shorts.get(id(u)) or texts.get(id(u))) is not None]
+    short.skipped.merge(result.skipped)
+    whisper = isinstance(tr.tokenizer, WhisperTokenizer)
+    unprompted = sum(not t.utterance.pnc for t in ordered) if whisper else 0
+    return TranscribeResult(ordered, short.audio_seconds + result.audio_seconds,
+                            short.wall_seconds + result.wall_seconds, short.skipped, unprompted)  # fmt: skip
 
 
 # ---- sequential: openai-whisper's algorithm ---------------------------------------------------------------
@@ -242,7 +287,7 @@ class _Sequential:
             if not cfg.condition_on_previous_text or result.temperature > 0.5:
                 reset_since = len(all_tokens)
             bar.update(round((min(content, seek) - previous_seek) * hop_s, 1))
-        text = tok.decode(all_tokens[len(prompt_tokens) :])
+        text = tok.decode(all_tokens[len(prompt_tokens) :], strip=False)
         notes = [] if segments else ["no speech found"]
         return FileTranscript(utt.audio_filepath, content * hop_s, utt.source_lang, utt.task, text, segments,
                               notes, offset=utt.offset)  # fmt: skip
@@ -287,7 +332,7 @@ class _Sequential:
         cuts = [i + 1 for i in range(len(tokens) - 1) if is_ts[i] and is_ts[i + 1]]
 
         def segment(start: float, end: float, ids: list[int]) -> Segment:
-            text = self.tok.decode([t for t in ids if t < self.tok.eos_id])
+            text = self.tok.decode([t for t in ids if t < self.tok.eos_id], strip=False)
             return Segment(
                 id=0, seek=seek, start=start, end=end, text=text, tokens=list(ids),
                 temperature=result.temperature, avg_logprob=result.avg_logprob,
