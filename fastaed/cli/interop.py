@@ -5,6 +5,7 @@ fastaed import whisper path/to/ct2_folder --out models/w               # CTransl
 fastaed import whisper large-v3.pt --tokenizer tokenizer.json --out m  # OpenAI checkpoint
 fastaed import whisper hf_folder --out m                               # Hugging Face folder
 fastaed export hf models/whisper-tiny.en --out hf_folder
+fastaed export openai models/whisper-tiny.en --out tiny.en.pt                 # openai-whisper .pt
 fastaed import nemo canary-180m-flash.nemo --out models/canary                  # NeMo Canary .nemo
 fastaed export nemo models/canary --out canary-finetuned.nemo
 """
@@ -66,6 +67,28 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--out", type=Path, required=True, help=".nemo file to write (replaces only one fastaed exported)"
     )
     ne.set_defaults(func=export_nemo_cmd)
+    oa = esub.add_parser("openai", help="OpenAI Whisper .pt that openai-whisper's load_model(path) reads")
+    oa.add_argument("checkpoint", type=Path)
+    oa.add_argument(
+        "--out", type=Path, required=True, help=".pt file to write (replaces only one fastaed exported)"
+    )
+    oa.add_argument(
+        "--alignment-heads",
+        type=_alignment_heads,
+        default=None,
+        metavar="L:H,...",
+        help="decoder (layer:head) pairs whose cross-attention word timestamps use (default: those the "
+        "checkpoint records, else openai-whisper's default, the upper half of the layers)",
+    )
+    oa.set_defaults(func=export_openai_cmd)
+
+
+def _alignment_heads(text: str) -> list[tuple[int, int]]:
+    try:
+        pairs = [item.split(":") for item in text.split(",") if item.strip()]
+        return [(int(layer), int(head)) for layer, head in pairs]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected LAYER:HEAD pairs, e.g. 2:0,3:1") from None
 
 
 def import_whisper_cmd(args: argparse.Namespace) -> int:
@@ -115,4 +138,15 @@ def export_nemo_cmd(args: argparse.Namespace) -> int:
 
     out = export_nemo(args.checkpoint, args.out)
     print(f"exported {args.checkpoint} -> {out} (NeMo EncDecMultiTaskModel)")
+    return 0
+
+
+def export_openai_cmd(args: argparse.Namespace) -> int:
+    from fastaed.formats.native import read_checkpoint_meta
+    from fastaed.formats.openai_export import export_openai, vocabulary_note
+
+    out = export_openai(args.checkpoint, args.out, alignment_heads=args.alignment_heads)
+    print(f"exported {args.checkpoint} -> {out} (openai-whisper .pt)")
+    if note := vocabulary_note(int(read_checkpoint_meta(args.checkpoint)["model_config"]["vocab_size"])):
+        print(f"note: {note}")
     return 0
