@@ -253,3 +253,19 @@ class CrossAttention(nn.Module):
             q, k, v, attn_mask=memory_mask, dropout_p=self.dropout_att if self.training else 0.0
         )  # (B, H, U, Dh)
         return self.out(merge_heads(out))
+
+    def forward_with_scores(self, x: Tensor, memory: Tensor, memory_mask: Tensor) -> tuple[Tensor, Tensor]:
+        """:meth:`forward` without a cache, written out so its attention logits can be returned.
+
+        x: (B, U, D); memory: (B, T, D); memory_mask: (B, 1, 1, T) True = valid frame. Returns the output
+        (B, U, D), equal to :meth:`forward`'s up to float rounding, and the float32 scores q·kᵀ/sqrt(Dh)
+        before any mask, (B, H, U, T): word alignment normalises them over frames of its own choosing.
+        """
+        q = split_heads(self.q(x), self.n_heads)  # (B, H, U, Dh)
+        k, v = self.project_memory(memory)
+        scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(q.shape[-1])  # (B, H, U, T)
+        probs = torch.softmax(scores.masked_fill(~memory_mask, float("-inf")), dim=-1)
+        if self.training and self.dropout_att > 0:
+            probs = F.dropout(probs, self.dropout_att)
+        out = torch.matmul(probs, v)  # (B, H, U, Dh)
+        return self.out(merge_heads(out)), scores.float()

@@ -25,6 +25,8 @@ cache (``fastaed.model.cache``: a K/V cache, or NeMo-style hidden states for the
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -39,6 +41,13 @@ from fastaed.model.attention import (
 )
 from fastaed.model.cache import CacheKind, DecoderCache, HiddenStateCache, KVCache
 from fastaed.model.config import DecoderConfig
+
+
+class CrossAttentionOutput(NamedTuple):
+    """What :meth:`TransformerDecoder.forward_with_cross_attention` returns."""
+
+    logits: Tensor  # (B, U, V)
+    weights: Tensor  # (B, L, H, U, T) cross-attention probabilities of the requested layers
 
 
 class DecoderBlock(nn.Module):
@@ -68,6 +77,16 @@ class DecoderBlock(nn.Module):
         x = x + self.dropout(self.self_attn(h, cache))
         x = x + self.dropout(self.cross_attn(self.cross_norm(x), memory, memory_mask, cache))
         return x + self.dropout(self.ff(self.ff_norm(x)))
+
+    def forward_with_cross_scores(
+        self, x: Tensor, memory: Tensor, memory_mask: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """Teacher-forced :meth:`forward` (no cache) that also returns the cross-attention scores before
+        softmax, (B, H, U, T) float32 (see ``CrossAttention.forward_with_scores``)."""
+        x = x + self.dropout(self.self_attn(self.self_norm(x)))
+        cross, scores = self.cross_attn.forward_with_scores(self.cross_norm(x), memory, memory_mask)
+        x = x + self.dropout(cross)
+        return x + self.dropout(self.ff(self.ff_norm(x))), scores
 
 
 class TransformerDecoder(nn.Module):
@@ -139,6 +158,50 @@ class TransformerDecoder(nn.Module):
         for layer in self.layers:
             x = layer(x, memory, memory_mask)
         return self.logits(x)
+
+    def forward_with_cross_attention(
+        self,
+        tokens: Tensor,
+        memory: Tensor,
+        memory_lens: Tensor,
+        layers: Sequence[int],
+        weight_lens: Tensor | None = None,
+    ) -> CrossAttentionOutput:
+        """:meth:`forward` that also returns the cross-attention probabilities of the ``layers`` asked for.
+
+        tokens: (B, U); memory: (B, T, D); memory_lens: (B,) valid frames (what the decoder attends to);
+        layers: L distinct layer indices. ``weight_lens``: (B,) frames the returned probabilities are
+        normalised over (default ``memory_lens``; clamped to it): Whisper's word alignment re-normalises over
+        the frames that hold audio while the decoder still attends to the whole padded window.
+
+        Returns logits (B, U, V), equal to :meth:`forward`'s up to float rounding, and weights
+        (B, L, H, U, T), zero past ``weight_lens``. Only the requested layers run their cross-attention
+        written out (the probabilities are materialised); the others keep SDPA's fused kernel.
+        """
+        wanted = list(layers)
+        in_range = all(0 <= i < len(self.layers) for i in wanted)
+        if not wanted or len(set(wanted)) != len(wanted) or not in_range:
+            raise ValueError(f"layers must be distinct indices in [0, {len(self.layers)}), got {wanted}")
+        memory_mask = lengths_to_mask(memory_lens, memory.shape[1])[:, None, None, :]  # (B, 1, 1, T)
+        x = self.embed(tokens, self.position_table(tokens.shape[1], tokens.device))
+        scores: dict[int, Tensor] = {}
+        for i, layer in enumerate(self.layers):
+            if i in wanted:
+                x, scores[i] = layer.forward_with_cross_scores(x, memory, memory_mask)
+            else:
+                x = layer(x, memory, memory_mask)
+        lens = memory_lens if weight_lens is None else torch.minimum(weight_lens, memory_lens)
+        weight_mask = lengths_to_mask(lens, memory.shape[1])[:, None, None, None, :]  # (B, 1, 1, 1, T)
+        stacked = torch.stack([scores[i] for i in wanted], dim=1)  # (B, L, H, U, T)
+        weights = torch.softmax(stacked.masked_fill(~weight_mask, float("-inf")), dim=-1)
+        return CrossAttentionOutput(self.logits(x), weights)
+
+    def cross_attention_weights(
+        self, tokens: Tensor, memory: Tensor, memory_lens: Tensor, layers: Sequence[int]
+    ) -> Tensor:
+        """(B, L, H, U, T) cross-attention probabilities of ``layers`` under teacher forcing: the softmax of
+        q·kᵀ/sqrt(Dh) over each row's valid frames (see :meth:`forward_with_cross_attention`)."""
+        return self.forward_with_cross_attention(tokens, memory, memory_lens, layers).weights
 
     def start(
         self, memory: Tensor, memory_lens: Tensor, capacity: int, kind: CacheKind = "kv"
