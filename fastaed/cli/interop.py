@@ -77,8 +77,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         type=_alignment_heads,
         default=None,
         metavar="L:H,...",
-        help="decoder (layer:head) pairs whose cross-attention word timestamps use (default: those the "
-        "checkpoint records, else openai-whisper's default, the upper half of the layers)",
+        help="decoder (layer:head) pairs whose cross-attention word timestamps use (default: the ones "
+        "fastaed uses: OpenAI's published heads for a released model, else the upper half of the layers)",
     )
     oa.set_defaults(func=export_openai_cmd)
 

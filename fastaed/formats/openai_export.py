@@ -10,9 +10,12 @@ comparisons exact).
 Two extra top-level keys, which ``load_model`` ignores:
 
 * ``fastaed_export``: who wrote the file (so a later export may replace it and nothing else is overwritten);
-* ``alignment_heads`` (when known): a bool ``(n_text_layer, n_text_head)`` mask of the cross-attention heads
-  that word timestamps use. ``load_model(path)`` cannot take them (they are a non-persistent buffer, set only
-  for OpenAI's named models), so the openai-whisper peer runner applies them with ``set_alignment_heads``.
+* ``alignment_heads``: a bool ``(n_text_layer, n_text_head)`` mask of the cross-attention heads that word
+  timestamps use: by default the ones fastaed's own word timestamps use
+  (:func:`fastaed.decode.alignment.alignment_heads`: OpenAI's published heads for a released model, else the
+  upper half of the decoder layers), so both tools align words with the same heads. ``load_model(path)``
+  cannot take them (a non-persistent buffer it sets only for OpenAI's named models), so the openai-whisper
+  peer runner applies them with ``set_alignment_heads``.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from typing import Any
 
 import torch
 
-from fastaed.formats.native import CheckpointError, load_model, read_checkpoint_meta
+from fastaed.formats.native import CheckpointError, load_model
 from fastaed.formats.whisper import WhisperDims, fastaed_to_canonical
 from fastaed.model import EncoderDecoderModel
 from fastaed.model.config import ModelConfig
@@ -91,27 +94,24 @@ def openai_checkpoint(
     model: EncoderDecoderModel, *, alignment_heads: AlignmentHeads | None = None, source: str = ""
 ) -> dict[str, Any]:
     """The dict ``torch.save`` writes for ``model`` (a fastaed Whisper): dims, OpenAI-named float32 weights,
-    the export tag and, when given, the alignment-head mask. Raises ValueError for any other architecture."""
+    the export tag and the alignment-head mask (``alignment_heads``, default: fastaed's own choice for this
+    model). Raises ValueError for any other architecture."""
+    from fastaed.decode.alignment import alignment_heads as fastaed_alignment_heads
+
     if differences := _layout_differences(model.config):
         raise ValueError(f"not OpenAI's Whisper architecture: {'; '.join(differences)}")
     dims, canonical = fastaed_to_canonical(model)
-    doc: dict[str, Any] = {
+    heads = (
+        fastaed_alignment_heads(model.config)
+        if alignment_heads is None
+        else alignment_mask(dims, alignment_heads)
+    )
+    return {
         "dims": asdict(dims),
         "model_state_dict": {k: v.contiguous() for k, v in canonical.items()},
+        "alignment_heads": heads,
         EXPORT_TAG: {"format": EXPORT_FORMAT, "name": model.config.name, "source": source},
     }
-    if alignment_heads:
-        doc["alignment_heads"] = alignment_mask(dims, alignment_heads)
-    return doc
-
-
-def stored_alignment_heads(meta: dict[str, Any]) -> list[tuple[int, int]] | None:
-    """The alignment heads a checkpoint's ``config.json`` records (``extra.alignment_heads``: [[layer, head],
-    ...]), or None when it records none."""
-    heads = (meta.get("extra") or {}).get("alignment_heads")
-    if not heads:
-        return None
-    return [(int(layer), int(head)) for layer, head in heads]
 
 
 def export_openai(
@@ -120,15 +120,13 @@ def export_openai(
     """Write the fastaed Whisper ``checkpoint`` as an openai-whisper ``.pt`` at ``out_path`` (written beside
     it and moved in; an existing file is replaced only when fastaed exported it).
 
-    ``alignment_heads``: (layer, head) pairs for word timestamps; default: those the checkpoint records.
+    ``alignment_heads``: (layer, head) pairs for word timestamps; default: those fastaed uses for this model.
     Raises :class:`CheckpointError` naming the checkpoint when it is not a Whisper model."""
     checkpoint, out = Path(checkpoint), Path(out_path)
     check_output_file(out, OPENAI_KIND)  # before loading anything
-    meta = read_checkpoint_meta(checkpoint)
     model = load_model(checkpoint)
-    heads = alignment_heads if alignment_heads is not None else stored_alignment_heads(meta)
     try:
-        doc = openai_checkpoint(model, alignment_heads=heads, source=str(checkpoint.resolve()))
+        doc = openai_checkpoint(model, alignment_heads=alignment_heads, source=str(checkpoint.resolve()))
     except ValueError as e:
         raise CheckpointError(f"{checkpoint}: cannot export to openai-whisper: {e}") from None
     with replacing_file(out, OPENAI_KIND) as tmp:

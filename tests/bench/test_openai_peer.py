@@ -26,7 +26,7 @@ from tests.bench import third_party_imports
 
 THREADS = 1  # the test machine's cores are shared: more threads only add contention
 CLIP = "librivox-sense_and_sensibility_01_austen_64kb-0870"  # 7.1 s, 23 words of read speech
-# tiny.en's published alignment heads (openai-whisper's table): exported into the .pt and read back from it.
+# tiny.en's published alignment heads (openai-whisper's table): the export's default, read back from the .pt.
 TINY_EN_HEADS = [(1, 0), (2, 0), (2, 5), (3, 0), (3, 1), (3, 2), (3, 3), (3, 4)]
 # Same weights, same torch, float32: the logits agree to rounding (0.0 on torch 2.13 CPU; logits reach ~40).
 LOGITS_TOL = 1e-4
@@ -55,13 +55,14 @@ def peer():
 
 @pytest.fixture(scope="module")
 def tiny_en(peer, tmp_path_factory):
-    """tiny.en as a fastaed checkpoint and as its openai-whisper export (with the published heads)."""
+    """tiny.en as a fastaed checkpoint and as its openai-whisper export (which carries the published heads
+    by default: fastaed's own word timestamps use them)."""
     from fastaed.formats.openai_export import export_openai
     from fastaed.formats.whisper_import import import_whisper
 
     root = tmp_path_factory.mktemp("tiny_en")
     ckpt = import_whisper(wf.real_whisper("tiny.en"), root / "ckpt")  # a failed fetch fails: no skip
-    return ckpt, export_openai(ckpt, root / "tiny.en.pt", alignment_heads=TINY_EN_HEADS)
+    return ckpt, export_openai(ckpt, root / "tiny.en.pt")
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,8 @@ openai-whisper itself is in tests/bench/test_openai_peer.py (it needs ``.venv-op
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -18,7 +20,7 @@ from fastaed.formats.openai_export import (
     EXPORT_TAG,
     OPENAI_KIND,
     export_openai,
-    stored_alignment_heads,
+    openai_checkpoint,
     vocabulary_note,
 )
 from fastaed.formats.whisper import WhisperDims, canonical_to_fastaed, read_openai
@@ -101,7 +103,7 @@ def test_export_has_openai_names_shapes_and_dims(ckpt, tmp_path):
     assert shapes == _openai_names(dims)
     assert all(v.dtype == torch.float32 for v in doc["model_state_dict"].values())
     assert doc[EXPORT_TAG]["name"] == model.config.name
-    assert "alignment_heads" not in doc  # none recorded, none given: openai-whisper's default applies
+    assert doc["alignment_heads"].tolist() == [[True, True]]  # an unreleased model: every upper-half head
 
 
 def test_export_reimports_to_the_same_weights(ckpt, tmp_path):
@@ -126,9 +128,18 @@ def test_alignment_heads_outside_the_decoder_are_a_clear_error(ckpt, tmp_path):
     assert not (tmp_path / "model.pt").exists()
 
 
-def test_recorded_alignment_heads_are_read_from_the_checkpoint_meta():
-    assert stored_alignment_heads({"extra": {"alignment_heads": [[2, 0], [3, 5]]}}) == [(2, 0), (3, 5)]
-    assert stored_alignment_heads({"extra": {}}) is None
+def test_default_alignment_heads_are_the_ones_fastaeds_word_timestamps_use(tmp_path):
+    from fastaed.decode.alignment import alignment_heads
+
+    vocab = wf.tokenizer_json(tmp_path)[1]
+    model = wf.random_model(vocab, n_mels=16, d_model=48, heads=6, layers=4, text_positions=16)
+    released = dataclasses.replace(model.config, name="whisper-tiny.en")  # tiny.en's decoder: 4 x 6 heads
+    published = alignment_heads(released)
+    assert int(published.sum()) == 8 and not published[0].any()  # OpenAI's table, not the upper-half default
+    model.config = released
+    assert torch.equal(openai_checkpoint(model)["alignment_heads"], published)
+    model.config = dataclasses.replace(released, name="whisper-mine")  # unknown: the upper half of the layers
+    assert openai_checkpoint(model)["alignment_heads"].tolist() == [[False] * 6] * 2 + [[True] * 6] * 2
 
 
 def test_a_users_file_is_refused_and_left_unchanged(ckpt, tmp_path):
@@ -145,7 +156,7 @@ def test_an_earlier_export_is_replaced(ckpt, tmp_path):
     out = export_openai(ckpt, tmp_path / "model.pt")
     assert OPENAI_KIND.recognise(out)
     export_openai(ckpt, out, alignment_heads=[(0, 0)])
-    assert "alignment_heads" in _load(out)
+    assert _load(out)["alignment_heads"].tolist() == [[True, False]]
 
 
 def test_a_non_whisper_checkpoint_is_a_clear_error(tmp_path, capsys):
