@@ -140,8 +140,19 @@ def median_filter(x: Tensor, width: int) -> Tensor:
     if x.shape[-1] <= half:
         return x
     padded = F.pad(x, (half, half), mode="reflect")
-    # A sort and a pick: torch.median over unfolded windows is much slower on CPU.
-    return padded.unfold(-1, width, 1).sort(dim=-1).values[..., half]
+    if bool(torch.isnan(padded).any()):  # sort's order for NaN (last); min/max would spread it
+        return padded.unfold(-1, width, 1).sort(dim=-1).values[..., half]
+    # An odd-even transposition network over the ``width`` shifted views sorts every window at once with
+    # elementwise min/max: the same values as sorting each window, ~8x faster than many tiny sorts on CPU.
+    n = x.shape[-1]
+    views = [padded[..., k : k + n] for k in range(width)]
+    for round_ in range(width):
+        for k in range(round_ % 2, width - 1, 2):
+            views[k], views[k + 1] = (
+                torch.minimum(views[k], views[k + 1]),
+                torch.maximum(views[k], views[k + 1]),
+            )
+    return views[half]
 
 
 def dtw_path(cost: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -149,33 +160,32 @@ def dtw_path(cost: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     diagonally. Returns its row and column indices, (K,) each, in path order.
 
     Filled one anti-diagonal at a time (every cell of one depends only on the two before it), so the loop
-    runs N + M times over vectors instead of N · M times over cells. Ties and precision follow
-    openai-whisper's DTW: sums in float64 stored in float32, the diagonal preferred only when strictly
-    cheaper, then the move from above, else the move from the left.
+    runs N + M times over vectors instead of N · M times over cells; the tables are stored skewed (row d
+    holds the cells i + j = d, indexed by i) so each step reads plain slices. Ties and precision follow
+    openai-whisper's DTW: sums in float64 stored in float32; the diagonal when strictly cheapest, else the
+    move from above when strictly cheapest, else the move from the left.
     """
     n, m = cost.shape
-    cost = np.asarray(cost, dtype=np.float64)
-    total = np.full((n + 1, m + 1), np.inf, dtype=np.float32)
+    rows_i = np.broadcast_to(np.arange(1, n + 1)[:, None], (n, m))
+    cols_j = np.broadcast_to(np.arange(1, m + 1)[None, :], (n, m))
+    skewed = np.full((n + m + 1, n + 1), np.inf)  # out-of-table cells cost inf, so they never win
+    skewed[(rows_i + cols_j).ravel(), rows_i.ravel()] = np.asarray(cost, dtype=np.float64).ravel()
+    total = np.full((n + m + 1, n + 1), np.inf, dtype=np.float32)
     total[0, 0] = 0.0
-    move = np.zeros((n + 1, m + 1), dtype=np.int8)  # 0 diagonal, 1 from above, 2 from the left
-    for diagonal in range(2, n + m + 1):
-        i = np.arange(max(1, diagonal - m), min(n, diagonal - 1) + 1)
-        j = diagonal - i
-        diag, up, left = total[i - 1, j - 1], total[i - 1, j], total[i, j - 1]
-        step = np.full(len(i), 2, dtype=np.int8)
-        step[(up < diag) & (up < left)] = 1
-        step[(diag < up) & (diag < left)] = 0
-        best = np.where(step == 0, diag, np.where(step == 1, up, left))
-        total[i, j] = cost[i - 1, j - 1] + best.astype(np.float64)  # float64 sum, stored as float32
-        move[i, j] = step
-    move[0, :] = 2  # the borders lead back to the origin
-    move[:, 0] = 1
+    move = np.full((n + m + 1, n + 1), 2, dtype=np.int8)  # 0 diagonal, 1 from above, 2 from the left
+    for d in range(2, n + m + 1):
+        diag, up, left = total[d - 2, :-1], total[d - 1, :-1], total[d - 1, 1:]  # for i = 1 .. n
+        diag_wins = (diag < up) & (diag < left)
+        up_wins = (up < diag) & (up < left)
+        best = np.where(diag_wins, diag, np.where(up_wins, up, left))
+        total[d, 1:] = skewed[d, 1:] + best.astype(np.float64)  # float64 sum, stored as float32
+        move[d, 1:] = np.where(diag_wins, 0, np.where(up_wins, 1, 2))
     rows, cols = [], []
     i, j = n, m
     while i > 0 or j > 0:
         rows.append(i - 1)
         cols.append(j - 1)
-        step = move[i, j]
+        step = move[i + j, i] if i > 0 and j > 0 else (2 if i == 0 else 1)  # the borders lead to (0, 0)
         if step == 0:
             i, j = i - 1, j - 1
         elif step == 1:
@@ -288,9 +298,9 @@ def find_alignment(
             layers,
             weight_lens=torch.tensor([frames], device=enc.device),
         )
-    logits = out.logits[0, prefix:, : tokenizer.eos_id].float()  # rows predict the text tokens, then EOT
+    logits = out.logits[0, prefix:, : tokenizer.eos_id].float().cpu()  # rows predict the text, then EOT
     token_probs = logits.softmax(dim=-1)[torch.arange(len(text_tokens)), torch.tensor(text_tokens)]
-    text_token_probs = token_probs.cpu().tolist()
+    text_token_probs = token_probs.tolist()
 
     weights = torch.stack([out.weights[0, layers.index(layer), head] for layer, head in pairs])
     weights = weights[:, :, :frames].float().cpu()  # (heads, tokens, frames)

@@ -53,7 +53,8 @@ def ctc_viterbi_states(log_probs: Tensor, targets: Tensor, blank: int) -> Tensor
     neg_inf = torch.tensor(float("-inf"), device=log_probs.device)
     score = torch.full((num_states,), float("-inf"), device=log_probs.device)
     score[: min(2, num_states)] = emit[0, : min(2, num_states)]
-    moves = torch.zeros((num_frames, num_states), dtype=torch.long, device=log_probs.device)
+    # Steps back per frame and state: int8 keeps the table at T · S bytes for long inputs.
+    moves = torch.zeros((num_frames, num_states), dtype=torch.int8, device=log_probs.device)
     for t in range(1, num_frames):
         from_one = F.pad(score[:-1], (1, 0), value=float("-inf"))
         from_two = torch.where(can_skip, F.pad(score[:-2], (2, 0), value=float("-inf")), neg_inf)
@@ -94,9 +95,9 @@ def ctc_forced_align(log_probs: Tensor, targets: Tensor, blank: int) -> Tensor:
     return ctc_token_frames(log_probs, targets, blank)[0]
 
 
-def _piece(tokenizer: Any, token_id: int) -> str | None:
+def _piece(tokenizer: Any, token_id: int, specials: set[int]) -> str | None:
     """The SentencePiece piece of a text token, None for a special token (prompt, end of text, padding)."""
-    if token_id in tokenizer.special_ids.values():
+    if token_id in specials:
         return None
     pieces = getattr(tokenizer, "pieces", None)  # CanaryTokenizer: every id's piece in one list
     if pieces is not None:
@@ -122,7 +123,8 @@ def ctc_word_timestamps(
     its probability is the mean over its tokens of their label's posterior on their frames. ``blank``:
     default the tokenizer's pad id (the CTC head's blank).
     """
-    kept = [(t, p) for t in token_ids if (p := _piece(tokenizer, int(t))) is not None]
+    specials = set(tokenizer.special_ids.values())
+    kept = [(t, p) for t in token_ids if (p := _piece(tokenizer, int(t), specials)) is not None]
     if not kept:
         return []
     blank = tokenizer.pad_id if blank is None else blank

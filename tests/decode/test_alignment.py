@@ -7,6 +7,7 @@ failed fetch fails; nothing here skips but the openai-whisper comparison without
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import math
@@ -39,7 +40,7 @@ from fastaed.decode.segments import Segment
 from fastaed.formats.native import load_model
 from fastaed.formats.whisper import fastaed_to_canonical
 from fastaed.formats.whisper_import import import_whisper
-from fastaed.model import whisper_config
+from fastaed.model import build_model, preset_config, whisper_config
 from fastaed.model.attention import lengths_to_mask
 from fastaed.testing import train_tiny_tokenizer
 from tests import whisper_fixtures as wf
@@ -109,6 +110,9 @@ def test_median_filter_is_the_median_of_reflected_windows():
     expected = np.stack([np.median(padded[..., i : i + 7], axis=-1) for i in range(20)], axis=-1)
     assert np.allclose(median_filter(x, 7).numpy(), expected)
     assert torch.equal(median_filter(x[..., :3], 7), x[..., :3])  # too short to reflect: unchanged
+    x[0, 0, 4:6] = float("nan")  # NaN sorts last, as in a sort of each window
+    windows = torch.nn.functional.pad(x, (3, 3), mode="reflect").unfold(-1, 7, 1)
+    assert torch.equal(median_filter(x, 7), windows.sort(dim=-1).values[..., 3])
 
 
 # ---- alignment heads and words ---------------------------------------------------------------------------
@@ -454,3 +458,20 @@ def test_word_times_equal_openai_whispers_on_the_same_window(openai_peer, tiny_e
         table = WHISPER_ALIGNMENT_HEADS[key]
         assert size == table.n_layers * table.n_heads
         assert flat == [layer * table.n_heads + head for layer, head in table.pairs]
+
+
+def test_ctc_words_from_a_models_ctc_head_are_monotone_and_inside_the_audio(tmp_path):
+    tok = train_tiny_tokenizer(tmp_path / "tok", vocab_size=64)
+    config = dataclasses.replace(preset_config("test", tok.vocab_size), ctc_weight=0.3)
+    torch.manual_seed(0)
+    model = build_model(config).eval()
+    feats = torch.randn(1, 400, config.encoder.n_mels)  # 4 s of features
+    with torch.no_grad():
+        enc, lens = model.encode(feats, torch.tensor([400]))
+        log_probs = model.ctc_log_probs(enc)[0, : int(lens[0])]
+    frame_seconds = 4.0 / int(lens[0])
+    words = ctc_word_timestamps(log_probs, tok.encode_text("the cat sat on the mat"), tok, frame_seconds, 1.0)
+    assert [w.word for w in words] == [" the", " cat", " sat", " on", " the", " mat"]
+    times = [x for w in words for x in (w.start, w.end)]
+    assert times == sorted(times) and 1.0 <= times[0] and times[-1] <= 5.0 + 1e-6
+    assert all(w.end > w.start and 0 < w.probability <= 1 for w in words)
