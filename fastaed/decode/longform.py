@@ -246,18 +246,25 @@ class _Sequential:
     def transcribe(self, utt: Utterance, bar: tqdm) -> FileTranscript:
         cfg, tok, tr = self.config, self.tok, self.tr
         wave = load_utterance_audio(utt)
+        task = "translate" if utt.task == "translate" else "transcribe"
+        if not self._has_speech(wave):  # Whisper would write ". . ." over a silent file: say so instead
+            seconds_in = len(wave) / self.mel.config.sample_rate
+            bar.update(round(seconds_in, 1))
+            note = ["no speech found (voice activity detector)"]
+            return FileTranscript(utt.audio_filepath, seconds_in, utt.source_lang, task, "", [], note,
+                                  offset=utt.offset)  # fmt: skip
         mel = self.mel.long_log_mel(wave.to(tr.device))  # (n_mels, content + 3000)
         del wave
         content = mel.shape[1] - self.frames
-        hop_s = self.mel.config.hop_length / self.mel.config.sample_rate
-        task = "translate" if utt.task == "translate" else "transcribe"
+        hop, rate = self.mel.config.hop_length, self.mel.config.sample_rate
+        seconds = lambda frames: frames * hop / rate  # noqa: E731  # openai-whisper's rounding, to the bit
         sot = self.window.sot_sequence(utt.source_lang, task)
         prompt_tokens = tok.encode_text(" " + cfg.initial_prompt.strip()) if cfg.initial_prompt else []
         all_tokens: list[int] = list(prompt_tokens)
         segments: list[Segment] = []
         reset_since, seek, last_speech = 0, 0, 0.0
         while seek < content:
-            offset = seek * hop_s
+            offset = seconds(seek)
             size = min(self.frames, content - seek)
             window = mel[:, seek : seek + size]
             if self.padded:
@@ -267,16 +274,16 @@ class _Sequential:
             result = self._decode_with_fallback(enc, sot, all_tokens[reset_since:])
             if self._is_silence(result):
                 seek += size
-                bar.update(round(size * hop_s, 1))
+                bar.update(round(seconds(size), 1))
                 continue
             previous_seek = seek
-            current, seek, single_ending = self._segments(result, seek, size, offset, hop_s)
+            current, seek, single_ending = self._segments(result, seek, size, offset, seconds(size))
             if self.words is not None:
                 last_speech = self.words.add(enc[0], size, sot, current, offset, last_speech)
                 if not single_ending:
                     ends = [w.end for s in current for w in (s.words or [])]
                     if ends and ends[-1] > offset:
-                        seek = round(ends[-1] / hop_s)
+                        seek = round(ends[-1] * (rate // hop))
             for s in current:  # an instantaneous segment, or one without text, keeps no text
                 if s.start == s.end or not s.text.strip():
                     s.text, s.tokens, s.words = "", [], ([] if s.words is not None else None)
@@ -286,11 +293,18 @@ class _Sequential:
                 all_tokens.extend(s.tokens)
             if not cfg.condition_on_previous_text or result.temperature > 0.5:
                 reset_since = len(all_tokens)
-            bar.update(round((min(content, seek) - previous_seek) * hop_s, 1))
+            bar.update(round(seconds(min(content, seek) - previous_seek), 1))
         text = tok.decode(all_tokens[len(prompt_tokens) :], strip=False)
         notes = [] if segments else ["no speech found"]
-        return FileTranscript(utt.audio_filepath, content * hop_s, utt.source_lang, utt.task, text, segments,
+        return FileTranscript(utt.audio_filepath, seconds(content), utt.source_lang, task, text, segments,
                               notes, offset=utt.offset)  # fmt: skip
+
+    def _has_speech(self, wave: torch.Tensor) -> bool:
+        """Whether the voice-activity detector finds any speech at all (a file without any is not decoded;
+        files with speech are decoded whole, exactly as openai-whisper does)."""
+        from fastaed.decode.vad import VadConfig, detect_chunks, load_vad
+
+        return bool(detect_chunks(wave, self.mel.config.sample_rate, VadConfig(), model=load_vad()))
 
     def _decode_with_fallback(self, enc: torch.Tensor, sot: list[int], previous: list[int]) -> WindowResult:
         cfg = self.config
@@ -321,7 +335,7 @@ class _Sequential:
         return not (cfg.logprob_threshold is not None and result.avg_logprob > cfg.logprob_threshold)
 
     def _segments(
-        self, result: WindowResult, seek: int, size: int, offset: float, hop_s: float
+        self, result: WindowResult, seek: int, size: int, offset: float, window_s: float
     ) -> tuple[list[Segment], int, bool]:
         """Cut the window's tokens into segments at consecutive timestamp pairs; returns them, the next seek
         and whether the window ended on a single timestamp (its last segment is complete)."""
@@ -352,7 +366,7 @@ class _Sequential:
             if single_ending:
                 return out, seek + size, True
             return out, seek + (tokens[last - 1] - ts_begin) * self.stride, False
-        duration = size * hop_s
+        duration = window_s
         stamps = [t for t in tokens if t >= ts_begin]
         if stamps and stamps[-1] != ts_begin:
             duration = (stamps[-1] - ts_begin) * TIME_PRECISION
@@ -471,7 +485,7 @@ class _Batched:
             done[p.index] = self._file(p)
 
     def _words(self, enc: torch.Tensor, tokens: list[int], offset: float) -> list:
-        from fastaed.decode.alignment import ctc_word_timestamps
+        from fastaed.decode.ctc_alignment import ctc_word_timestamps
 
         tr = self.tr
         log_probs = tr.model.ctc_log_probs(enc[None])[0]
@@ -491,7 +505,7 @@ class _Batched:
             segments.append(Segment(id=len(segments), start=start, end=end, text=lead + text, words=words,
                                     seek=round(chunk.start * 100)))  # fmt: skip
         text = "".join(s.text if s.text.startswith(" ") else " " + s.text for s in segments)
-        notes = [] if p.chunks else ["no speech found"]
+        notes = [] if p.chunks else ["no speech found (voice activity detector)"]
         u = p.utt
         return FileTranscript(u.audio_filepath, p.duration, u.source_lang, u.task, text.strip(), segments,
                               notes, offset=u.offset)  # fmt: skip
