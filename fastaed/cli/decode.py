@@ -166,7 +166,7 @@ def transcribe_cmd(args: argparse.Namespace) -> int:
     from fastaed.data.errors import BadInputReport
     from fastaed.decode.longform import needs_long_form, resolve_mode, transcribe_long
     from fastaed.decode.transcribe import utterances_from_audio, utterances_from_manifest, write_jsonl
-    from fastaed.decode.writers import SubtitleOptions, check_output, format_for, write_outputs
+    from fastaed.decode.writers import SubtitleOptions, check_output, format_for, wants_folder, write_outputs
 
     if bool(args.audio) == bool(args.manifest):
         raise UsageError("give audio files or --manifest (not both)")
@@ -176,7 +176,12 @@ def transcribe_cmd(args: argparse.Namespace) -> int:
         fmt = format_for(args.out, args.format)
     except ValueError as e:
         raise UsageError(str(e)) from None
-    several = len(args.audio) > 1 or bool(args.manifest)  # several inputs: a folder, unless jsonl
+    inputs = len(args.audio) if args.audio else 2  # a manifest: a folder of files (unless jsonl)
+    several = wants_folder(args.out, fmt, inputs)
+    options = config_from_args(SubtitleOptions, args)
+    if options.uses_words and not long_form.word_timestamps:
+        raise UsageError("--max-line-width/--max-line-count/--max-words-per-line/--highlight-words lay out "
+                         "words: add --word-timestamps")  # fmt: skip
     if fmt == "jsonl":
         check_output_path(args.out, "--out")  # now, not after the whole decode
     else:
@@ -203,7 +208,6 @@ def transcribe_cmd(args: argparse.Namespace) -> int:
         count, mode = len(result.transcripts), "one window per input"
     else:
         result = transcribe_long(transcriber, utts, long_form, on_bad_input=args.on_bad_input, pnc="prompt")
-        options = config_from_args(SubtitleOptions, args)
         written = write_outputs(result.transcripts, args.out, fmt, options, as_folder=several)
         count, mode = len(result.transcripts), f"long-form {result.mode}"
         silent = sum(not t.segments for t in result.transcripts)
