@@ -346,7 +346,8 @@ class Transcriber:
                 if window is not None and u.duration > window:
                     raise E.BadInputError(
                         E.BAD_FIELD, f"{u.duration:.2f} s is longer than this Whisper model's {window:.0f} s "
-                        "window (split longer audio)", path=u.manifest, line=u.line, field="duration",
+                        "window (fastaed.decode.longform decodes longer audio)", path=u.manifest, line=u.line,
+                        field="duration",
                     )  # fmt: skip
             except E.BadInputError as err:
                 if not u.manifest:  # an audio file given directly: name it, as there is no manifest line
