@@ -44,6 +44,8 @@ BENCHMARKS = {
                         "streaming sampler: 512-rank simulation, tar vs loose reads, vs Lhotse on Shar"),
     "finetune": Benchmark("fastaed.bench.finetune", "FinetuneBenchConfig",
                           "Whisper fine-tuning: bucketed unpadded vs 30 s padded, equal wall time"),
+    "longform": Benchmark("fastaed.bench.longform", "LongformBenchConfig",
+                          "long real recordings: fastaed vs openai-whisper and faster-whisper, timed"),
     "readme": Benchmark("fastaed.bench.results_table", "ReadmeTableConfig",
                         "README's results table from bench_results/ (--check: exit 1 on drift)"),
 }  # fmt: skip

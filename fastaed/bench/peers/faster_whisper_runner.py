@@ -29,6 +29,16 @@ Subcommands (request fields; ``model`` is a CTranslate2 Whisper folder, ``thread
   transcribed once before the clock starts. Reading the audio (soundfile), features, encoder and decoder are
   timed, as in fastaed's transcriber.
 
+* ``longform`` {model, audio: [wav], warmup_audio: [wav]=[], mode="sequential"|"batched", batch_size=8,
+  temperature=0.0 (a number or a list: the fallback ladder), condition_on_previous_text=true,
+  word_timestamps=false, language=null, compute_type="float32", threads}: long recordings as a user runs
+  them. ``sequential``: ``WhisperModel.transcribe`` (beam 1, timestamps, no VAD, the thresholds at their
+  defaults); ``batched``: ``BatchedInferencePipeline`` with its default Silero VAD (beam 1, ``batch_size``).
+  Returns per file its text, language, segments (id, seek, start, end, text, tokens, temperature,
+  avg_logprob, compression_ratio, no_speech_prob, and words when asked: word, start, end, probability),
+  seconds (reading the audio included) and audio seconds; over the timed pass the audio / wall seconds
+  (RTFx) and the process's peak RSS. ``warmup_audio`` is transcribed once before the clock starts.
+
 The batched pipeline batches the *chunks of one recording* (VAD segments, or ``clip_timestamps``); it never
 batches separate files. To batch separate clips, they are laid end to end in one array and each clip is given
 as a ``clip_timestamps`` entry, so every batch row is exactly one clip (each still padded to 30 s of log-mel).
@@ -40,6 +50,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import sys
 import time
 from pathlib import Path
@@ -289,6 +300,104 @@ def cmd_transcribe(request: dict) -> dict:
     }
 
 
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far, MiB (Linux reports ``ru_maxrss`` in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _segment_dict(segment) -> dict:
+    out = {
+        "id": segment.id, "seek": segment.seek, "start": segment.start, "end": segment.end,
+        "text": segment.text, "tokens": [int(t) for t in segment.tokens], "temperature": segment.temperature,
+        "avg_logprob": segment.avg_logprob, "compression_ratio": segment.compression_ratio,
+        "no_speech_prob": segment.no_speech_prob,
+    }  # fmt: skip
+    if segment.words is not None:
+        out["words"] = [
+            {"word": w.word, "start": w.start, "end": w.end, "probability": w.probability}
+            for w in segment.words
+        ]
+    return out
+
+
+def cmd_longform(request: dict) -> dict:
+    from faster_whisper import BatchedInferencePipeline, WhisperModel
+
+    threads = int(request.get("threads", 1))
+    mode = request.get("mode", "sequential")
+    if mode not in ("sequential", "batched"):
+        raise PeerRequestError(f"mode {mode!r}: expected sequential or batched")
+    audio_paths = list(request["audio"])
+    if not audio_paths:
+        raise PeerRequestError("no audio given")
+    temperature = request.get("temperature", 0.0)
+    temperature = [float(t) for t in temperature] if isinstance(temperature, list) else float(temperature)
+    options = dict(
+        language=request.get("language"),
+        task=request.get("task", "transcribe"),
+        beam_size=1,
+        temperature=temperature,
+        condition_on_previous_text=bool(request.get("condition_on_previous_text", True)),
+        word_timestamps=bool(request.get("word_timestamps", False)),
+    )
+    start = time.perf_counter()
+    model = WhisperModel(
+        request["model"],
+        device="cpu",
+        compute_type=request.get("compute_type", "float32"),
+        cpu_threads=threads,
+        local_files_only=True,
+    )
+    batch_size = int(request.get("batch_size", 8))
+    if mode == "batched":
+        pipeline = BatchedInferencePipeline(model)
+
+        def transcribe(audio: np.ndarray):
+            return pipeline.transcribe(audio, batch_size=batch_size, **options)  # its default VAD
+    else:
+
+        def transcribe(audio: np.ndarray):
+            return model.transcribe(audio, vad_filter=False, without_timestamps=False, **options)
+
+    load_seconds = time.perf_counter() - start
+
+    def one(path: str) -> dict:
+        begin = time.perf_counter()
+        audio = read_audio(path)
+        segments, info = transcribe(audio)
+        segments = [_segment_dict(s) for s in segments]  # the generator does the work
+        return {
+            "audio": path,
+            "text": "".join(s["text"] for s in segments),
+            "language": info.language,
+            "segments": segments,
+            "seconds": time.perf_counter() - begin,
+            "audio_seconds": len(audio) / SAMPLE_RATE,
+        }
+
+    start = time.perf_counter()
+    for path in request.get("warmup_audio") or []:
+        one(path)
+    warmup_seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    files = [one(path) for path in audio_paths]
+    wall = time.perf_counter() - start
+    audio_seconds = sum(f["audio_seconds"] for f in files)
+    return {
+        "files": files,
+        "audio_seconds": audio_seconds,
+        "wall_seconds": wall,
+        "rtfx": audio_seconds / wall if wall > 0 else None,
+        "peak_rss_mb": peak_rss_mb(),
+        "load_seconds": load_seconds,
+        "warmup_seconds": warmup_seconds,
+        "mode": mode,
+        "batch_size": batch_size if mode == "batched" else 1,
+        "threads": threads,
+        "compute_type": request.get("compute_type", "float32"),
+    }
+
+
 def cmd_versions(request: dict) -> dict:
     import ctranslate2
     import faster_whisper
@@ -301,6 +410,7 @@ COMMANDS = {
     "encode": cmd_encode,
     "generate": cmd_generate,
     "transcribe": cmd_transcribe,
+    "longform": cmd_longform,
     "versions": cmd_versions,
 }
 
