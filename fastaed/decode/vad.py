@@ -1,11 +1,11 @@
 """Voice-activity detection for batched long-form transcription: where is speech, and where to cut.
 
 The detector is Silero VAD v6 (the weights ship in the ``silero-vad`` wheel), run by our own torch code
-rather than silero's: its ``get_speech_timestamps`` calls a TorchScript model once per 32 ms
-window, about 0.8 s per minute of audio on two cores. Here the convolutional front end, which depends on
-one window only, runs over every window of a block in one batched call, and only the LSTM walks the window
-sequence (one ``nn.LSTM`` call per block); the state is carried from block to block, so any block size gives
-the same probabilities.
+rather than silero's: its ``get_speech_timestamps`` calls a TorchScript model once per 32 ms window, 0.5 to
+0.8 s per minute of audio on two cores. Here the convolutional front end, which depends on one window only,
+runs over every window of a block in one batched call, and only the LSTM walks the window sequence (one
+``nn.LSTM`` call per block); the state is carried from block to block, so any block size gives the same
+probabilities. Measured on 60 s of real speech, 2 threads: 31 ms against silero's 534 ms (17x).
 
 The silero package is never imported: its ``__init__`` calls ``torch.set_num_threads(1)``, which would slow
 down everything else in the process. Its data file is found through the import system's metadata alone.
@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import math
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -130,7 +131,7 @@ _SILERO_NAMES = {
         f"conv{i + 1}.{kind}": f"encoder.{i}.reparam_conv.{kind}"
         for i in range(4)
         for kind in ("weight", "bias")
-    },  # noqa: E501
+    },
     **{f"lstm.{kind}_l0": f"decoder.rnn.{kind}" for kind in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")},
     "final_conv.weight": "decoder.decoder.2.weight",
     "final_conv.bias": "decoder.decoder.2.bias",
@@ -141,7 +142,9 @@ _SILERO_NAMES = {
 def load_vad() -> SileroVad:
     """The VAD on the CPU in eval mode, loaded once per process (shared: move a copy, not this one)."""
     # torch's own TorchScript loader reads the archive; the model's code is never run, only its tensors taken.
-    archive = torch.jit.load(str(weights_path()), map_location="cpu")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "`torch.jit.load` is deprecated", DeprecationWarning)
+        archive = torch.jit.load(str(weights_path()), map_location="cpu")
     silero = {name: tensor.detach().clone() for name, tensor in archive._model.state_dict().items()}
     model = SileroVad()
     model.load_state_dict({ours: silero[theirs] for ours, theirs in _SILERO_NAMES.items()})
@@ -243,8 +246,8 @@ class VadConfig:
       value (hysteresis), so a dip between syllables does not end it.
     - min_silence_s 0.5: a region ends only after this much silence, so regions are phrases and the short
       pauses between words never split them (each split is a place a chunk may be cut).
-    - min_speech_s 0.1: shorter regions are dropped (a click, a breath); short enough to keep an isolated
-      "yes" or "no" (silero's 0.25 s default drops those).
+    - min_speech_s 0.1: shorter regions are dropped (a click, a breath), but a short isolated word ("no")
+      is kept, which silero's 0.25 s default can drop.
     - speech_pad_s 0.2: each region grows by this much on both sides, because window decisions are 32 ms
       coarse and soft onsets and word-final consonants score low; neighbours closer than twice the pad
       share the silence between them at its middle, so regions never overlap.
