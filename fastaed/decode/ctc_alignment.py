@@ -105,6 +105,15 @@ def _piece(tokenizer: Any, token_id: int, specials: set[int]) -> str | None:
     return tokenizer.sp.id_to_piece(token_id - tokenizer.num_specials)  # Tokenizer: specials first
 
 
+def ctc_alignable(num_frames: int, token_ids: Sequence[int], tokenizer: Any) -> bool:
+    """Whether ``num_frames`` CTC frames can hold the text tokens of ``token_ids`` (one frame each, plus a
+    blank between equal neighbours): a looping decoder writes more than that."""
+    specials = set(tokenizer.special_ids.values())
+    kept = [int(t) for t in token_ids if int(t) not in specials]
+    repeats = sum(a == b for a, b in zip(kept, kept[1:]))
+    return not kept or num_frames >= len(kept) + repeats
+
+
 def ctc_word_timestamps(
     log_probs: Tensor,
     token_ids: Sequence[int],

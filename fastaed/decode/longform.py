@@ -524,27 +524,33 @@ class _Batched:
             frames = min(samples // hop, self.tr.model.config.encoder.max_positions * 2)
             add_whisper_word_timestamps(tr.model, tok, enc, frames, sot, [segment], offset, self.heads)
             return segment.words or []
-        from fastaed.decode.ctc_alignment import ctc_word_timestamps
+        from fastaed.decode.ctc_alignment import ctc_alignable, ctc_word_timestamps
 
         log_probs = tr.model.ctc_log_probs(enc[None, :enc_len])[0]
         frame_s = tr.model.config.encoder.subsampling_factor * hop / self.sample_rate
+        if not ctc_alignable(log_probs.shape[0], tokens, tr.tokenizer):
+            return None  # the decoder wrote more than the CTC topology fits (a loop): the chunk stays whole
         return ctc_word_timestamps(
             log_probs, tokens, tr.tokenizer, frame_s, self._first(chunk) / self.sample_rate
         )
 
     def _file(self, p: _Pending) -> FileTranscript:
         segments: list[Segment] = []
+        unaligned = 0
         for j, chunk in enumerate(p.chunks):
             text = p.texts[j]
             if not text.strip():
                 continue
             words = p.words.get(j)
+            unaligned += self.can_time_words and words is None
             for start, end, piece, piece_words in _split_at_pauses(text, words, chunk.regions):
                 keep = piece_words if self.config.word_timestamps else None
                 segments.append(Segment(id=len(segments), start=start, end=end, text=piece, words=keep,
                                         seek=round(chunk.start * 100)))  # fmt: skip
         text = "".join(s.text if s.text.startswith(" ") else " " + s.text for s in segments)
         notes = [] if p.chunks else ["no speech found (voice activity detector)"]
+        if unaligned:
+            notes.append(f"{unaligned} chunk(s) without word times: more tokens than CTC frames can align")
         u = p.utt
         return FileTranscript(u.audio_filepath, p.duration, u.source_lang, u.task, text.strip(), segments,
                               notes, offset=u.offset)  # fmt: skip
