@@ -22,8 +22,8 @@ Engines (``--engines``), each file in a process of its own (its peak RSS is its 
 Every engine: greedy (beam 1), temperature 0 with no fallback (``--temperatures``), conditioned on the
 previous text, English, the same CPU threads (``--threads``); batched engines without word timestamps
 unless ``--batched-word-timestamps``. Timed: reading the file through the last segment; model loading and
-one warm-up pass on a 15 s file of the same kind are not. An engine whose venv is missing is left out and
-named in the notes.
+one warm-up pass on a short file of the same kind (``--warmup-s``, 0: none) are not. An engine whose venv
+is missing is left out and named in the notes.
 
 Scores (against the truth): WER (Whisper's English normaliser), RTFx, segment-boundary error (every segment
 start/end against the nearest true clip start/end; median, 90th percentile, ms), word-timestamp error (first
@@ -76,7 +76,6 @@ ENGINES = {
 }
 QUICK_ENGINES = ("fastaed-sequential", "fastaed-batched-8", "openai-sequential", "faster-whisper-sequential",
                  "faster-whisper-batched-8")  # fmt: skip
-WARMUP_MINUTES = 0.25
 
 
 @dataclass(frozen=True)
@@ -103,15 +102,23 @@ class LongformBenchConfig:
     )
     quick: bool = field(default=False, metadata={"help": "one short file, tiny.en only: checks the pipeline"})
     quick_minutes: float = field(default=1.0, metadata={"help": "--quick: the file's length (minutes)"})
+    warmup_s: float = field(default=15.0, metadata={"help": "warm-up file's seconds (0: none)"})
     engine_timeout_s: float = field(default=7200.0, metadata={"help": "most one engine takes on a file"})
     json: Path | None = field(default=None, metadata={"help": "write the results here"})
 
     def __post_init__(self) -> None:
+        from fastaed.cli.errors import UsageError  # printed as one line by the command, no traceback
+
         unknown = [e for e in self.engines if e not in ENGINES]
         if unknown:
-            raise ValueError(f"--engines: unknown {', '.join(unknown)}; known: {', '.join(ENGINES)}")
-        if self.threads < 1 or not self.minutes or any(m <= 0 for m in self.minutes):
-            raise ValueError("--threads must be >= 1 and --minutes positive")
+            raise UsageError(f"--engines: unknown {', '.join(unknown)}; known: {', '.join(ENGINES)}")
+        if (
+            self.threads < 1
+            or not self.minutes
+            or min(*self.minutes, self.quick_minutes) <= 0
+            or 0 < self.warmup_s < 3
+        ):
+            raise UsageError("--threads must be >= 1; --minutes, --quick-minutes > 0; --warmup-s 0 or >= 3")
 
 
 # ---- the fastaed engine: a process of its own ------------------------------------------------------------
@@ -207,7 +214,12 @@ def _words(engine: Engine, config: LongformBenchConfig) -> bool:
 
 
 def run_engine(
-    engine: Engine, weights: Weights, audio: Path, warmup: Path, config: LongformBenchConfig, launch_dir: Path
+    engine: Engine,
+    weights: Weights,
+    audio: Path,
+    warmup: Path | None,
+    config: LongformBenchConfig,
+    launch_dir: Path,
 ) -> dict[str, Any]:
     """One engine on one file: ``{"doc": verbose_json-like, "command", "word_timestamps", "wall_seconds",
     "audio_seconds", "peak_rss_mb", "load_seconds", ...}``. ``launch_dir``: where :func:`launcher` scripts
@@ -217,8 +229,8 @@ def run_engine(
     words = _words(engine, config)
     ladder = list(config.temperatures)
     common = {"threads": config.threads, "word_timestamps": words, "mode": engine.mode, "language": "en",
-              "batch_size": engine.batch_size, "audio": [str(audio)], "warmup_audio": [str(warmup)],
-              "condition_on_previous_text": True,
+              "batch_size": engine.batch_size, "audio": [str(audio)], "condition_on_previous_text": True,
+              "warmup_audio": [str(warmup)] if warmup else [],
               "temperature": ladder[0] if len(ladder) == 1 else ladder}  # fmt: skip
     if engine.program == "fastaed":
         request = {"checkpoint": str(weights.checkpoint), "temperatures": ladder, **common}
@@ -228,15 +240,15 @@ def run_engine(
         doc = response["files"][0]
     elif engine.program == "openai":
         # its own warm-up would run the long file's list once more: both files go in, the long one is timed
-        request = {"model": str(weights.openai_pt), **common, "audio": [str(warmup), str(audio)],
+        request = {"model": str(weights.openai_pt), **common, "audio": [str(p) for p in (warmup, audio) if p],
                    "warmup": 0, "alignment_heads": weights.name}  # fmt: skip
         python = launcher(openai_whisper.openai_peer_python(), launch_dir)
         response = openai_whisper.run_openai_peer(
             "transcribe", config.engine_timeout_s, python=python, **request
         )
-        doc = response["files"][1]
+        doc = response["files"][-1]
         response["wall_seconds"], response["audio_seconds"] = doc["seconds"], doc["audio_seconds"]
-        response["warmup_seconds"] = response["files"][0]["seconds"]
+        response["warmup_seconds"] = response["files"][0]["seconds"] if warmup else 0.0
         command = f"{openai_whisper.RUNNER} transcribe {json.dumps(request)}"
     else:
         request = {"model": str(weights.ctranslate2), **common}
@@ -306,7 +318,7 @@ def _save_transcript(path: Path, row: dict[str, Any], doc: dict[str, Any]) -> No
 # ---- the benchmark -------------------------------------------------------------------------------------
 
 
-def measure(engine: Engine, weights: Weights, audio: Path, truth: dict, minutes: float, warmup: Path,
+def measure(engine: Engine, weights: Weights, audio: Path, truth: dict, minutes: float, warmup: Path | None,
             config: LongformBenchConfig, launch_dir: Path) -> tuple[dict[str, Any], str | None]:  # fmt: skip
     """One engine on one file, scored: its row of the results and its text (None when it failed)."""
     from fastaed.bench.longform_data import score_transcript
@@ -349,7 +361,9 @@ def run(config: LongformBenchConfig) -> dict[str, Any]:
     clips = _source_clips(config)
     source = str(config.manifest)
     files = [long_file(clips, m, config.seed, config.data_dir, source=source) for m in minutes]
-    warmup, _ = long_file(clips, WARMUP_MINUTES, config.seed + 1, config.data_dir, source=source)
+    warmup: Path | None = None  # --warmup-s 0
+    if config.warmup_s:
+        warmup, _ = long_file(clips, config.warmup_s / 60, config.seed + 1, config.data_dir, source=source)
     config.work_dir.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
     texts: dict[tuple[str, float, str], str] = {}
@@ -367,7 +381,8 @@ def run(config: LongformBenchConfig) -> dict[str, Any]:
     return {
         "protocol": (
             "each engine on each file in its own process, one after another; RTFx = audio s / wall s from "
-            "reading the file to the last segment (model load and a 15 s warm-up file excluded); greedy, "
+            f"reading the file to the last segment (model load and a {config.warmup_s:g} s warm-up file "
+            "excluded); greedy, "
             f"temperatures {list(config.temperatures)}, English, float32, {config.threads} CPU threads each; "
             "WER after Whisper's English normaliser; boundary errors against the nearest true clip edge"
         ),

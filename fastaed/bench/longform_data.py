@@ -181,6 +181,7 @@ def build_long_file(
                     break
             for at in range(position, total, SAMPLE_RATE * 10):  # the rest: silence, in 10 s pieces
                 write(np.zeros(min(SAMPLE_RATE * 10, total - at), dtype=np.float32))
+        cycle = max((c["cycle"] for c in placed), default=0)  # rounds that placed a clip
         speech_s = sum(c["end"] - c["start"] for c in placed)
         available = sum(c.seconds for c in clips)
         truth = {
@@ -193,8 +194,9 @@ def build_long_file(
             if cycle > 1 else f"{len(placed)} clips, each used once",
             "clips": placed, "reference_text": " ".join(c["text"] for c in placed),
         }  # fmt: skip
-        (tmp / TRUTH_NAME).write_text(json.dumps(truth, indent=1) + "\n", encoding="utf-8")
-    return Path(out_dir) / AUDIO_NAME, truth
+        text = json.dumps(truth, indent=1) + "\n"
+        (tmp / TRUTH_NAME).write_text(text, encoding="utf-8")
+    return Path(out_dir) / AUDIO_NAME, json.loads(text)  # as a reader of the file sees it (lists, not tuples)
 
 
 def long_file(
