@@ -206,6 +206,9 @@ def transcribe_cmd(args: argparse.Namespace) -> int:
         result = transcriber.run(utts, on_bad_input=args.on_bad_input, pnc="prompt")
         write_jsonl(result.transcripts, args.out)
         count, mode = len(result.transcripts), "one window per input"
+        if result.loops:
+            fired = ", ".join(f"{n} by {g}" for g, n in sorted(result.loops.items()))
+            print(f"loop guard ended {sum(result.loops.values())} outputs ({fired})", file=sys.stderr)
     else:
         result = transcribe_long(transcriber, utts, long_form, on_bad_input=args.on_bad_input, pnc="prompt")
         written = write_outputs(result.transcripts, args.out, fmt, options, as_folder=several)
@@ -248,6 +251,12 @@ def eval_cmd(args: argparse.Namespace) -> int:
         result = transcribe_any_length(transcriber, utts, long_form, on_bad_input=args.on_bad_input, pnc=pnc)
         _report_skips(report, str(manifest))
         _report_skips(result.skipped, f"decoding {manifest}")
+        if result.loops:
+            fired = ", ".join(f"{n} by {g}" for g, n in sorted(result.loops.items()))
+            print(
+                f"{manifest}: loop guard ended {sum(result.loops.values())} outputs ({fired})",
+                file=sys.stderr,
+            )
         if result.pnc_not_prompted:
             print(
                 f"{manifest}: {result.pnc_not_prompted} entries ask pnc=no; {transcriber.family} models have "
@@ -262,7 +271,7 @@ def eval_cmd(args: argparse.Namespace) -> int:
         results[str(manifest)] = {
             **scores, "rtfx": result.rtfx, "audio_seconds": result.audio_seconds,
             "wall_seconds": result.wall_seconds, "bad_input": report.to_dict(),
-            "pnc_not_prompted": result.pnc_not_prompted,
+            "pnc_not_prompted": result.pnc_not_prompted, "loop_guard": result.loops,
         }  # fmt: skip
         for name, g in scores["groups"].items():
             rows.append([

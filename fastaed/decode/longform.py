@@ -216,7 +216,8 @@ def transcribe_any_length(
         t = by_file.get((u.audio_filepath, u.offset))
         if t is not None:
             score = sum(s.avg_logprob for s in t.segments) / max(len(t.segments), 1)
-            texts[id(u)] = Transcript(u, t.text.strip(), score, [])
+            guard = next(iter(sorted(t.loop_guards)), None)  # a file counts once, by its first guard
+            texts[id(u)] = Transcript(u, t.text.strip(), score, [], guard)
     shorts = {id(t.utterance): t for t in short.transcripts}
     ordered = [x for u in utterances if (x := shorts.get(id(u)) or texts.get(id(u))) is not None]
     short.skipped.merge(result.skipped)
@@ -416,6 +417,7 @@ class _Pending:
     chunks: list = field(default_factory=list)  # vad.Chunk
     texts: dict[int, str] = field(default_factory=dict)
     words: dict[int, list] = field(default_factory=dict)
+    guards: dict[str, int] = field(default_factory=dict)  # chunks each loop guard ended
 
 
 class _Batched:
@@ -492,10 +494,13 @@ class _Batched:
             batch = [rows[r] for r in order[b : b + size]]
             utts = [p.utt for p, _, _ in batch]
             enc, enc_lens = tr.encode_waveforms([w for _, _, w in batch])
-            hyps = tr.search(enc, enc_lens, utts)
+            seconds = torch.tensor([len(w) / self.sample_rate for _, _, w in batch])
+            hyps = tr.search(enc, enc_lens, utts, seconds=seconds)
             for k, ((p, j, w), nbest) in enumerate(zip(batch, hyps, strict=True)):
                 tokens = nbest[0].tokens
                 p.texts[j] = self._decode_text(tokens)
+                if nbest[0].guard:
+                    p.guards[nbest[0].guard] = p.guards.get(nbest[0].guard, 0) + 1
                 if self.can_time_words and p.texts[j].strip():
                     p.words[j] = self._words(enc[k], int(enc_lens[k]), len(w), p.utt, tokens, p.chunks[j])
                 bar.update(round(len(w) / self.sample_rate, 1))
@@ -549,11 +554,13 @@ class _Batched:
                                         seek=round(chunk.start * 100)))  # fmt: skip
         text = "".join(s.text if s.text.startswith(" ") else " " + s.text for s in segments)
         notes = [] if p.chunks else ["no speech found (voice activity detector)"]
+        for guard, n in sorted(p.guards.items()):
+            notes.append(f"loop guard ({guard}) ended {n} chunk(s)")
         if unaligned:
             notes.append(f"{unaligned} chunk(s) without word times: more tokens than CTC frames can align")
         u = p.utt
         return FileTranscript(u.audio_filepath, p.duration, u.source_lang, u.task, text.strip(), segments,
-                              notes, offset=u.offset)  # fmt: skip
+                              notes, offset=u.offset, loop_guards=dict(p.guards))  # fmt: skip
 
 
 def _split_at_pauses(text: str, words: list | None, regions: list[tuple[float, float]]):

@@ -34,6 +34,51 @@ class Hypothesis:
     logprob: float
     score: float  # logprob / lp(len(tokens) + ended) for beam search; = logprob for greedy
     ended: bool  # True if it ended with EOS (False: cut at the length limit)
+    guard: str | None = None  # the loop guard that stopped it: "repetition" or "token_cap" (None: neither)
+
+
+@dataclass(frozen=True)
+class LoopGuard:
+    """Stops a looping decoder (greedy search), and says so.
+
+    * repetition: a row whose last tokens are one unit of ``period`` tokens repeated, at least
+      ``min_repeats`` times and at least ``min_span`` tokens in all (so "no no" or a spelled-out number
+      stays), for any period up to ``max_period``, ends there with one copy of the unit kept.
+    * token cap: ``tokens_per_second`` × the row's audio seconds + ``slack`` new tokens at most (speech runs
+      at 2-4 Whisper tokens per second; Moonshine caps at about 6.5): :meth:`cap`, given to the search as
+      ``token_caps``.
+
+    Checked every ``every`` steps (the check is a few tensor ops over the live rows' last tokens).
+    """
+
+    max_period: int = 16
+    min_repeats: int = 3
+    min_span: int = 8
+    every: int = 4
+    tokens_per_second: float | None = 6.5
+    slack: int = 10
+
+    def cap(self, seconds: Tensor) -> Tensor | None:
+        """(B,) most new tokens for (B,) audio seconds, or None without a cap."""
+        if self.tokens_per_second is None:
+            return None
+        return (seconds * self.tokens_per_second).ceil().long() + self.slack
+
+    def period(self, seqs: Tensor, length: int) -> Tensor:
+        """(B,) period of the repetition ending the first ``length`` tokens of ``seqs`` (B, L); 0: none."""
+        found = torch.zeros(seqs.shape[0], dtype=torch.long, device=seqs.device)
+        for p in range(1, self.max_period + 1):
+            repeats = max(self.min_repeats, -(-self.min_span // p))
+            span = p * repeats
+            if span > length:
+                break
+            tail = seqs[:, length - span : length].view(-1, repeats, p)
+            hit = (tail == tail[:, -1:]).all(dim=2).all(dim=1)
+            found = torch.where((found == 0) & hit, p, found)
+        return found
+
+    def repeats(self, p: int) -> int:
+        return max(self.min_repeats, -(-self.min_span // p))
 
 
 def length_penalty(length: int | Tensor, alpha: float) -> float | Tensor:
@@ -80,6 +125,8 @@ def greedy_search(
     suppress: Tensor | None = None,
     suppress_at_start: Tensor | None = None,
     limits: Tensor | None = None,
+    loop_guard: LoopGuard | None = None,
+    token_caps: Tensor | None = None,
 ) -> list[Hypothesis]:
     """Batched greedy decoding with a decoder cache.
 
@@ -89,12 +136,18 @@ def greedy_search(
     baseline, see ``fastaed.model.cache``). ``compact=False`` keeps done rows in the batch until every row is
     done (their further tokens are ignored), as NeMo does. ``suppress``: (S,) ids never emitted;
     ``suppress_at_start``: ids not emitted as the first token (Whisper's blank and EOS). ``limits``: (B,)
-    most new tokens per row instead of :func:`row_limits` (e.g. :func:`nemo_limits`). Returns one
+    most new tokens per row instead of :func:`row_limits` (e.g. :func:`nemo_limits`). ``loop_guard``: end a
+    row that repeats itself (:class:`LoopGuard`). ``token_caps``: (B,) most new tokens per row from the
+    guard's cap (``LoopGuard.cap``); a row stopped by it is marked ``token_cap``. Returns one
     :class:`Hypothesis` per row, in input order.
     """
     b, p = prompts.shape
     device = prompts.device
     limit = row_limits(model, enc_lens, p) if limits is None else limits.to(device)
+    by_cap = torch.zeros(b, dtype=torch.bool, device=device)  # the guard's cap is the binding limit
+    if token_caps is not None:
+        by_cap = token_caps.to(device) < limit
+        limit = torch.minimum(limit, token_caps.to(device))
     if force_lengths is not None:
         limit = torch.minimum(limit, force_lengths.to(limit) + 1)  # + 1: the EOS
     steps = int(limit.max())
@@ -109,11 +162,18 @@ def greedy_search(
     emitted = torch.zeros(b, dtype=torch.bool, device=device)  # without compaction: rows already in ``out``
     out: list[Hypothesis | None] = [None] * b
 
+    looped = torch.zeros(b, dtype=torch.long, device=device)  # period of a row's repetition (0: none)
+
     def emit(live: Tensor, t: int, is_eos: Tensor) -> None:
         for i in live.tolist():
-            e = bool(is_eos[i])
+            e, period = bool(is_eos[i]), int(looped[i])
+            if period:  # keep one copy of the repeated unit
+                ids = seqs[i, : t + 1 - (loop_guard.repeats(period) - 1) * period].tolist()  # type: ignore[union-attr]
+                out[int(rows[i])] = Hypothesis(ids, float(logprob[i]), float(logprob[i]), False, "repetition")
+                continue
             ids = seqs[i, : t if e else t + 1].tolist()
-            out[int(rows[i])] = Hypothesis(ids, float(logprob[i]), float(logprob[i]), e)
+            guard = "token_cap" if bool(by_cap[int(rows[i])]) and not e else None
+            out[int(rows[i])] = Hypothesis(ids, float(logprob[i]), float(logprob[i]), e, guard)
 
     for t in range(steps):
         logp = torch.log_softmax(
@@ -129,6 +189,9 @@ def greedy_search(
         logprob += best
         is_eos = next_id == eos_id
         done = is_eos | (live_limit <= t + 1)
+        if loop_guard is not None and (t + 1) % loop_guard.every == 0:
+            looped = loop_guard.period(seqs, t + 1) * ~is_eos
+            done |= looped > 0
         if not compact:
             done &= ~emitted
         if bool(done.any()):
@@ -142,7 +205,7 @@ def greedy_search(
             else:
                 keep = (~done).nonzero().squeeze(1)  # compaction: done rows cost nothing from here on
                 cache, rows, next_id = cache.select(keep), rows[keep], next_id[keep]
-                seqs, logprob, live_limit = seqs[keep], logprob[keep], live_limit[keep]
+                seqs, logprob, live_limit, looped = seqs[keep], logprob[keep], live_limit[keep], looped[keep]
                 forced = forced[keep] if forced is not None else None
         logits = model.decoder.step(next_id[:, None], cache)
     assert all(h is not None for h in out)  # the last step ends every row (its limit)

@@ -66,6 +66,7 @@ class FileTranscript:
     segments: list[Segment]
     notes: list[str] = field(default_factory=list)
     offset: float = 0.0  # where the transcribed audio starts in the file (a manifest entry's offset)
+    loop_guards: dict[str, int] = field(default_factory=dict)  # chunks each loop guard ended (batched)
 
     def to_verbose_json(self) -> dict[str, Any]:
         """OpenAI's ``verbose_json`` response for this file (plus ``audio_filepath`` and ``notes``)."""
@@ -79,4 +80,6 @@ class FileTranscript:
         out["audio_filepath"] = self.audio_filepath
         if self.notes:
             out["notes"] = list(self.notes)
+        if self.loop_guards:
+            out["loop_guard"] = dict(self.loop_guards)
         return out

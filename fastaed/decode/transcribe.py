@@ -30,7 +30,7 @@ from fastaed.data.manifest import Utterance, read_manifest
 from fastaed.data.tokenizer import Tokenizer, is_tokenizer_dir, load_tokenizer
 from fastaed.data.whisper_features import WhisperFeatureConfig
 from fastaed.data.whisper_tokenizer import WhisperTokenizer
-from fastaed.decode.search import Hypothesis, beam_search, greedy_search, nemo_limits
+from fastaed.decode.search import Hypothesis, LoopGuard, beam_search, greedy_search, nemo_limits
 from fastaed.formats import TOKENIZER_DIR, load_model, read_checkpoint_meta, verify_tokenizer
 from fastaed.model import EncoderDecoderModel
 from fastaed.util.devices import resolve_device, resolve_dtype, synchronize
@@ -61,6 +61,12 @@ class DecodeConfig:
     whisper_padding: Literal["auto", "openai", "faster-whisper"] = field(
         default="auto", metadata={"help": "Whisper models: padding convention of padded input (auto: the "
                                   "checkpoint's)"})  # fmt: skip
+    loop_guard: Literal["auto", "on", "off"] = field(
+        default="auto",
+        metadata={"help": "greedy search ends a row that repeats itself or writes more than 6.5 tokens per "
+                  "second of audio, and counts it (auto: on, except for padded Whisper and imported NeMo "
+                  "models, whose reference engines have no guard)"},
+    )  # fmt: skip
     # False: ids only (timing random weights over a vocabulary the tokenizer lacks); benchmarks set it.
     decode_text: bool = field(default=True, metadata={"cli": False})
 
@@ -71,6 +77,8 @@ class DecodeConfig:
             raise ValueError(f"dtype must be auto, bf16 or fp32, got {self.dtype!r}")
         if self.whisper_input not in ("auto", "padded", "unpadded"):
             raise ValueError(f"whisper_input must be auto, padded or unpadded, got {self.whisper_input!r}")
+        if self.loop_guard not in ("auto", "on", "off"):
+            raise ValueError(f"loop_guard must be auto, on or off, got {self.loop_guard!r}")
         if self.whisper_padding not in ("auto", "openai", "faster-whisper"):
             raise ValueError(
                 f"whisper_padding must be auto, openai or faster-whisper, got {self.whisper_padding!r}"
@@ -85,6 +93,7 @@ class Transcript:
     text: str
     score: float
     nbest: list[tuple[str, float]] = field(default_factory=list)
+    guard: str | None = None  # the loop guard that ended it ("repetition", "token_cap"), None: neither
 
     def to_dict(self) -> dict[str, Any]:
         u = self.utterance
@@ -97,6 +106,8 @@ class Transcript:
             out |= {"reference": u.target_text, "manifest": u.manifest, "line": u.line}
         if len(self.nbest) > 1:
             out["nbest"] = [{"text": t, "score": s} for t, s in self.nbest]
+        if self.guard:
+            out["loop_guard"] = self.guard
         return out
 
 
@@ -109,6 +120,15 @@ class TranscribeResult:
     # Entries asking pnc=no that a model without a pnc prompt (Whisper) wrote cased and punctuated, as it
     # always does: only where the caller said pnc does not change its result (``Transcriber.run(pnc=...)``).
     pnc_not_prompted: int = 0
+
+    @property
+    def loops(self) -> dict[str, int]:
+        """How many outputs each loop guard ended (none: {})."""
+        counts: dict[str, int] = {}
+        for t in self.transcripts:
+            if t.guard:
+                counts[t.guard] = counts.get(t.guard, 0) + 1
+        return counts
 
     @property
     def rtfx(self) -> float:
@@ -292,6 +312,21 @@ class Transcriber:
         return [order[i : i + size] for i in range(0, len(order), size)]
 
     @property
+    def loop_guard(self) -> LoopGuard | None:
+        """The guard greedy search runs with (``DecodeConfig.loop_guard``); None when off. ``auto`` leaves
+        it off where a reference engine decodes without one (padded Whisper: faster-whisper, openai-whisper;
+        imported NeMo models: NeMo), so outputs stay theirs, and turns it on everywhere else."""
+        choice = self.config.loop_guard
+        if choice == "off":
+            return None
+        if choice == "auto":
+            cfg = getattr(self.frontend, "config", None)
+            padded_whisper = isinstance(cfg, WhisperFeatureConfig) and cfg.input == "padded"
+            if padded_whisper or (self.generation or {}).get("rule") == "nemo":
+                return None
+        return LoopGuard()
+
+    @property
     def family(self) -> str:
         """The model family, as messages name it: ``Whisper``, ``English-only Whisper``, ``Canary`` or
         ``fastaed`` (a model trained here: fastaed's Canary-style prompt)."""
@@ -378,7 +413,8 @@ class Transcriber:
     ) -> list[list[Hypothesis]]:
         """Features -> encoder -> search for one batch; returns the n-best of each row, best first."""
         enc, enc_lens = self.encode_waveforms(waves)
-        return self.search(enc, enc_lens, utterances, force_lengths)
+        seconds = torch.tensor([len(w) / self.frontend.config.sample_rate for w in waves])
+        return self.search(enc, enc_lens, utterances, force_lengths, seconds=seconds)
 
     @torch.no_grad()
     def encode_waveforms(self, waves: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -395,8 +431,11 @@ class Transcriber:
         enc_lens: torch.Tensor,
         utterances: Sequence[Utterance],
         force_lengths: torch.Tensor | None = None,
+        *,
+        seconds: torch.Tensor | None = None,
     ) -> list[list[Hypothesis]]:
-        """Greedy or beam search from encoder states (B, T', De) with each utterance's own prompt."""
+        """Greedy or beam search from encoder states (B, T', De) with each utterance's own prompt;
+        ``seconds``: (B,) audio seconds of each row (the loop guard's token cap; None: no cap)."""
         prompts = self.prompts(utterances)
         eos = self.tokenizer.eos_id
         c = self.config
@@ -405,8 +444,11 @@ class Transcriber:
             limits, rule = None, self.generation or {}
             if rule.get("rule") == "nemo":
                 limits = nemo_limits(self.model, enc, prompts.shape[1], rule["max_generation_delta"])
+            guard = self.loop_guard
+            caps = guard.cap(seconds).to(self.device) if guard is not None and seconds is not None else None
             hyps = greedy_search(self.model, enc, enc_lens, prompts, eos, force_lengths=force_lengths,
-                                 suppress=suppress, suppress_at_start=at_start, limits=limits)  # fmt: skip
+                                 suppress=suppress, suppress_at_start=at_start, limits=limits,
+                                 loop_guard=guard, token_caps=caps)  # fmt: skip
             return [[h] for h in hyps]
         return beam_search(
             self.model, enc, enc_lens, prompts, eos,
@@ -475,7 +517,7 @@ class Transcriber:
             for (i, wave), hyps in zip(kept, nbests, strict=True):
                 audio_seconds += len(wave) / self.frontend.config.sample_rate
                 texts = [(self._text(h.tokens), h.score) for h in hyps]
-                results[i] = Transcript(utterances[i], texts[0][0], texts[0][1], texts)
+                results[i] = Transcript(utterances[i], texts[0][0], texts[0][1], texts, hyps[0].guard)
         synchronize(self.device)
         wall = time.perf_counter() - t0
         bar.close()
