@@ -159,7 +159,8 @@ def engine_main(request: dict[str, Any]) -> dict[str, Any]:
 
 # A child's ru_maxrss starts at its parent's peak (Linux keeps the high-water mark through fork and exec), so
 # an engine started from this process would report at least this process's own peak (measured: a 13 MB child
-# of an 800 MB parent reported 813 MB). Started by a shell that forks it, an engine reports its own.
+# of an 800 MB parent reported 813 MB). Started by a shell that forks it, an engine reports its own. (A peer
+# that outlives --engine-timeout-s is left running: its client kills the shell only.)
 LAUNCHER = '#!/bin/sh\n{python} "$@"\nexit $?\n'
 
 
@@ -242,20 +243,22 @@ def run_engine(
         # its own warm-up would run the long file's list once more: both files go in, the long one is timed
         request = {"model": str(weights.openai_pt), **common, "audio": [str(p) for p in (warmup, audio) if p],
                    "warmup": 0, "alignment_heads": weights.name}  # fmt: skip
-        python = launcher(openai_whisper.openai_peer_python(), launch_dir)
+        venv_python = openai_whisper.openai_peer_python()
+        python = launcher(venv_python, launch_dir)
         response = openai_whisper.run_openai_peer(
             "transcribe", config.engine_timeout_s, python=python, **request
         )
         doc = response["files"][-1]
         response["wall_seconds"], response["audio_seconds"] = doc["seconds"], doc["audio_seconds"]
         response["warmup_seconds"] = response["files"][0]["seconds"] if warmup else 0.0
-        command = f"{openai_whisper.RUNNER} transcribe {json.dumps(request)}"
+        command = f"{venv_python} {openai_whisper.RUNNER} transcribe {json.dumps(request)}"
     else:
         request = {"model": str(weights.ctranslate2), **common}
-        python = launcher(whisper.whisper_peer_python(), launch_dir)
+        venv_python = whisper.whisper_peer_python()
+        python = launcher(venv_python, launch_dir)
         response = whisper.run_whisper_peer("longform", config.engine_timeout_s, python=python, **request)
         doc = response["files"][0]
-        command = f"{whisper.RUNNER} longform {json.dumps(request)}"
+        command = f"{venv_python} {whisper.RUNNER} longform {json.dumps(request)}"
     keep = ("wall_seconds", "audio_seconds", "peak_rss_mb", "load_seconds", "warmup_seconds", "windows",
             "fallbacks")  # fmt: skip
     return {"doc": doc, "command": command, "word_timestamps": words} | {k: response.get(k) for k in keep}
