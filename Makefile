@@ -40,6 +40,9 @@ APT_PACKAGES := espeak-ng flite festival festvox-kallpc16k festvox-kdlpc16k fest
 WHISPER_MODEL ?= tiny.en
 WHISPER_CKPT ?= runs/whisper-$(WHISPER_MODEL)
 ASTERISK_SET ?= asterisk.jsonl
+# The long recording of the demo's last stage is built from the Asterisk prompts (the pocketsphinx clips,
+# reused in several rounds, where the Debian packages are missing).
+LONG_SOURCE = $(if $(wildcard $(DATA)/real/$(ASTERISK_SET)),$(DATA)/real/$(ASTERISK_SET),$(DATA)/real/real_check.jsonl)
 REAL_SETS = --manifest $(DATA)/real/real_check.jsonl $(if $(wildcard $(DATA)/real/$(ASTERISK_SET)),--manifest $(DATA)/real/$(ASTERISK_SET))
 
 # Each demo stage runs under scripts/stage.sh, which appends "NAME SECONDS MAX_RSS_MB" here; demo prints them at the end.
@@ -107,6 +110,13 @@ demo: apt venv $(DATA)/$(PRESET)/card.json $(DATA)/tokenizer/tokenizer.json $(DA
 		$(STAGE) whisper-eval $(FASTAED) eval $(WHISPER_CKPT) --normalizer whisper $(REAL_SETS) \
 		--json $(WHISPER_CKPT)-eval.json | tee $(WHISPER_CKPT)-eval.tmp && \
 		mv $(WHISPER_CKPT)-eval.tmp $(WHISPER_CKPT)-eval.txt; fi
+	@if [ ! -f $(WHISPER_CKPT)-long.srt ]; then echo; \
+		echo "a long recording: real prompts joined with pauses, transcribed long-form to subtitles"; \
+		$(STAGE) long-file $(FASTAED) data long-file $(LONG_SOURCE) --minutes 2 --out $(DATA)/long-2min && \
+		$(STAGE) long-srt $(FASTAED) transcribe $(WHISPER_CKPT) $(DATA)/long-2min/audio.wav \
+		--out $(WHISPER_CKPT)-long.srt || exit 1; fi; \
+		echo "$(WHISPER_CKPT)-long.srt (first cues; the truth: $(DATA)/long-2min/truth.json):"; \
+		head -n 12 $(WHISPER_CKPT)-long.srt
 	@echo; echo "wall time per stage (this make demo; skipped stages are not listed):"; \
 		scripts/stage.sh --table $(STAGE_TIMES); mv -f $(STAGE_TIMES) $(DATA)/stage_times.last.txt 2>/dev/null || true
 

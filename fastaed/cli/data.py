@@ -173,6 +173,19 @@ def add_index_commands(dsub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", type=Path, default=None, help="write the summary (and bad-input report) here")
     p.set_defaults(func=index_cmd)
 
+    lf = dsub.add_parser(
+        "long-file",
+        help="a long recording for long-form decoding: real clips joined with pauses of known length",
+        description="Joins the transcribed clips of MANIFEST (each cut to its speech) with pauses of 0.3-3 s "
+        "(one in ten 5-10 s) into OUT/audio.wav (16 kHz, exactly --minutes long) and OUT/truth.json (every "
+        "clip's start, end and text; the reference text). Deterministic from --seed.",
+    )  # fmt: skip
+    lf.add_argument("manifest", type=Path, help="NeMo JSONL of real clips (e.g. data/real/asterisk.jsonl)")
+    lf.add_argument("--minutes", type=float, default=2.0)
+    lf.add_argument("--seed", type=int, default=0)
+    lf.add_argument("--out", type=Path, required=True, help="output folder (new, empty or an earlier one)")
+    lf.set_defaults(func=long_file_cmd)
+
     c = dsub.add_parser(
         "from-lhotse", help="convert a Lhotse cut manifest to NeMo JSONL (needs fastaed[lhotse])"
     )
@@ -246,4 +259,20 @@ def from_lhotse_cmd(args: argparse.Namespace) -> int:
     n = lhotse_to_nemo(args.cuts, args.out, on_bad_input=args.on_bad_input, report=report)
     print(f"wrote {n:,} utterances to {args.out}")
     print(report.summary())
+    return 0
+
+
+def long_file_cmd(args: argparse.Namespace) -> int:
+    from fastaed.bench.longform_data import TRUTH_NAME, build_long_file, load_source_clips
+    from fastaed.cli.errors import UsageError
+
+    if args.minutes <= 0:
+        raise UsageError(f"--minutes must be > 0, got {args.minutes}")
+    try:
+        clips = load_source_clips(args.manifest)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    audio, truth = build_long_file(clips, args.minutes, args.seed, args.out, source=str(args.manifest))
+    n = len(truth["clips"])
+    print(f"wrote {audio} ({args.minutes:g} min, {n} clips) and {args.out / TRUTH_NAME}")
     return 0
