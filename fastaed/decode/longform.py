@@ -39,13 +39,13 @@ from fastaed.data.dataset import load_utterance_audio
 from fastaed.data.manifest import Utterance
 from fastaed.data.whisper_features import WhisperFeatureConfig, WhisperLogMel
 from fastaed.data.whisper_tokenizer import WhisperTokenizer
+from fastaed.decode.chunked import AUDIO_PAD_S, ChunkedDecoder
 from fastaed.decode.segments import FileTranscript, Segment
 from fastaed.decode.transcribe import Transcriber, TranscribeResult, Transcript
 from fastaed.decode.whisper_window import TIME_PRECISION, WindowDecoder, WindowResult
 from fastaed.util.devices import synchronize
 
 LongFormMode = Literal["auto", "sequential", "batched"]
-AUDIO_PAD_S = 0.2  # batched: audio kept before and after each chunk's speech
 TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 
 
@@ -163,7 +163,8 @@ def transcribe_long(
                 E.handle(err, on_bad_input, report)  # type: ignore[arg-type]
         windows, fallbacks = engine.windows, engine.fallbacks
     else:
-        batched = _Batched(tr, config)
+        batched = ChunkedDecoder(tr, config.chunk_s, word_timestamps=config.word_timestamps,
+                                 group_s=config.group_s)  # fmt: skip
         done = batched.transcribe([(i, utterances[i]) for i in usable], on_bad_input, report, bar)
         windows, fallbacks = batched.chunks, 0
     synchronize(tr.device)
@@ -402,181 +403,3 @@ class _WordTimer:
         )  # fmt: skip
         ends = [w.end for s in segments for w in (s.words or [])]
         return ends[-1] if ends else last_speech
-
-
-# ---- batched: voice activity -> chunks -> duration-sorted batches -----------------------------------------
-
-
-@dataclass
-class _Pending:
-    """A file whose chunks are being decoded."""
-
-    index: int
-    utt: Utterance
-    duration: float
-    chunks: list = field(default_factory=list)  # vad.Chunk
-    texts: dict[int, str] = field(default_factory=dict)
-    words: dict[int, list] = field(default_factory=dict)
-    guards: dict[str, int] = field(default_factory=dict)  # chunks each loop guard ended
-
-
-class _Batched:
-    """Chunks of speech decoded in duration-sorted batches. Where the model can time its words (Whisper:
-    cross-attention DTW; a CTC head: forced alignment) a chunk's text is cut into one segment per pause the
-    voice-activity detector found inside it, so a 30 s chunk gives phrase-sized subtitles, not one block."""
-
-    def __init__(self, tr: Transcriber, config: LongFormConfig):
-        from fastaed.decode.vad import VadConfig, load_vad
-
-        self.tr, self.config = tr, config
-        # Regions at the detector's own edges (they time the segments); the decoder hears AUDIO_PAD_S more
-        # on each side, so a soft onset or a word-final consonant is never cut off.
-        self.vad, self.vad_config = load_vad(), VadConfig(speech_pad_s=0.0)
-        self.sample_rate = tr.frontend.config.sample_rate
-        limit = tr.max_seconds()
-        # Speech per chunk, so that with the padding either side the audio still fits the model's window.
-        self.chunk_s = (min(config.chunk_s, limit) if limit else config.chunk_s) - 2 * AUDIO_PAD_S
-        self.chunks = 0
-        self.whisper = isinstance(tr.tokenizer, WhisperTokenizer)
-        self.can_time_words = self.whisper or tr.model.ctc_head is not None
-        if self.whisper:
-            from fastaed.decode.alignment import alignment_heads
-
-            self.heads = alignment_heads(tr.model.config, tr.model.config.name)
-
-    def transcribe(
-        self,
-        items: list[tuple[int, Utterance]],
-        on_bad_input: str,
-        report: E.BadInputReport,
-        bar: tqdm,
-    ) -> dict[int, FileTranscript]:
-        done: dict[int, FileTranscript] = {}
-        group: list[tuple[_Pending, list[torch.Tensor]]] = []
-        waiting = 0.0
-        for index, utt in items:
-            try:
-                wave = load_utterance_audio(utt)
-            except E.BadInputError as err:
-                E.handle(err, on_bad_input, report)  # type: ignore[arg-type]
-                continue
-            pending = _Pending(index, utt, len(wave) / self.sample_rate)
-            pending.chunks = self._chunks(wave)
-            pieces = [wave[self._first(c) : round((c.end + AUDIO_PAD_S) * self.sample_rate)].clone()
-                      for c in pending.chunks]  # fmt: skip
-            del wave
-            group.append((pending, pieces))
-            waiting += sum(len(p) for p in pieces) / self.sample_rate
-            if waiting >= self.config.group_s:
-                self._decode_group(group, done, bar)
-                group, waiting = [], 0.0
-        if group:
-            self._decode_group(group, done, bar)
-        return done
-
-    def _first(self, chunk) -> int:
-        """First sample of a chunk's audio: AUDIO_PAD_S before its speech (not before the file)."""
-        return max(round((chunk.start - AUDIO_PAD_S) * self.sample_rate), 0)
-
-    def _chunks(self, wave: torch.Tensor) -> list:
-        from fastaed.decode.vad import detect_chunks
-
-        return detect_chunks(wave, self.sample_rate, self.vad_config, self.chunk_s)
-
-    def _decode_group(
-        self, group: list[tuple[_Pending, list[torch.Tensor]]], done: dict[int, FileTranscript], bar: tqdm
-    ) -> None:
-        tr = self.tr
-        rows = [(p, j, w) for p, pieces in group for j, w in enumerate(pieces)]
-        order = sorted(range(len(rows)), key=lambda r: -len(rows[r][2]))  # duration buckets, longest first
-        size = tr.config.batch_size
-        for b in range(0, len(order), size):
-            batch = [rows[r] for r in order[b : b + size]]
-            utts = [p.utt for p, _, _ in batch]
-            enc, enc_lens = tr.encode_waveforms([w for _, _, w in batch])
-            seconds = torch.tensor([len(w) / self.sample_rate for _, _, w in batch])
-            hyps = tr.search(enc, enc_lens, utts, seconds=seconds)
-            for k, ((p, j, w), nbest) in enumerate(zip(batch, hyps, strict=True)):
-                tokens = nbest[0].tokens
-                p.texts[j] = self._decode_text(tokens)
-                if nbest[0].guard:
-                    p.guards[nbest[0].guard] = p.guards.get(nbest[0].guard, 0) + 1
-                if self.can_time_words and p.texts[j].strip():
-                    p.words[j] = self._words(enc[k], int(enc_lens[k]), len(w), p.utt, tokens, p.chunks[j])
-                bar.update(round(len(w) / self.sample_rate, 1))
-            self.chunks += len(batch)
-        for p, _ in group:
-            done[p.index] = self._file(p)
-
-    def _decode_text(self, tokens: list[int]) -> str:
-        tok = self.tr.tokenizer
-        return tok.decode(tokens, strip=False) if self.whisper else tok.decode(tokens)  # type: ignore[call-arg]
-
-    def _words(self, enc: torch.Tensor, enc_len: int, samples: int, utt: Utterance, tokens: list[int], chunk):
-        """Timed words of one decoded chunk (seconds from the file start); enc: (T', De) its encoder
-        output."""
-        tr = self.tr
-        hop = tr.frontend.config.hop_length
-        if self.whisper:
-            from fastaed.decode.alignment import add_whisper_word_timestamps
-
-            tok: WhisperTokenizer = tr.tokenizer  # type: ignore[assignment]
-            sot = [t for t in tok.utterance_prompt(utt) if t != tok.no_timestamps_id]
-            offset = self._first(chunk) / self.sample_rate
-            segment = Segment(
-                id=0, start=offset, end=offset + samples / self.sample_rate, text="", tokens=tokens
-            )
-            frames = min(samples // hop, self.tr.model.config.encoder.max_positions * 2)
-            add_whisper_word_timestamps(tr.model, tok, enc, frames, sot, [segment], offset, self.heads)
-            return segment.words or []
-        from fastaed.decode.ctc_alignment import ctc_alignable, ctc_word_timestamps
-
-        log_probs = tr.model.ctc_log_probs(enc[None, :enc_len])[0]
-        frame_s = tr.model.config.encoder.subsampling_factor * hop / self.sample_rate
-        if not ctc_alignable(log_probs.shape[0], tokens, tr.tokenizer):
-            return None  # the decoder wrote more than the CTC topology fits (a loop): the chunk stays whole
-        return ctc_word_timestamps(
-            log_probs, tokens, tr.tokenizer, frame_s, self._first(chunk) / self.sample_rate
-        )
-
-    def _file(self, p: _Pending) -> FileTranscript:
-        segments: list[Segment] = []
-        unaligned = 0
-        for j, chunk in enumerate(p.chunks):
-            text = p.texts[j]
-            if not text.strip():
-                continue
-            words = p.words.get(j)
-            unaligned += self.can_time_words and words is None
-            for start, end, piece, piece_words in _split_at_pauses(text, words, chunk.regions):
-                keep = piece_words if self.config.word_timestamps else None
-                segments.append(Segment(id=len(segments), start=start, end=end, text=piece, words=keep,
-                                        seek=round(chunk.start * 100)))  # fmt: skip
-        text = "".join(s.text if s.text.startswith(" ") else " " + s.text for s in segments)
-        notes = [] if p.chunks else ["no speech found (voice activity detector)"]
-        for guard, n in sorted(p.guards.items()):
-            notes.append(f"loop guard ({guard}) ended {n} chunk(s)")
-        if unaligned:
-            notes.append(f"{unaligned} chunk(s) without word times: more tokens than CTC frames can align")
-        u = p.utt
-        return FileTranscript(u.audio_filepath, p.duration, u.source_lang, u.task, text.strip(), segments,
-                              notes, offset=u.offset, loop_guards=dict(p.guards))  # fmt: skip
-
-
-def _split_at_pauses(text: str, words: list | None, regions: list[tuple[float, float]]):
-    """(start, end, text, words) pieces of one chunk's transcript: one per speech region (a pause the
-    voice-activity detector found ends a piece), each word going to the region its middle falls in, timed by
-    the region's edges (the detector's 32 ms windows are finer than word alignment); without timed words,
-    the chunk's whole span with its text."""
-    if not words:
-        yield regions[0][0], regions[-1][1], text if text.startswith(" ") else " " + text.strip(), None
-        return
-    gaps = [(a_end + b_start) / 2 for (_, a_end), (b_start, _) in zip(regions, regions[1:])]
-    groups: list[list] = [[] for _ in regions]
-    for w in words:
-        middle = (w.start + w.end) / 2
-        groups[sum(middle >= g for g in gaps)].append(w)
-    for (start, end), group in zip(regions, groups):
-        if group:
-            piece = "".join(w.word for w in group)
-            yield start, end, piece if piece.startswith(" ") else " " + piece, group
