@@ -1,7 +1,7 @@
 """The package's layering as tests, read from the source (every import statement, function-level ones
 included; only ``if TYPE_CHECKING:`` blocks are left out, as they never run).
 
-Pipeline: data -> sampling -> model -> train -> decode -> bench, with a thin cli that alone sees everything.
+Pipeline: data -> sampling -> model -> train -> decode -> serve -> bench, with a thin cli that alone sees everything.
 """
 
 from __future__ import annotations
@@ -166,6 +166,9 @@ def test_model_imports_only_torch_and_itself():
         ("fastaed.data", "fastaed.sampling"),
         ("fastaed.data", "fastaed.train"),
         ("fastaed.decode", "fastaed.train"),  # the trainer uses decode's search, never the reverse
+        ("fastaed.decode", "fastaed.serve"),  # the server uses decode's chunked decoding, never the reverse
+        ("fastaed.serve", "fastaed.train"),
+        ("fastaed.serve", "fastaed.bench"),
         ("fastaed.util", "fastaed.data"),
         ("fastaed.util", "fastaed.model"),
     ],

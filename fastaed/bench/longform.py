@@ -107,18 +107,16 @@ class LongformBenchConfig:
     json: Path | None = field(default=None, metadata={"help": "write the results here"})
 
     def __post_init__(self) -> None:
-        from fastaed.cli.errors import UsageError  # printed as one line by the command, no traceback
-
         unknown = [e for e in self.engines if e not in ENGINES]
         if unknown:
-            raise UsageError(f"--engines: unknown {', '.join(unknown)}; known: {', '.join(ENGINES)}")
+            raise ValueError(f"--engines: unknown {', '.join(unknown)}; known: {', '.join(ENGINES)}")
         if (
             self.threads < 1
             or not self.minutes
             or min(*self.minutes, self.quick_minutes) <= 0
             or 0 < self.warmup_s < 3
         ):
-            raise UsageError("--threads must be >= 1; --minutes, --quick-minutes > 0; --warmup-s 0 or >= 3")
+            raise ValueError("--threads must be >= 1; --minutes, --quick-minutes > 0; --warmup-s 0 or >= 3")
 
 
 # ---- the fastaed engine: a process of its own ------------------------------------------------------------
@@ -501,7 +499,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from fastaed.cli.main import set_thread_wait_policy
+    from fastaed.util.threads import set_thread_wait_policy
 
     set_thread_wait_policy()  # as the fastaed command does, before torch loads
     sys.exit(main())

@@ -104,7 +104,12 @@ def config_of(args: argparse.Namespace):
         for f in dataclasses.fields(cls)
         if not f.metadata.get("cli", True) and hasattr(args, f.name)
     }
-    return config_from_args(cls, args, **hidden)
+    try:
+        return config_from_args(cls, args, **hidden)
+    except ValueError as e:  # a value the config refuses: one line, no traceback
+        from fastaed.cli.errors import UsageError
+
+        raise UsageError(str(e)) from None
 
 
 def main(args: argparse.Namespace) -> int:
