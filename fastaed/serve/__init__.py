@@ -1,0 +1,1 @@
+"""STAGE 6 — serving: an OpenAI-compatible HTTP API with cross-request batching (`fastaed serve`)."""
