@@ -1,7 +1,7 @@
 """The package's layering as tests, read from the source (every import statement, function-level ones
 included; only ``if TYPE_CHECKING:`` blocks are left out, as they never run).
 
-Pipeline: data -> sampling -> model -> train -> decode -> serve -> bench, with a thin cli that alone sees everything.
+Pipeline: data -> sampling -> model -> train -> decode -> serve -> bench; only the thin cli sees everything.
 """
 
 from __future__ import annotations
