@@ -152,20 +152,13 @@ class BatchScheduler:
     def _next_batch(self) -> list[tuple[Job, int]]:
         """Called with the lock held and at least one chunk waiting."""
         cfg = self.config
-        heads = [(b[0][0], i) for i, b in enumerate(self._buckets) if b]
+        heads = [(b[0][0], i) for i, b in enumerate(self._buckets) if b]  # the oldest chunk of each bucket
         if cfg.max_batch == 1:  # no batching: strictly first come, first served
             job, index = min(heads, key=lambda h: (h[0].arrived, h[0].number))
         else:  # the request served least recently, then the one that came first
             job, index = min(heads, key=lambda h: (h[0].last_served, h[0].arrived, h[0].number))
         bucket = self._buckets[index]
-        if cfg.max_batch > 1:  # the chosen request's chunk first, then the bucket's oldest
-            first = next(i for i, (j, _) in enumerate(bucket) if j is job)
-            bucket.rotate(-first)
-            row = bucket.popleft()
-            bucket.rotate(first)
-            batch = [row]
-        else:
-            batch = [bucket.popleft()]
+        batch = [bucket.popleft()]  # the chosen request's chunk (the head of its bucket), then the oldest
         work = self._row_work_s(len(batch[0][0].pending.pieces[batch[0][1]]))
         while bucket and len(batch) < cfg.max_batch:
             next_work = self._row_work_s(len(bucket[0][0].pending.pieces[bucket[0][1]]))
