@@ -229,6 +229,34 @@ ROWS: tuple[Row, ...] = (
         f"{_ft_real('original', 'padded', 'asterisk', 'pct1')}",
         "within 1 point: **missed** (see BENCHMARKS.md)",
     ),
+    Row(
+        "long-form sequential (openai-whisper's algorithm, greedy), tiny.en on 2 / 10 / 60-min real "
+        "recordings: same text as openai-whisper `transcribe()`; RTFx",
+        "**same text on {longform.json:targets[target=same text as openai-whisper (share of files)].value|"
+        "pct0} of the files**; RTFx {longform.json:rows[model=tiny.en,engine=fastaed-sequential].rtfx|f1} "
+        "(word timestamps on, as for both peers)",
+        "faster-whisper: {longform.json:rows[model=tiny.en,engine=faster-whisper-sequential].rtfx|f1}; "
+        "openai-whisper: {longform.json:rows[model=tiny.en,engine=openai-sequential].rtfx|f1}",
+        "same text on ≥ 95%; ≥ 1x faster-whisper: **missed** "
+        "({longform.json:targets[threshold=1.0].value|x2} over the three files)",
+    ),
+    Row(
+        "long-form batched (VAD chunks, duration-sorted batches of 16), tiny.en on the 60-min recording: "
+        "WER / RTFx / median segment-boundary error",
+        "**{longform.json:rows[model=tiny.en,minutes=60.0,engine=fastaed-batched-16].scores.wer|pct1} / "
+        "{longform.json:rows[model=tiny.en,minutes=60.0,engine=fastaed-batched-16].rtfx|f1} / "
+        "{longform.json:rows[model=tiny.en,minutes=60.0,engine=fastaed-batched-16].scores.boundary_median_ms"
+        "|int} ms**",
+        "faster-whisper `BatchedInferencePipeline` (batch 8): "
+        "{longform.json:rows[model=tiny.en,minutes=60.0,engine=faster-whisper-batched-8].scores.wer|pct1} / "
+        "{longform.json:rows[model=tiny.en,minutes=60.0,engine=faster-whisper-batched-8].rtfx|f1} / "
+        "{longform.json:rows[model=tiny.en,minutes=60.0,engine=faster-whisper-batched-8].scores."
+        "boundary_median_ms|int} ms",
+        "≥ 1.5x its RTFx at ≤ its WER (**missed**: "
+        "{longform.json:rows[model=tiny.en,minutes=60.0,engine=fastaed-batched-16].rtfx / "
+        "longform.json:rows[model=tiny.en,minutes=60.0,engine=faster-whisper-batched-8].rtfx|x2}); "
+        "≤ 150 ms",
+    ),
 )
 
 
