@@ -46,6 +46,8 @@ BENCHMARKS = {
                           "Whisper fine-tuning: bucketed unpadded vs 30 s padded, equal wall time"),
     "longform": Benchmark("fastaed.bench.longform", "LongformBenchConfig",
                           "long real recordings: fastaed vs openai-whisper and faster-whisper, timed"),
+    "serve": Benchmark("fastaed.bench.serve", "ServeBenchConfig",
+                       "fastaed serve under load: batching vs --max-batch 1 vs a faster-whisper server"),
     "readme": Benchmark("fastaed.bench.results_table", "ReadmeTableConfig",
                         "README's results table from bench_results/ (--check: exit 1 on drift)"),
 }  # fmt: skip
