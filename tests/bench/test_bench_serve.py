@@ -14,6 +14,7 @@ import time
 import pytest
 
 from fastaed.bench import serve as sb
+from fastaed.bench import serve_load as sl
 from fastaed.bench.peers.whisper import whisper_peer_python
 from fastaed.cli.bench import config_of
 from fastaed.cli.main import build_parser
@@ -47,11 +48,11 @@ def stub(port: int, mode: str = "ok") -> list[str]:
 
 
 def test_latency_percentiles_interpolate_between_order_statistics():
-    s = sb.latency_summary([0.4, 0.1, 0.3, 0.2, 0.5])
+    s = sl.latency_summary([0.4, 0.1, 0.3, 0.2, 0.5])
     assert (s["n"], s["p50"], s["max"]) == (5, 0.3, 0.5)
     assert s["p95"] == pytest.approx(0.48) and s["p99"] == pytest.approx(0.496)
     assert s["mean"] == pytest.approx(0.3)
-    assert sb.latency_summary([])["p99"] is None
+    assert sl.latency_summary([])["p99"] is None
 
 
 def metrics_page(cumulative: list[int], total_rows: float) -> str:
@@ -63,36 +64,36 @@ def metrics_page(cumulative: list[int], total_rows: float) -> str:
 
 def test_batch_sizes_are_the_difference_of_two_metrics_readings():
     # before: 2 batches of 1 row; after: also one of 3 rows and two of 8 (buckets 1 2 4 8 16 32 64 +Inf)
-    before = sb.batch_histogram(metrics_page([2, 2, 2, 2, 2, 2, 2, 2], 2.0))
-    after = sb.batch_histogram(metrics_page([2, 2, 3, 5, 5, 5, 5, 5], 21.0))
-    delta = sb.batch_delta(before, after)
+    before = sl.batch_histogram(metrics_page([2, 2, 2, 2, 2, 2, 2, 2], 2.0))
+    after = sl.batch_histogram(metrics_page([2, 2, 3, 5, 5, 5, 5, 5], 21.0))
+    delta = sl.batch_delta(before, after)
     assert delta == {"batches": 3, "mean_rows": pytest.approx(19 / 3), "rows_histogram": {"4": 1, "8": 2}}
-    assert sb.batch_delta(after, after)["mean_rows"] is None
+    assert sl.batch_delta(after, after)["mean_rows"] is None
 
 
 # ---- server processes ------------------------------------------------------------------------------------
 
 
 def gone(proc: subprocess.Popen) -> bool:
-    return proc.poll() is not None and sb.rss_mb(proc.pid) is None
+    return proc.poll() is not None and sl.rss_mb(proc.pid) is None
 
 
 def test_a_server_is_stopped_when_the_benchmark_fails_inside(tmp_path):
-    port = sb.free_port()
+    port = sl.free_port()
     with pytest.raises(KeyError, match="a failure inside"):
-        with sb.serving(stub(port), f"http://127.0.0.1:{port}", tmp_path / "log") as proc:
-            assert proc.poll() is None and sb.rss_mb(proc.pid) > 0
+        with sl.serving(stub(port), f"http://127.0.0.1:{port}", tmp_path / "log") as proc:
+            assert proc.poll() is None and sl.rss_mb(proc.pid) > 0
             raise KeyError("a failure inside")
     assert gone(proc)
 
 
 def test_a_server_that_never_gets_healthy_is_stopped_and_named(tmp_path):
-    port = sb.free_port()
+    port = sl.free_port()
     with pytest.raises(RuntimeError, match="exited \\(3\\) before answering /health"):
-        with sb.serving(stub(port, "exit"), f"http://127.0.0.1:{port}", tmp_path / "log"):
+        with sl.serving(stub(port, "exit"), f"http://127.0.0.1:{port}", tmp_path / "log"):
             pass
     with pytest.raises(RuntimeError, match="did not answer"):
-        with sb.serving(stub(port, "sick"), f"http://127.0.0.1:{port}", tmp_path / "log",
+        with sl.serving(stub(port, "sick"), f"http://127.0.0.1:{port}", tmp_path / "log",
                         startup_timeout_s=1.0):  # fmt: skip
             pass
     with socket.socket() as s:  # the sick server was stopped: nothing listens on its port
@@ -100,12 +101,12 @@ def test_a_server_that_never_gets_healthy_is_stopped_and_named(tmp_path):
 
 
 def test_a_server_that_ignores_sigterm_is_killed(tmp_path):
-    port = sb.free_port()
+    port = sl.free_port()
     with open(tmp_path / "log", "wb") as log:
         proc = subprocess.Popen(stub(port, "stubborn"), stdout=log, stderr=log, start_new_session=True)
     try:
         time.sleep(1.0)  # the stub installs its handler
-        assert sb.stop_process(proc, grace_s=0.5) == -9
+        assert sl.stop_process(proc, grace_s=0.5) == -9
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -173,7 +174,7 @@ def test_quick_run_has_the_mixed_load_and_the_robustness_run(quick):
 
 def test_quick_run_leaves_no_server_running(quick):
     for row in quick["rows"]:
-        assert row["exit_code"] is not None and sb.rss_mb(row["pid"]) is None
+        assert row["exit_code"] is not None and sl.rss_mb(row["pid"]) is None
 
 
 def test_quick_run_reports_a_table(quick, capsys):
