@@ -48,7 +48,8 @@ class QueueFull(RuntimeError):
 @dataclass(frozen=True)
 class SchedulerConfig:
     max_batch: int = 16  # rows per batch (1: no batching, requests one at a time in arrival order)
-    max_batch_s: float = 120.0  # seconds of work per batch (a padded row counts its whole window)
+    max_batch_s: float = 60.0  # seconds of work per batch (a padded row counts its whole window): two
+    # padded Whisper windows keep a newcomer's wait near a second on 2 cores (at 120 s, four: 2.6 s measured)
     max_wait_s: float = 0.01  # how long a lone chunk waits for company
     max_queue: int = 512  # waiting chunks beyond which requests are refused
 
