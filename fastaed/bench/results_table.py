@@ -257,6 +257,28 @@ ROWS: tuple[Row, ...] = (
         "longform.json:rows[model=tiny.en,minutes=60.0,engine=faster-whisper-batched-8].rtfx|x2}); "
         "≤ 150 ms",
     ),
+    Row(
+        "`fastaed serve` (tiny.en, padded), 32 concurrent clients sending real short clips: audio s answered "
+        "per s",
+        "**{serve.json:rows[target=fastaed-batching].levels[clients=32].throughput|f2}** (batches of "
+        "{serve.json:rows[target=fastaed-batching].levels[clients=32].batches.mean_rows|f1} rows on "
+        "average)",
+        "`--max-batch 1` (one at a time): {serve.json:rows[target=fastaed-max-batch-1].levels[clients=32]."
+        "throughput|f2}; faster-whisper behind a one-model server: "
+        "{serve.json:rows[target=faster-whisper].levels[clients=32].throughput|f2}",
+        "≥ 3x one at a time, ≥ 2x faster-whisper's server: **missed** "
+        "({serve.json:rows[target=fastaed-batching].levels[clients=32].throughput / "
+        "serve.json:rows[target=fastaed-max-batch-1].levels[clients=32].throughput|x2}, "
+        "{serve.json:rows[target=fastaed-batching].levels[clients=32].throughput / "
+        "serve.json:rows[target=faster-whisper].levels[clients=32].throughput|x2})",
+    ),
+    Row(
+        "… a short clip sent while a 10-min file is being transcribed: its wait beyond its own compute, max",
+        "**{serve.json:rows[target=fastaed-batching].mixed.extra.max|s1}**",
+        "one at a time: {serve.json:rows[target=fastaed-max-batch-1].mixed.extra.max|s1}; faster-whisper's "
+        "server: {serve.json:rows[target=faster-whisper].mixed.extra.max|s1}",
+        "≤ 1.5 s",
+    ),
 )
 
 
