@@ -182,9 +182,9 @@ def transcribe_cmd(args: argparse.Namespace) -> int:
     if options.uses_words and not long_form.word_timestamps:
         raise UsageError("--max-line-width/--max-line-count/--max-words-per-line/--highlight-words lay out "
                          "words: add --word-timestamps")  # fmt: skip
-    if fmt == "jsonl":
+    if not several:
         check_output_path(args.out, "--out")  # now, not after the whole decode
-    else:
+    if fmt != "jsonl":
         check_output(args.out, fmt, as_folder=several)
     transcriber = _transcriber(args)
     try:

@@ -235,8 +235,11 @@ def test_the_command_line_builds_the_config_and_refuses_unknown_engines():
     assert lf.command_line(config) == (
         "fastaed bench longform --models tiny.en --minutes 2 10 --engines fastaed-sequential --quick"
     )
-    with pytest.raises(UsageError, match="unknown fastaed-turbo"):
+    with pytest.raises(ValueError, match="unknown fastaed-turbo"):
         lf.LongformBenchConfig(engines=("fastaed-turbo",))
+    bad = build_parser().parse_args(["bench", "longform", "--engines", "fastaed-turbo"])
+    with pytest.raises(UsageError, match="unknown fastaed-turbo"):  # the command: one line, exit 2
+        config_of(bad)
 
 
 # ---- a --quick run on real speech --------------------------------------------------------------------------
