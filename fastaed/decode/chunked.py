@@ -107,9 +107,7 @@ class ChunkedDecoder:
         # Speech per chunk, so that with the padding either side the audio still fits the model's window.
         self.chunk_s = self.window_s - 2 * AUDIO_PAD_S
         self.chunks = 0
-        cfg = getattr(tr.frontend, "config", None)
-        # Padded Whisper: every chunk costs the model its whole window, whatever its length.
-        self.padded_input = getattr(cfg, "input", None) == "padded"
+        self.padded_input = tr.padded_whisper  # every chunk costs the model its whole window
         self.whisper = isinstance(tr.tokenizer, WhisperTokenizer)
         self.can_time_words = self.whisper or tr.model.ctc_head is not None
         if self.whisper:

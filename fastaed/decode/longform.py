@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 from fastaed.data import errors as E
 from fastaed.data.dataset import load_utterance_audio
 from fastaed.data.manifest import Utterance
-from fastaed.data.whisper_features import WhisperFeatureConfig, WhisperLogMel
+from fastaed.data.whisper_features import WhisperLogMel
 from fastaed.data.whisper_tokenizer import WhisperTokenizer
 from fastaed.decode.chunked import AUDIO_PAD_S, ChunkedDecoder
 from fastaed.decode.segments import FileTranscript, Segment
@@ -117,11 +117,6 @@ class LongFormResult:
         return self.audio_seconds / max(self.wall_seconds, 1e-9)
 
 
-def is_padded_whisper(tr: Transcriber) -> bool:
-    cfg = getattr(tr.frontend, "config", None)
-    return isinstance(cfg, WhisperFeatureConfig) and cfg.input == "padded"
-
-
 def resolve_mode(tr: Transcriber, config: LongFormConfig) -> str:
     """The algorithm ``auto`` stands for with this model; sequential is refused for non-Whisper models."""
     whisper = isinstance(tr.tokenizer, WhisperTokenizer)
@@ -132,7 +127,7 @@ def resolve_mode(tr: Transcriber, config: LongFormConfig) -> str:
         )
     if config.long_form != "auto":
         return config.long_form
-    return "sequential" if whisper and is_padded_whisper(tr) else "batched"
+    return "sequential" if whisper and tr.padded_whisper else "batched"
 
 
 def transcribe_long(
@@ -188,8 +183,13 @@ def needs_long_form(tr: Transcriber, utterances: Sequence[Utterance], config: Lo
     than a batched chunk, for models without one), or the caller asked for another mode."""
     if config.long_form != "auto" or config.word_timestamps:
         return True
-    limit = tr.max_seconds() or config.chunk_s
-    return any(u.duration > limit for u in utterances)
+    return not all(_fits_one_window(tr, u, config) for u in utterances)
+
+
+def _fits_one_window(tr: Transcriber, utt: Utterance, config: LongFormConfig) -> bool:
+    """Whether a clip is decoded as one utterance: it fits the model's window (or a batched chunk, for models
+    without one)."""
+    return utt.duration <= (tr.max_seconds() or config.chunk_s)
 
 
 def transcribe_any_length(
@@ -203,8 +203,7 @@ def transcribe_any_length(
     """Texts of clips of any length, for scoring: those that fit the model's window decoded as one utterance
     each (``Transcriber.run``), the longer ones by long-form decoding; results in input order, audio and
     wall seconds summed over both."""
-    limit = tr.max_seconds() or config.chunk_s
-    long_ids = {i for i, u in enumerate(utterances) if u.duration > limit}
+    long_ids = {i for i, u in enumerate(utterances) if not _fits_one_window(tr, u, config)}
     short = tr.run([u for i, u in enumerate(utterances) if i not in long_ids], on_bad_input=on_bad_input,
                    pnc=pnc)  # type: ignore[arg-type]  # fmt: skip
     if not long_ids:
@@ -241,7 +240,7 @@ class _Sequential:
         self.mel = tr.frontend if isinstance(tr.frontend, WhisperLogMel) else WhisperLogMel()
         self.frames = self.mel.config.chunk_frames  # 3000 mel frames: one window
         self.stride = self.frames // tr.model.config.encoder.max_positions  # mel frames per timestamp: 2
-        self.padded = is_padded_whisper(tr)
+        self.padded = tr.padded_whisper
         self.generator = torch.Generator().manual_seed(config.seed)
         self.windows = self.fallbacks = 0
         self.words = _WordTimer(tr) if config.word_timestamps else None

@@ -68,7 +68,7 @@ class LoopGuard:
         """(B,) period of the repetition ending the first ``length`` tokens of ``seqs`` (B, L); 0: none."""
         found = torch.zeros(seqs.shape[0], dtype=torch.long, device=seqs.device)
         for p in range(1, self.max_period + 1):
-            repeats = max(self.min_repeats, -(-self.min_span // p))
+            repeats = self.repeats(p)
             span = p * repeats
             if span > length:
                 break
@@ -78,6 +78,7 @@ class LoopGuard:
         return found
 
     def repeats(self, p: int) -> int:
+        """Copies of a ``p``-token unit that make a repetition: ``min_repeats``, and ``min_span`` tokens."""
         return max(self.min_repeats, -(-self.min_span // p))
 
 

@@ -312,6 +312,12 @@ class Transcriber:
         return [order[i : i + size] for i in range(0, len(order), size)]
 
     @property
+    def padded_whisper(self) -> bool:
+        """Whisper fed its 30 s padded window: every input costs the encoder that whole window."""
+        cfg = getattr(self.frontend, "config", None)
+        return isinstance(cfg, WhisperFeatureConfig) and cfg.input == "padded"
+
+    @property
     def loop_guard(self) -> LoopGuard | None:
         """The guard greedy search runs with (``DecodeConfig.loop_guard``); None when off. ``auto`` leaves
         it off where a reference engine decodes without one (padded Whisper: faster-whisper, openai-whisper;
@@ -319,11 +325,8 @@ class Transcriber:
         choice = self.config.loop_guard
         if choice == "off":
             return None
-        if choice == "auto":
-            cfg = getattr(self.frontend, "config", None)
-            padded_whisper = isinstance(cfg, WhisperFeatureConfig) and cfg.input == "padded"
-            if padded_whisper or (self.generation or {}).get("rule") == "nemo":
-                return None
+        if choice == "auto" and (self.padded_whisper or (self.generation or {}).get("rule") == "nemo"):
+            return None
         return LoopGuard()
 
     @property

@@ -91,7 +91,6 @@ class BatchScheduler:
     ):
         self.decoder, self.config, self.on_batch = decoder, config, on_batch
         self._buckets: list[deque[tuple[Job, int]]] = [deque() for _ in range(len(BUCKET_EDGES_S) + 1)]
-        self._jobs: dict[int, Job] = {}  # number -> job with chunks still waiting or in flight
         self._numbers = itertools.count()
         self._lock = threading.Condition()
         self._stop = False
@@ -116,7 +115,6 @@ class BatchScheduler:
                 batches = waiting / self.config.max_batch + 1
                 raise QueueFull(waiting, max(1.0, batches * self._seconds_per_row * self.config.max_batch))
             job.number = next(self._numbers)
-            self._jobs[job.number] = job
             for j, piece in enumerate(pending.pieces):
                 self._buckets[self._bucket(len(piece))].append((job, j))
             self._lock.notify()
@@ -126,11 +124,7 @@ class BatchScheduler:
         """Drop the job's waiting chunks (a batch already running finishes, its result is discarded)."""
         with self._lock:
             job.cancelled = True
-            for bucket in self._buckets:
-                kept = [(j, k) for j, k in bucket if j is not job]
-                bucket.clear()
-                bucket.extend(kept)
-            self._jobs.pop(job.number, None)
+            self._drop(job)
         if not job.future.done():
             job.future.cancel()
 
@@ -201,8 +195,6 @@ class BatchScheduler:
         for job in {id(j): j for j, _ in batch}.values():
             job.last_served = now
             if job.pending.done and not job.cancelled:
-                with self._lock:
-                    self._jobs.pop(job.number, None)
                 self._resolve(job)
 
     def _resolve(self, job: Job) -> None:
@@ -216,10 +208,13 @@ class BatchScheduler:
 
     def _fail(self, job: Job, err: Exception) -> None:
         with self._lock:
-            self._jobs.pop(job.number, None)
-            for bucket in self._buckets:
-                kept = [(j, k) for j, k in bucket if j is not job]
-                bucket.clear()
-                bucket.extend(kept)
+            self._drop(job)
         if not job.future.done():
             job.future.set_exception(err)
+
+    def _drop(self, job: Job) -> None:
+        """Take the job's waiting chunks out of every bucket (called with the lock held)."""
+        for bucket in self._buckets:
+            kept = [(j, k) for j, k in bucket if j is not job]
+            bucket.clear()
+            bucket.extend(kept)
