@@ -22,6 +22,7 @@ SUBCOMMAND_MODULES = (
     "fastaed.cli.model",
     "fastaed.cli.batch_sizes",
     "fastaed.cli.train",
+    "fastaed.cli.adapt",
     "fastaed.cli.decode",
     "fastaed.cli.serve",
     "fastaed.cli.interop",

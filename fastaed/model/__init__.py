@@ -27,7 +27,7 @@ from fastaed.model.config import (
 )
 from fastaed.model.conformer import ConformerBlock, ConformerEncoder, ConvModule, FeedForward
 from fastaed.model.decoder import DecoderBlock, TransformerDecoder
-from fastaed.model.loss import cross_entropy_loss, ctc_loss
+from fastaed.model.loss import counted_targets, cross_entropy_loss, ctc_loss, distillation_loss
 from fastaed.model.subsampling import DwStridingSubsampling, subsampled_lengths
 from fastaed.model.whisper import WhisperEncoder, whisper_sinusoids
 
@@ -52,8 +52,10 @@ __all__ = [
     "TINY_VOCAB_SIZE",
     "TransformerDecoder",
     "build_model",
+    "counted_targets",
     "cross_entropy_loss",
     "ctc_loss",
+    "distillation_loss",
     "preset_config",
     "preset_info",
     "subsampled_lengths",

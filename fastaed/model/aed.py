@@ -57,6 +57,11 @@ class EncoderDecoderModel(nn.Module):
         """enc: (B, T', De) from :meth:`encode`; enc_lens: (B,); dec_inputs: (B, U). Returns (B, U, V)."""
         return self.decoder(dec_inputs, self.projection(enc), enc_lens)
 
+    def decode_features(self, enc: Tensor, enc_lens: Tensor, dec_inputs: Tensor) -> Tensor:
+        """:meth:`decode` stopped before the output matrix: (B, U, Dd) final decoder states, which
+        ``self.decoder.classify`` turns into the same logits."""
+        return self.decoder.features(dec_inputs, self.projection(enc), enc_lens)
+
     def start_decoding(
         self, enc: Tensor, enc_lens: Tensor, capacity: int, kind: CacheKind = "kv"
     ) -> DecoderCache:

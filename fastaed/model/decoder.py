@@ -143,9 +143,12 @@ class TransformerDecoder(nn.Module):
 
     def logits(self, hidden: Tensor) -> Tensor:
         """hidden: (B, U, D) block outputs -> (B, U, V) logits."""
-        hidden = self.final_norm(hidden)
+        return self.classify(self.final_norm(hidden))
+
+    def classify(self, normed: Tensor) -> Tensor:
+        """normed: (B, U, D) final-LayerNorm outputs (what :meth:`features` returns) -> (B, U, V) logits."""
         weight = self.embedding.weight if self.output is None else self.output.weight
-        return F.linear(hidden, weight, self.output_bias)
+        return F.linear(normed, weight, self.output_bias)
 
     def step_logits(self, hidden: Tensor) -> Tensor:
         """hidden: (B, D) last-position block outputs of a decoding step -> (B, V) logits.
@@ -173,11 +176,18 @@ class TransformerDecoder(nn.Module):
         tokens: (B, U) input ids; memory: (B, T, D) encoder states; memory_lens: (B,) valid frames, each >= 1.
         Returns (B, U, V) logits; rows past a sequence's length are meaningless (the loss ignores them).
         """
+        return self.classify(self.features(tokens, memory, memory_lens))
+
+    def features(self, tokens: Tensor, memory: Tensor, memory_lens: Tensor) -> Tensor:
+        """Teacher-forced final states: (B, U, D) outputs of the final LayerNorm, the vectors the output
+        matrix turns into logits (:meth:`classify`). Distillation matches a student's to a teacher's.
+
+        tokens: (B, U); memory: (B, T, D); memory_lens: (B,) valid frames, each >= 1."""
         memory_mask = lengths_to_mask(memory_lens, memory.shape[1])[:, None, None, :]  # (B, 1, 1, T)
         x = self.embed(tokens, self.position_table(tokens.shape[1], tokens.device))
         for layer in self.layers:
             x = layer(x, memory, memory_mask)
-        return self.logits(x)
+        return self.final_norm(x)
 
     def forward_with_cross_attention(
         self,

@@ -50,14 +50,7 @@ def cross_entropy_loss(
     if logits.shape[:2] != targets.shape:
         raise ValueError(f"logits {tuple(logits.shape)} and targets {tuple(targets.shape)} disagree")
     b, u, v = logits.shape
-    if target_lens is None:
-        mask = targets != pad_id
-    else:
-        mask = lengths_to_mask(target_lens, u)
-    if prompt_lens is not None:
-        # targets[i] predicts token i + 1, so targets 0 .. prompt_len - 2 are prompt tokens.
-        positions = torch.arange(u, device=targets.device)
-        mask = mask & (positions[None, :] >= (prompt_lens[:, None] - 1))
+    mask = counted_targets(targets, target_lens, prompt_lens, pad_id)
 
     smoothing = label_smoothing * v / (v - 1)
     safe_targets = targets.masked_fill(~mask, 0)  # ignored rows may hold any id, e.g. pad beyond V
@@ -68,6 +61,52 @@ def cross_entropy_loss(
         label_smoothing=smoothing,
     ).view(b, u)
     return _reduce(per_token, mask, reduction)
+
+
+def counted_targets(
+    targets: Tensor, target_lens: Tensor | None, prompt_lens: Tensor | None, pad_id: int = PAD_ID
+) -> Tensor:
+    """(B, U) bool: the target positions a decoder loss counts (see :func:`cross_entropy_loss`)."""
+    u = targets.shape[1]
+    mask = targets != pad_id if target_lens is None else lengths_to_mask(target_lens, u)
+    if prompt_lens is not None:
+        # targets[i] predicts token i + 1, so targets 0 .. prompt_len - 2 are prompt tokens.
+        positions = torch.arange(u, device=targets.device)
+        mask = mask & (positions[None, :] >= (prompt_lens[:, None] - 1))
+    return mask
+
+
+def distillation_loss(
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    student_states: Tensor,
+    teacher_states: Tensor,
+    *,
+    temperature: float = 1.0,
+) -> tuple[Tensor, Tensor]:
+    """Distillation terms summed over N target positions: (kl_sum, l2_sum).
+
+    student_logits, teacher_logits: (N, V) at the positions a loss counts (select them first, e.g. with
+    :func:`counted_targets`: the (B, U, V) tensors need not exist twice); student_states, teacher_states:
+    (N, D) final decoder states (``TransformerDecoder.features``).
+
+    kl: KL(teacher || student) of the token distributions softened by ``temperature``, times τ² so its
+    gradients keep their size as τ changes (Hinton et al.); l2: the mean over D of the squared state
+    difference (FUTO's whisper-acft matches decoder states this way). Both are sums over positions, to be
+    divided by the step's token count like the cross-entropy.
+    """
+    if student_logits.shape != teacher_logits.shape or student_states.shape != teacher_states.shape:
+        raise ValueError(
+            f"student and teacher disagree: logits {tuple(student_logits.shape)} vs "
+            f"{tuple(teacher_logits.shape)}, states {tuple(student_states.shape)} vs "
+            f"{tuple(teacher_states.shape)}"
+        )
+    tau = float(temperature)
+    log_p_student = F.log_softmax(student_logits.float() / tau, dim=-1)
+    log_p_teacher = F.log_softmax(teacher_logits.float() / tau, dim=-1)
+    kl = (log_p_teacher.exp() * (log_p_teacher - log_p_student)).sum(-1) * tau * tau  # (N,)
+    l2 = (student_states.float() - teacher_states.float()).pow(2).mean(-1)  # (N,)
+    return kl.sum(), l2.sum()
 
 
 def ctc_loss(

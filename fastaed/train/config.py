@@ -178,6 +178,34 @@ class LossConfig:
 
 
 @dataclass(frozen=True)
+class DistillSection:
+    """Distillation from a frozen teacher (``fastaed adapt``; or any fine-tune keeping a model's accuracy):
+    see ``fastaed.train.distill``. Off while ``teacher`` is null."""
+
+    teacher: str | None = None  # teacher checkpoint folder (usually model.init_from itself)
+    teacher_input: str = "padded"  # the teacher's input: "padded" | "unpadded" (Whisper), "native" (others)
+    ce_weight: float = 1.0  # the ordinary loss on the transcripts (0: distillation alone)
+    kl_weight: float = 1.0  # KL(teacher || student) of the next-token distributions
+    state_weight: float = 0.0  # squared distance of the final decoder states (per dimension)
+    temperature: float = 1.0  # softens both distributions in the KL term
+    cache_batch_size: int = 8  # utterances per teacher batch while building the cache
+
+    def __post_init__(self) -> None:
+        _require(
+            self.teacher_input in ("padded", "unpadded", "native"),
+            f"distill.teacher_input: padded, unpadded or native, got {self.teacher_input!r}",
+        )
+        weights = (self.ce_weight, self.kl_weight, self.state_weight)
+        _require(min(weights) >= 0 and sum(weights) > 0, "distill: weights must be >= 0, not all 0")
+        _require(self.temperature > 0, "distill.temperature must be > 0")
+        _require(self.cache_batch_size >= 1, "distill.cache_batch_size must be >= 1")
+
+    @property
+    def enabled(self) -> bool:
+        return self.teacher is not None
+
+
+@dataclass(frozen=True)
 class SpecAugmentSection(SpecAugmentConfig):
     """SpecAugment's masks (``SpecAugmentConfig``: counts, widths) and when the trainer applies them."""
 
@@ -264,12 +292,18 @@ class TrainConfig:
     model: ModelSection = field(default_factory=ModelSection)
     optim: OptimConfig = field(default_factory=OptimConfig)
     loss: LossConfig = field(default_factory=LossConfig)
+    distill: DistillSection = field(default_factory=DistillSection)
     specaugment: SpecAugmentSection = field(default_factory=SpecAugmentSection)
     features: FeaturesSection = field(default_factory=FeaturesSection)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     debug: DebugConfig = field(default_factory=DebugConfig)
 
     def __post_init__(self) -> None:
+        _require(
+            not (self.distill.enabled and self.data.train_shards),
+            "distill.teacher needs data.train_manifests (the teacher cache is indexed by manifest line), "
+            "not data.train_shards",
+        )
         if self.model.init_from is None:
             _require(
                 self.data.tokenizer is not None,

@@ -54,9 +54,16 @@ from fastaed.train.metrics import STAT_FIELDS, batch_stats, left_out_line, peak_
 from fastaed.train.pretrained import load_pretrained
 from fastaed.train.schedule import lr_at
 from fastaed.train.session import Session
-from fastaed.train.setup import build_model_parts, load_data, open_metrics, prepare_run_dir, resume_position
+from fastaed.train.setup import (
+    build_model_parts,
+    load_data,
+    load_distiller,
+    open_metrics,
+    prepare_run_dir,
+    resume_position,
+)
 from fastaed.train.shards import shard_stream, stream_rejections
-from fastaed.train.step import Precision, piece_forward
+from fastaed.train.step import LOSS_PARTS, Precision, piece_forward
 
 
 def train(cfg: TrainConfig, resume: str | Path | None = None) -> dict[str, Any]:
@@ -80,6 +87,7 @@ def train(cfg: TrainConfig, resume: str | Path | None = None) -> dict[str, Any]:
     pretrained = load_pretrained(cfg.model)  # fine-tuning: weights, tokenizer and front end come with it
     data = load_data(cfg, info, device, precision, pretrained)
     parts = build_model_parts(cfg, data.tokenizer.vocab_size, device, pretrained)
+    parts.distiller = load_distiller(cfg, info, data, device)  # None unless distill.teacher is set
     # Dropout streams differ per rank (as do the utterances each rank gets).
     torch.manual_seed(ckpt.derive_seed(seed, info.rank))
     np.random.seed(ckpt.derive_seed(seed, info.rank, 1) % 2**32)
@@ -220,7 +228,7 @@ def optimizer_step(run: Session, stream: Iterator[StreamItem]) -> StepOutcome:
     forward = functools.partial(
         piece_forward, model=parts.model, frontend=parts.frontend, specaug=parts.specaug if augment else None,
         generator=generator, norm=norm, loss_cfg=cfg.loss, ctc_weight=ctc_weight, injector=injector,
-        step=pos.step + 1, autocast=run.precision.autocast,
+        step=pos.step + 1, autocast=run.precision.autocast, distiller=parts.distiller,
     )  # fmt: skip
     pieces = [b.to(device, non_blocking=True) for b in micro]
     # Encoder frozen (fine-tuning's first steps): no gradient reaches it, so backward stops at its output
@@ -233,15 +241,19 @@ def optimizer_step(run: Session, stream: Iterator[StreamItem]) -> StepOutcome:
             module.train(not frozen)
     zero_grad = functools.partial(parts.optimizer.zero_grad, set_to_none=True)
     kept, splits = accumulate_with_oom_split(pieces, forward, zero_grad=zero_grad, backward=injector.backward)
-    loss_parts = torch.stack(kept).sum(0).double().cpu() if kept else torch.zeros(2, dtype=torch.float64)
+    none_kept = torch.zeros(len(LOSS_PARTS), dtype=torch.float64)
+    loss_parts = torch.stack(kept).sum(0).double().cpu() if kept else none_kept
 
     # 4. ranks agree on the loss, on skipping and on stopping; then sum gradients, clip, update
     # The budget covers the whole run: a resumed run gets what the killed one had left.
     over_budget = cfg.runtime.time_budget_s is not None and run.elapsed_s() > cfg.runtime.time_budget_s
     nonfinite = not bool(torch.isfinite(loss_parts).all())
     status = torch.cat([loss_parts, torch.tensor([nonfinite, over_budget, splits], dtype=torch.float64)])
-    ce, ctc_part, n_nonfinite, n_stop, n_splits = D.all_reduce_sum_(status).tolist()
+    ce, ctc_part, kl, state, n_nonfinite, n_stop, n_splits = D.all_reduce_sum_(status).tolist()
     loss_value = ce if ctc_weight is None else (1 - ctc_weight) * ce + ctc_weight * ctc_part
+    distill = parts.distiller.weights if parts.distiller is not None else None
+    if distill is not None:  # the objective the step minimised
+        loss_value = distill.ce * loss_value + distill.kl * kl + distill.state * state
     grad_norm = float("nan")
     if n_nonfinite == 0:
         D.all_reduce_gradients_(parts.params)
@@ -267,6 +279,7 @@ def optimizer_step(run: Session, stream: Iterator[StreamItem]) -> StepOutcome:
         "local_batch_size": sum(len(b) for b in micro),
         "loss": loss_value if finite else None, "ce_loss": ce if finite else None,
         "ctc_loss": ctc_part if finite and ctc_weight is not None else None,
+        **({"kl_loss": kl, "state_loss": state} if distill is not None and finite else {}),
         "lr": lr, "grad_norm": grad_norm, "specaugment": augment, "encoder_frozen": frozen,
         "oom_splits": int(n_splits),
         **step_telemetry(totals, step_time), "data_time_s": t_data,

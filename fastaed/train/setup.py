@@ -38,6 +38,15 @@ from fastaed.train import checkpoint as ckpt
 from fastaed.train import distributed as D
 from fastaed.train.batches import SamplerFactory, length_limits, make_sampler_factory
 from fastaed.train.config import TrainConfig
+from fastaed.train.distill import (
+    CACHE_FILE,
+    Distiller,
+    DistillWeights,
+    TeacherCache,
+    TeacherIdentity,
+    build_teacher_cache,
+    describe,
+)
 from fastaed.train.faults import NonFiniteGuard
 from fastaed.train.metrics import (
     CURVE_FILE,
@@ -169,6 +178,7 @@ class ModelParts:
     optimizer: torch.optim.AdamW
     frontend: nn.Module  # waves (B, N), lens (B,) -> feats (B, T, F), feat_lens (B,)
     specaug: SpecAugment
+    distiller: Distiller | None = None  # distill.teacher's cached view of the training data
 
 
 @dataclass
@@ -265,6 +275,34 @@ def build_model_parts(
     frontend.train()
     specaug.train()
     return ModelParts(model, params, optimizer, frontend, specaug)
+
+
+def load_distiller(
+    cfg: TrainConfig, info: D.DistInfo, data: TrainData, device: torch.device
+) -> Distiller | None:
+    """``distill.teacher``'s cache for this run's training index: read from ``out_dir`` when it matches
+    (index, teacher weights, teacher input), else built by rank 0 while the others wait, then read."""
+    d = cfg.distill
+    if not d.enabled:
+        return None
+    path = Path(cfg.runtime.out_dir) / CACHE_FILE
+    teacher = Path(d.teacher)
+    with D.rank0_first():
+        identity = TeacherIdentity.of(teacher, d.teacher_input, data.train_index)
+        cache = TeacherCache.load(path)
+        if cache is None or cache.identity != identity:
+            if not info.is_main:
+                raise RuntimeError(f"{path}: rank 0 did not leave a teacher cache for this run")
+            D.print0(f"teacher pass: {teacher} ({d.teacher_input} input) over {len(data.train_index)} utts")
+            cache = build_teacher_cache(
+                teacher, d.teacher_input, data.train_set, batch_size=d.cache_batch_size, device=device,
+                progress=cfg.runtime.progress,
+            )  # fmt: skip
+            cache.save(path)
+        else:
+            D.print0(f"teacher cache: {path} ({describe(cache)})")
+    weights = DistillWeights(d.ce_weight, d.kl_weight, d.state_weight, d.temperature)
+    return Distiller(cache, weights, device)
 
 
 def resume_position(

@@ -20,8 +20,15 @@ from torch import nn
 
 from fastaed.data.dataset import Batch
 from fastaed.data.features import SpecAugment
-from fastaed.model import EncoderDecoderModel, cross_entropy_loss, ctc_loss
+from fastaed.model import (
+    EncoderDecoderModel,
+    counted_targets,
+    cross_entropy_loss,
+    ctc_loss,
+    distillation_loss,
+)
 from fastaed.train.config import LossConfig
+from fastaed.train.distill import Distiller
 from fastaed.train.faults import FaultInjector
 from fastaed.util.devices import default_dtype
 
@@ -78,33 +85,53 @@ def build_optimizer(
     return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=fused), params
 
 
+LOSS_PARTS = ("ce", "ctc", "kl", "state")  # what compute_loss reports, in this order
+
+
 def compute_loss(
     model: EncoderDecoderModel,
     piece: Batch,
     norm: torch.Tensor,
     loss_cfg: LossConfig,
     ctc_weight: float | None,
+    distiller: Distiller | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(loss to differentiate, detached (ce, ctc) parts); norm: (2,) the step's CE and CTC token counts."""
+    """(loss to differentiate, detached parts (4,): ce, ctc, kl, state); norm: (2,) the step's CE and CTC
+    token counts (the distillation terms count the CE's positions, so they divide by its count too)."""
     with_ctc = ctc_weight is not None
-    out = model(piece.feats, piece.feat_lens, piece.dec_inputs, piece.dec_lens, return_ctc=with_ctc)
+    enc, enc_lens = model.encode(piece.feats, piece.feat_lens)
+    states = model.decode_features(enc, enc_lens, piece.dec_inputs)  # (B, U, D)
+    logits = model.decoder.classify(states)  # (B, U, V)
+    prompt_lens = piece.prompt_lens if loss_cfg.mask_prompt else None
     ce_sum, _ = cross_entropy_loss(
-        out.logits if with_ctc else out,
+        logits,
         piece.dec_targets,
         target_lens=piece.dec_lens,
-        prompt_lens=piece.prompt_lens if loss_cfg.mask_prompt else None,
+        prompt_lens=prompt_lens,
         label_smoothing=loss_cfg.label_smoothing,
         reduction="sum",
     )
     ce = ce_sum / norm[0]
-    if not with_ctc:
-        return ce, torch.stack([ce.detach(), torch.zeros_like(ce)])
-    lens = piece.token_lens - piece.prompt_lens - 1  # (B,) transcript tokens: no prompt, no EOS
-    pos = piece.prompt_lens[:, None] + torch.arange(int(lens.max()), device=lens.device)[None, :]
-    targets = piece.tokens.gather(1, pos.clamp(max=piece.tokens.shape[1] - 1))  # (B, S)
-    ctc_sum, _ = ctc_loss(out.ctc_log_probs, out.enc_lens, targets, lens, reduction="sum")
-    ctc = ctc_sum / norm[1]
-    return (1 - ctc_weight) * ce + ctc_weight * ctc, torch.stack([ce.detach(), ctc.detach()])
+    zero = torch.zeros_like(ce)
+    loss, ctc = ce, zero
+    if with_ctc:
+        lens = piece.token_lens - piece.prompt_lens - 1  # (B,) transcript tokens: no prompt, no EOS
+        pos = piece.prompt_lens[:, None] + torch.arange(int(lens.max()), device=lens.device)[None, :]
+        targets = piece.tokens.gather(1, pos.clamp(max=piece.tokens.shape[1] - 1))  # (B, S)
+        ctc_sum, _ = ctc_loss(model.ctc_log_probs(enc), enc_lens, targets, lens, reduction="sum")
+        ctc = ctc_sum / norm[1]
+        loss = (1 - ctc_weight) * ce + ctc_weight * ctc
+    kl, state = zero, zero
+    if distiller is not None:
+        mask = counted_targets(piece.dec_targets, piece.dec_lens, prompt_lens)  # (B, U)
+        teacher_logits, teacher_states = distiller.teacher(piece, mask)
+        w = distiller.weights
+        kl_sum, state_sum = distillation_loss(
+            logits[mask], teacher_logits, states[mask], teacher_states, temperature=w.temperature
+        )
+        kl, state = kl_sum / norm[0], state_sum / norm[0]
+        loss = w.ce * loss + w.kl * kl + w.state * state
+    return loss, torch.stack([ce.detach(), ctc.detach(), kl.detach(), state.detach()])
 
 
 def piece_forward(
@@ -120,6 +147,7 @@ def piece_forward(
     injector: FaultInjector,
     step: int,
     autocast: Callable[[], AbstractContextManager[Any]],
+    distiller: Distiller | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """What ``accumulate_with_oom_split`` runs for every piece: features (once per piece; the halves of a
     split inherit their rows), then model and loss. Dither and SpecAugment draw from ``generator``.
@@ -134,5 +162,5 @@ def piece_forward(
                 feats = specaug(feats, feat_lens, generator=generator)
         piece.feats, piece.feat_lens = feats, feat_lens
     with autocast():
-        loss, parts = compute_loss(model, piece, norm, loss_cfg, ctc_weight)
+        loss, parts = compute_loss(model, piece, norm, loss_cfg, ctc_weight, distiller)
     return injector.poison(loss, step), parts

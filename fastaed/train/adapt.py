@@ -1,0 +1,354 @@
+"""``fastaed adapt``: a padded Whisper checkpoint made to keep its accuracy on the real frames alone.
+
+Whisper was trained on 30 s windows only; fed the real frames of a short clip it loops. Self-distillation
+fixes that without transcripts: the *teacher* is the checkpoint itself on its padded input, frozen; the
+*student* is a copy that sees only the real frames and learns to reproduce the teacher's next-token
+distributions (KL) and final decoder states (L2, as FUTO's whisper-acft does) on the same token sequences.
+
+Stages, each resumable (a killed ``adapt`` run again with the same arguments continues where it was):
+
+1. **targets** (:func:`build_targets`): the adaptation audio, chosen from the manifests (all real clips,
+   synthetic ones up to ``max_clips``), written to ``WORK/train.jsonl`` and ``WORK/dev.jsonl`` with a text
+   per entry: the manifest's transcript, or where there is none (or ``targets="teacher"``) the teacher's own
+   greedy padded output. A pseudo-label the loop guard had to end is not a target: that clip is left out
+   and counted.
+2. **teacher pass** and **training**: an ordinary ``fastaed train`` run in ``WORK/run`` (2D-bucketed unpadded
+   batches, per-bucket batch sizes from ``profile`` or the duration cap, exact resume, the bad-input policy)
+   with ``distill.teacher`` set to the checkpoint: the trainer computes the teacher's view of every clip
+   once (``fastaed.train.distill``) and trains against it until ``time_budget_s`` (all stages together).
+3. **result**: the run's last checkpoint copied to ``OUT`` without its trainer state: an ordinary checkpoint
+   whose front end is unpadded, plus ``adapt_summary.json`` (times, steps, data, dev WER).
+
+Default audio (no ``audio``): ``DATA/default/train.jsonl`` and ``DATA/phrases/train.jsonl`` (synthetic
+English; ``train_multilingual.jsonl`` too for a multilingual model) and the adaptation halves of the real
+Asterisk sets (``fastaed.data.heldout``): never a held-out clip.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import random
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from fastaed.data import errors as E
+from fastaed.data.manifest import Utterance, iter_lines, parse_entry
+
+TARGET_FILE, DEV_FILE, RUN_DIR = "train.jsonl", "dev.jsonl", "run"
+STATE_FILE = "targets.json"  # what stage 1 was built from (a rerun with other inputs rebuilds it)
+SUMMARY_FILE = "adapt_summary.json"
+WORK_KIND = "adapt work folder"  # output kind (fastaed.util.outputs) of WORK
+
+
+@dataclass(frozen=True)
+class AdaptConfig:
+    """Options of ``fastaed adapt`` (the ``help`` of each is the command line's)."""
+
+    checkpoint: Path = field(metadata={"help": "Whisper checkpoint to adapt (the teacher, frozen)"})
+    out: Path = field(metadata={"help": "where the adapted checkpoint goes (new, empty or an earlier one)"})
+    audio: tuple[Path, ...] = field(
+        default=(), metadata={"help": "adaptation manifests (default: synthetic corpus + real adapt halves)"}
+    )
+    data_dir: Path = field(default=Path("data"), metadata={"help": "where the default audio lives"})
+    work: Path | None = field(default=None, metadata={"help": "work folder (default: OUT.work)"})
+    targets: Literal["auto", "teacher", "transcript"] = field(
+        default="auto",
+        metadata={"help": "auto: transcripts where a manifest has them, the teacher's output elsewhere"},
+    )
+    max_clips: int = field(default=4000, metadata={"help": "synthetic clips at most (real clips: all)"})
+    dev_clips: int = field(default=100, metadata={"help": "clips kept aside to watch the student's WER"})
+    time_budget_s: float = field(default=1500.0, metadata={"help": "wall time of all stages together"})
+    lr: float = field(default=3e-5, metadata={"help": "peak AdamW learning rate"})
+    warmup_steps: int = field(default=20, metadata={"help": "linear warm-up steps"})
+    kl_weight: float = field(default=1.0, metadata={"help": "weight of KL(teacher || student)"})
+    state_weight: float = field(default=1.0, metadata={"help": "weight of the decoder-state L2 term"})
+    ce_weight: float = field(default=0.0, metadata={"help": "weight of cross-entropy on the targets"})
+    max_duration: float = field(default=60.0, metadata={"help": "real seconds per batch (no profile)"})
+    profile: Path | None = field(
+        default=None, metadata={"help": "per-bucket batch sizes (fastaed batch-sizes)"}
+    )
+    threads: int | None = field(default=None, metadata={"help": "torch threads (default: torch's)"})
+    seed: int = field(default=0, metadata={"help": "clip choice, shuffling"})
+    on_bad_input: Literal["error", "skip"] = field(
+        default="skip", metadata={"help": "bad audio: error or skip"}
+    )
+    overrides: tuple[str, ...] = field(default=(), metadata={"help": "extra KEY=VALUE training overrides"})
+
+    @property
+    def work_dir(self) -> Path:
+        return self.work or self.out.with_name(self.out.name + ".work")
+
+
+# ---- stage 1: the adaptation audio and its targets ---------------------------------------------------------
+
+
+def default_audio(data_dir: Path, multilingual: bool) -> list[Path]:
+    """The default adaptation manifests that exist under ``data_dir`` (see the module doc)."""
+    from fastaed.data.heldout import adaptation_manifests
+
+    names = ["default/train.jsonl", "phrases/train.jsonl"]
+    if multilingual:
+        names.append("default/train_multilingual.jsonl")
+    synthetic = [data_dir / n for n in names if (data_dir / n).is_file()]
+    languages = None if multilingual else {"en"}
+    return synthetic + adaptation_manifests(data_dir / "real", languages)
+
+
+def is_real(raw: dict[str, Any]) -> bool:
+    """A recording of real speech (kept whole), not a synthetic clip (sampled): synthetic entries name
+    their TTS engine."""
+    return "engine" not in raw and "voice" not in raw
+
+
+def choose_clips(
+    manifests: list[Path], english_only: bool, max_clips: int, seed: int, report: E.BadInputReport
+) -> list[tuple[Utterance, dict[str, Any]]]:
+    """Every real entry and a seeded sample of at most ``max_clips`` synthetic ones, in manifest order.
+    Entries a model cannot learn from here (not English for an English-only model, not transcription) are
+    counted in ``report``."""
+    real, synthetic = [], []
+    for manifest in manifests:
+        base = str(manifest.parent)
+        for line_no, _, line in iter_lines(manifest):
+            try:
+                raw = json.loads(line)
+                # An entry without a transcript is fine here: the teacher will label it.
+                labelled = isinstance(raw, dict) and bool(str(raw.get("text") or "").strip())
+                obj = raw if labelled or not isinstance(raw, dict) else {**raw, "text": "-"}
+                utt = parse_entry(obj, path=str(manifest), line=line_no, base_dir=base)
+                if english_only and utt.source_lang != "en":
+                    detail = f"source_lang {utt.source_lang!r}: this model is English-only"
+                    raise E.BadInputError(E.BAD_FIELD, detail, path=str(manifest), line=line_no,
+                                          field="source_lang")  # fmt: skip
+                if utt.task != "transcribe":
+                    detail = f"task {utt.task!r}: adaptation transcribes"
+                    raise E.BadInputError(E.BAD_FIELD, detail, path=str(manifest), line=line_no, field="task")
+            except E.BadInputError as err:
+                E.handle(err, "skip", report)
+                continue
+            except json.JSONDecodeError as exc:
+                err = E.BadInputError(
+                    E.MALFORMED_JSON, f"not valid JSON ({exc})", path=str(manifest), line=line_no
+                )
+                E.handle(err, "skip", report)
+                continue
+            utt = utt if labelled else dataclasses.replace(utt, text="")
+            (real if is_real(raw) else synthetic).append((utt, raw))
+    if len(synthetic) > max_clips:
+        keep = set(random.Random(seed).sample(range(len(synthetic)), max_clips))
+        synthetic = [x for i, x in enumerate(synthetic) if i in keep]
+    return real + synthetic
+
+
+def dev_split(entries: list[dict[str, Any]], dev_clips: int) -> tuple[list[dict], list[dict]]:
+    """(train, dev): ``dev_clips`` entries chosen by a hash of their audio path (stable under reordering)."""
+    ranked = sorted(entries, key=lambda e: hashlib.sha1(e["audio_filepath"].encode()).hexdigest())
+    dev_paths = {e["audio_filepath"] for e in ranked[:dev_clips]}
+    return [e for e in entries if e["audio_filepath"] not in dev_paths], [
+        e for e in entries if e["audio_filepath"] in dev_paths
+    ]
+
+
+def pseudo_label(
+    checkpoint: Path, utts: list[Utterance], threads: int | None
+) -> tuple[dict[int, str], dict[str, int], float]:
+    """The teacher's greedy padded transcripts of ``utts`` (position -> text), with the loop guard on:
+    a looping output is dropped (counted by guard), as is an empty one. Returns (texts, dropped, seconds)."""
+    from fastaed.decode.transcribe import DecodeConfig, Transcriber
+
+    if not utts:
+        return {}, {}, 0.0
+    t0 = time.perf_counter()
+    config = DecodeConfig(batch_size=16, device="cpu" if threads else "auto", whisper_input="padded",
+                          loop_guard="on", progress=True)  # fmt: skip
+    result = Transcriber(checkpoint, config).run(utts, on_bad_input="skip", warmup=False)
+    by_path = {(t.utterance.manifest, t.utterance.line): t for t in result.transcripts}
+    texts, dropped = {}, {"loop": 0, "empty": 0, "unreadable": sum(result.skipped.counts.values())}
+    for i, utt in enumerate(utts):
+        t = by_path.get((utt.manifest, utt.line))
+        if t is None:
+            continue
+        if t.guard is not None:
+            dropped["loop"] += 1
+        elif not t.text.strip():
+            dropped["empty"] += 1
+        else:
+            texts[i] = t.text.strip()
+    return texts, dropped, time.perf_counter() - t0
+
+
+def build_targets(cfg: AdaptConfig, manifests: list[Path], english_only: bool) -> dict[str, Any]:
+    """Stage 1: ``WORK/train.jsonl`` and ``WORK/dev.jsonl``; reused when built from the same inputs."""
+    work = cfg.work_dir
+    key = {
+        "checkpoint": str(cfg.checkpoint.resolve()),
+        "manifests": [(str(m.resolve()), _digest(m)) for m in manifests],
+        "targets": cfg.targets, "max_clips": cfg.max_clips, "dev_clips": cfg.dev_clips, "seed": cfg.seed,
+    }  # fmt: skip
+    state_path = work / STATE_FILE
+    if state_path.is_file():
+        state = json.loads(state_path.read_text())
+        if state.get("key") == key and (work / TARGET_FILE).is_file() and (work / DEV_FILE).is_file():
+            return state["report"]
+    report = E.BadInputReport()
+    chosen = choose_clips(manifests, english_only, cfg.max_clips, cfg.seed, report)
+    need = [i for i, (u, _) in enumerate(chosen) if cfg.targets == "teacher" or not u.text.strip()]
+    if cfg.targets == "transcript" and need:
+        u = chosen[need[0]][0]
+        raise E.BadInputError(
+            E.BAD_FIELD, f"{u.manifest}:{u.line}: field 'text' is empty (--targets transcript)"
+        )
+    texts, dropped, label_s = pseudo_label(cfg.checkpoint, [chosen[i][0] for i in need], cfg.threads)
+    entries, sources = [], {"transcript": 0, "teacher": 0}
+    need_pos = {i: k for k, i in enumerate(need)}
+    for i, (utt, raw) in enumerate(chosen):
+        entry = {**raw, "audio_filepath": str(Path(utt.audio_filepath).resolve())}
+        if i in need_pos:
+            if need_pos[i] not in texts:
+                continue
+            entry["text"], entry["target_source"] = texts[need_pos[i]], "teacher"
+        else:
+            entry["target_source"] = "transcript"
+        sources[entry["target_source"]] += 1
+        entries.append(entry)
+    train, dev = dev_split(entries, cfg.dev_clips)
+    work.mkdir(parents=True, exist_ok=True)
+    for name, rows in ((TARGET_FILE, train), (DEV_FILE, dev)):
+        tmp = work / f".{name}.tmp"
+        tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+        os.replace(tmp, work / name)
+    out = {
+        "manifests": [str(m) for m in manifests], "chosen": len(chosen), "train_clips": len(train),
+        "dev_clips": len(dev), "train_audio_s": round(sum(e["duration"] for e in train), 1),
+        "real_clips": sum(1 for _, raw in chosen if is_real(raw)), "targets": sources,
+        "pseudo_label_dropped": dropped, "pseudo_label_s": round(label_s, 1), "left_out": report.to_dict(),
+    }  # fmt: skip
+    state_path.write_text(json.dumps({"key": key, "report": out}, indent=1) + "\n")
+    return out
+
+
+def _digest(path: Path) -> str:
+    from fastaed.data.index import file_digest
+
+    return file_digest(path)
+
+
+# ---- stages 2 and 3: the distillation run, the adapted checkpoint ------------------------------------------
+
+
+def train_config(cfg: AdaptConfig, budget_s: float) -> Any:
+    """The ``TrainConfig`` of the distillation run (``WORK/run/config.yaml`` records it)."""
+    from fastaed.train.config import TrainConfig
+
+    work = cfg.work_dir
+    doc = {
+        "data": {"train_manifests": [str(work / TARGET_FILE)], "dev_manifest": str(work / DEV_FILE),
+                 "on_bad_input": cfg.on_bad_input},
+        "sampler": {"num_buckets": 20, "max_duration": cfg.max_duration, "seed": cfg.seed,
+                    "short_first_epoch": False, "profile": str(cfg.profile) if cfg.profile else None},
+        "model": {"init_from": str(cfg.checkpoint), "frontend_input": "unpadded", "ctc_weight": None,
+                  "dropout": 0.0},
+        "optim": {"lr": cfg.lr, "betas": [0.9, 0.98], "weight_decay": 0.0, "warmup_steps": cfg.warmup_steps,
+                  "schedule": "constant", "max_steps": 1_000_000, "grad_clip": 1.0},
+        "loss": {"label_smoothing": 0.0, "mask_prompt": True},
+        "distill": {"teacher": str(cfg.checkpoint), "teacher_input": "padded", "ce_weight": cfg.ce_weight,
+                    "kl_weight": cfg.kl_weight, "state_weight": cfg.state_weight},
+        "specaugment": {"enabled": False},
+        "runtime": {"out_dir": str(work / RUN_DIR), "num_workers": 1, "threads": cfg.threads,
+                    "log_every": 10, "eval_every": 0, "ckpt_every": 100, "keep_checkpoints": 2,
+                    "eval_max_utts": cfg.dev_clips, "time_budget_s": max(budget_s, 1.0)},
+    }  # fmt: skip
+    return TrainConfig.from_dict(doc, list(cfg.overrides))
+
+
+def adapt(cfg: AdaptConfig) -> dict[str, Any]:
+    """All three stages (see the module doc); returns what ``OUT/adapt_summary.json`` holds."""
+    from fastaed.data.tokenizer import load_tokenizer
+    from fastaed.formats import TOKENIZER_DIR, read_checkpoint_meta
+    from fastaed.formats.native import CHECKPOINT_KIND, is_checkpoint_folder
+    from fastaed.train.loop import train
+    from fastaed.util.outputs import check_output_dir
+
+    t0 = time.perf_counter()
+    check_output_dir(cfg.out, CHECKPOINT_KIND, legacy=is_checkpoint_folder)  # before any work
+    meta = read_checkpoint_meta(cfg.checkpoint)
+    if (meta.get("frontend") or {}).get("kind") != "whisper":
+        raise ValueError(
+            f"{cfg.checkpoint}: adapt needs a Whisper checkpoint (padded teacher, unpadded student)"
+        )
+    tokenizer = load_tokenizer(cfg.checkpoint / TOKENIZER_DIR)
+    multilingual = bool(getattr(tokenizer, "multilingual", False))
+    manifests = list(cfg.audio) or default_audio(cfg.data_dir, multilingual)
+    missing = [m for m in manifests if not m.is_file()]
+    if missing or not manifests:
+        raise FileNotFoundError(
+            f"adaptation audio: {missing[0] if missing else 'none found under ' + str(cfg.data_dir)} "
+            "(make demo builds the default data; or pass --audio MANIFEST)"
+        )
+    _adopt_work_dir(cfg.work_dir)
+    elapsed_before = _previous_elapsed(cfg.work_dir)
+    targets = build_targets(cfg, manifests, english_only=not multilingual)
+    spent = elapsed_before + time.perf_counter() - t0
+    run = train(train_config(cfg, cfg.time_budget_s - spent), resume="auto")
+    summary = {
+        "source": str(cfg.checkpoint), "out": str(cfg.out), "config": _plain(asdict(cfg)),
+        "wall_s": round(elapsed_before + time.perf_counter() - t0, 1),
+        "pseudo_label_s": targets["pseudo_label_s"], "teacher_s": _teacher_seconds(cfg.work_dir),
+        "train_s": round(run["wall_time_s"], 1), "steps": run["steps"], "epochs": run["epoch"],
+        "clips": targets["train_clips"], "audio_s": targets["train_audio_s"], "data": targets,
+        "dev_wer_unpadded": run.get("wer"), "checkpoint": run["checkpoint"],
+    }  # fmt: skip
+    export_checkpoint(Path(run["checkpoint"]), cfg.out, summary)
+    return summary
+
+
+def export_checkpoint(checkpoint: Path, out: Path, summary: dict[str, Any]) -> None:
+    """Copy a trainer checkpoint to ``out`` as an ordinary one (no trainer state), with ``SUMMARY_FILE``."""
+    from fastaed.formats.native import CHECKPOINT_KIND, is_checkpoint_folder, write_checksums
+    from fastaed.train.checkpoint import STATE_FILE as TRAINER_STATE
+    from fastaed.util.outputs import building_dir
+
+    with building_dir(out, CHECKPOINT_KIND, "adapt", legacy=is_checkpoint_folder) as tmp:
+        for item in checkpoint.iterdir():
+            if item.name == TRAINER_STATE or item.name.startswith("."):
+                continue
+            (shutil.copytree if item.is_dir() else shutil.copy2)(item, tmp / item.name)
+        (tmp / SUMMARY_FILE).write_text(json.dumps(summary, indent=1) + "\n")
+        write_checksums(tmp)
+
+
+def _adopt_work_dir(work: Path) -> None:
+    """WORK must be new, empty, or an earlier adapt's (marked): a user's folder is never written into."""
+    from fastaed.util.outputs import MARKER, adopt_dir
+
+    names = {TARGET_FILE, DEV_FILE, STATE_FILE, RUN_DIR, f".{TARGET_FILE}.tmp", f".{DEV_FILE}.tmp", MARKER}
+    adopt_dir(work, WORK_KIND, "adapt", allowed=names.__contains__, flag="--work")
+
+
+def _previous_elapsed(work: Path) -> float:
+    """Time an interrupted earlier attempt already spent on stage 1 (its budget is the whole run's)."""
+    state = work / STATE_FILE
+    if not state.is_file():
+        return 0.0
+    return float(json.loads(state.read_text())["report"].get("pseudo_label_s", 0.0))
+
+
+def _teacher_seconds(work: Path) -> float | None:
+    from fastaed.train.distill import CACHE_FILE, TeacherCache
+
+    cache = TeacherCache.load(work / RUN_DIR / CACHE_FILE)
+    return round(cache.build_s, 1) if cache is not None else None
+
+
+def _plain(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_plain(v) for v in obj]
+    return str(obj) if isinstance(obj, Path) else obj
