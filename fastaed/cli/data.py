@@ -18,9 +18,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "real-check",
         help="real transcribed recordings (pocketsphinx sdist, Asterisk prompts) as test manifests",
         description="pocketsphinx: download (once, cached in OUT/cache) the pocketsphinx 5.1.1 source "
-        "archive and write its transcribed recordings as 16 kHz wavs and OUT/real_check.jsonl. asterisk: "
-        "decode the Debian Asterisk English prompts (G.722, ffmpeg) to 16 kHz wavs and write "
-        "OUT/asterisk.jsonl; silence, non-speech and untranscribed entries are counted in the report.",
+        "archive and write its transcribed recordings as 16 kHz wavs and OUT/real_check.jsonl (held out "
+        "whole). asterisk, asterisk-es, asterisk-fr: decode the Debian Asterisk prompts in English, Spanish "
+        "and French (G.722, ffmpeg) to 16 kHz wavs and write OUT/asterisk.jsonl, OUT/asterisk_es.jsonl and "
+        "OUT/asterisk_fr.jsonl, each with its fixed halves X.heldout.jsonl (scored on) and X.adapt.jsonl "
+        "(free for adaptation); silence, non-speech and untranscribed entries are counted in the report.",
     )
     rc.add_argument(
         "--out",
@@ -33,9 +35,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     rc.add_argument("--index-url", default=None, help="simple index URL (default: $PIP_INDEX_URL or PyPI)")
     rc.add_argument("--timeout", type=float, default=60.0, help="network timeout in seconds")
     rc.add_argument(
-        "--sets", default="pocketsphinx,asterisk",
-        help="comma-separated: pocketsphinx, asterisk (default both; Asterisk is left out with a note when "
-        "its Debian packages are missing, and is an error when asked for alone)",
+        "--sets", default=None,
+        help=f"comma-separated: {', '.join(REAL_CHECK_SETS)} (default all; an Asterisk set whose Debian "
+        "packages are missing is then left out with a note, and is an error when asked for by name)",
     )  # fmt: skip
     rc.add_argument("--workers", type=int, default=2, help="parallel ffmpeg decoders (asterisk)")
     rc.set_defaults(func=real_check_cmd)
@@ -85,54 +87,97 @@ def shard_cmd(args: argparse.Namespace) -> int:
     return 0
 
 
+# --sets name -> Asterisk language (None: the pocketsphinx clips)
+REAL_CHECK_SETS: dict[str, str | None] = {
+    "pocketsphinx": None, "asterisk": "en", "asterisk-es": "es", "asterisk-fr": "fr",
+}  # fmt: skip
+
+
 def real_check_cmd(args: argparse.Namespace) -> int:
     from fastaed.cli.errors import UsageError
 
-    sets = [s.strip() for s in args.sets.split(",") if s.strip()]
-    unknown = sorted(set(sets) - {"pocketsphinx", "asterisk"})
+    named = args.sets is not None
+    sets = [s.strip() for s in (args.sets or ",".join(REAL_CHECK_SETS)).split(",") if s.strip()]
+    unknown = [s for s in sets if s not in REAL_CHECK_SETS]
     if unknown or not sets:
-        raise UsageError(f"--sets: unknown {unknown or 'empty'}; expected pocketsphinx and/or asterisk")
+        raise UsageError(
+            f"--sets: unknown {', '.join(unknown) if unknown else 'empty list'}; expected one or more of "
+            f"{', '.join(REAL_CHECK_SETS)}"
+        )
     adopt_real_check_dir(args.out)
-    if "pocketsphinx" in sets:
-        _pocketsphinx_set(args)
-    if "asterisk" in sets:
-        _asterisk_set(args, required=sets == ["asterisk"])
+    for name in dict.fromkeys(sets):  # in the order given, each once
+        if REAL_CHECK_SETS[name] is None:
+            _pocketsphinx_set(args)
+        else:
+            _asterisk_set(args, name, REAL_CHECK_SETS[name], required=named)
     return 0
 
 
 REAL_CHECK_KIND = "real-check folder"  # its output kind (fastaed.util.outputs)
 
 
+def real_check_names() -> set[str]:
+    """The names ``data real-check`` writes in its folder (files and folders, temporary ones included)."""
+    from fastaed.data import asterisk, realcheck
+    from fastaed.data.heldout import half_paths
+
+    names = {"cache", "audio", realcheck.MANIFEST_NAME}
+    for source in asterisk.LANGUAGES.values():
+        manifest = Path(source.manifest_name)
+        names |= {source.audio_dir, manifest.name, manifest.with_suffix(".tmp").name}  # .tmp: being written
+        names |= {p.name for p in half_paths(manifest)}
+    return names
+
+
 def adopt_real_check_dir(out: Path) -> None:
     """Take ``out`` for the sets, which are added to it in place (each set's manifest is written last): it
     must be new, empty or a real-check folder (marked, or from before markers: only the names below)."""
-    from fastaed.data import asterisk, realcheck
+    import re
+
     from fastaed.util.outputs import adopt_dir
 
-    names = {"cache", "audio", realcheck.MANIFEST_NAME, asterisk.AUDIO_DIR, asterisk.MANIFEST_NAME}
-    names.add(Path(asterisk.MANIFEST_NAME).with_suffix(".tmp").name)  # its manifest while being written
-    adopt_dir(out, REAL_CHECK_KIND, "data real-check", allowed=names.__contains__)
+    names = real_check_names()
+    half_being_written = re.compile(r"\.(?P<stem>.+)\.[0-9a-f]{8}\.tmp\.jsonl")  # fastaed.util.outputs
+
+    def allowed(name: str) -> bool:
+        m = half_being_written.fullmatch(name)
+        return name in names or (m is not None and f"{m.group('stem')}.jsonl" in names)
+
+    adopt_dir(out, REAL_CHECK_KIND, "data real-check", allowed=allowed)
 
 
-def _asterisk_set(args: argparse.Namespace, required: bool) -> None:
+def _asterisk_set(args: argparse.Namespace, name: str, lang: str, required: bool) -> None:
+    from fastaed.cli.errors import UsageError
     from fastaed.data.asterisk import AsteriskSourceError, missing_sources, prepare_asterisk
 
-    if not required and missing_sources():
-        print(f"asterisk: not built, missing {', '.join(missing_sources())} (make apt installs them)")
+    if not required and (missing := missing_sources(lang=lang)):
+        print(f"{name}: not built, missing {', '.join(missing)} (make apt installs them)")
         return
     try:
-        result = prepare_asterisk(args.out, workers=args.workers)
+        result = prepare_asterisk(args.out, workers=args.workers, lang=lang)
     except AsteriskSourceError as e:
-        from fastaed.cli.errors import UsageError
-
-        raise UsageError(str(e)) from e
-    by_category: dict[str, list[float]] = {}
-    for e in result.entries:
-        by_category.setdefault(e["category"], []).append(e["duration"])
+        raise UsageError(f"--sets {name}: {e}") from e
     print(f"wrote {result.manifest}: {len(result.entries)} clips, {result.seconds:.1f} s of real speech")
-    for name, durations in sorted(by_category.items()):
-        print(f"  {name:10s} {len(durations):3d} clips {sum(durations):6.1f} s")
+    _print_durations(result.entries, "category")
+    halves = ((result.heldout, "held out (scored on)"), (result.adapt, "for adaptation"))
+    for path, role in halves:
+        entries = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+        seconds = sum(e["duration"] for e in entries)
+        print(f"  {path.name}: {len(entries)} clips, {seconds:.1f} s, {role}")
+    if result.encoding != "utf-8":
+        print(f"  transcripts read as {result.encoding} (not UTF-8)")
+    if result.corrected:
+        print(f"  transcript names corrected to their recording's: {len(result.corrected)}")
+        print("".join(f"    {c}\n" for c in result.corrected), end="")
     print(f"  {result.report.summary()}")
+
+
+def _print_durations(entries: list[dict], key: str) -> None:
+    by_key: dict[str, list[float]] = {}
+    for e in entries:
+        by_key.setdefault(e[key], []).append(e["duration"])
+    for name, durations in sorted(by_key.items()):
+        print(f"  {name:10s} {len(durations):3d} clips {sum(durations):6.1f} s")
 
 
 def _pocketsphinx_set(args: argparse.Namespace) -> None:
@@ -148,6 +193,7 @@ def _pocketsphinx_set(args: argparse.Namespace) -> None:
     print(f"wrote {result.manifest}: {len(result.entries)} clips, {result.seconds:.1f} s of real speech")
     for corpus, durations in by_corpus.items():
         print(f"  {corpus:10s} {len(durations):3d} clips {sum(durations):6.1f} s")
+    print(f"  {result.manifest.name}: all {len(result.entries)} clips held out (scored on, never adapted on)")
     print(f"  archive: {result.archive}")
     print(f"  {result.report.summary()}")
 
