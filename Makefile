@@ -53,7 +53,7 @@ STAGE = scripts/stage.sh $(STAGE_TIMES)
 MANIFESTS := train.jsonl dev.jsonl test.jsonl test_unseen_voice.jsonl train_multilingual.jsonl test_multilingual.jsonl
 
 .PHONY: demo demo-ci test lint format apt venv clean-demo clean-run convergence nemo-venv nemo-parity whisper-venv whisper-parity \
-	finetune openai-venv
+	finetune openai-venv adapt
 
 apt: .apt.stamp
 .apt.stamp:
@@ -252,3 +252,21 @@ clean-run:  # the trained model only (a killed run resumes by itself: just re-ru
 clean-demo: clean-run
 	rm -rf $(DATA)/$(PRESET) $(DATA)/tokenizer $(DATA)/real $(DATA)/index_summary.json $(DATA)/bins.* $(DATA)/padding.* \
 		$(DATA)/profile.* $(DATA)/stage_times.txt $(DATA)/stage_times.last.txt
+
+# `make adapt` (outside CI, hours): Whisper tiny.en, then base, adapted to unpadded input by self-distillation
+# from its padded original (`fastaed adapt`; a finished adaptation is kept), then the held-out real speech sets
+# decoded by the original (padded, unpadded), the adapted model and faster-whisper at batch 1 and 16:
+# WER, loops, RTFx (bench_results/adapt_tiny_en.json, adapt_base.json; `fastaed bench readme` renders them).
+ADAPT_MODELS ?= tiny.en base
+ADAPT_THREADS ?= 2
+define ADAPT_ONE
+	@test -f runs/whisper-$(1)/checksums.json || $(FASTAED) import whisper $(1) --out runs/whisper-$(1)
+	@test -f runs/adapted-$(1)/adapt_summary.json || $(FASTAED) adapt runs/whisper-$(1) --out runs/adapted-$(1)
+	$(FASTAED) bench adapt --model $(1) --original runs/whisper-$(1) --adapted runs/adapted-$(1) \
+		--data-dir $(DATA)/real --threads $(ADAPT_THREADS) --json bench_results/adapt_$(subst .,_,$(1)).json
+
+endef
+adapt: apt venv whisper-venv $(DATA)/real/real_check.jsonl
+	@for s in asterisk asterisk_es asterisk_fr; do test -f $(DATA)/real/$$s.heldout.jsonl || \
+		{ $(FASTAED) data real-check --out $(DATA)/real; break; }; done
+	$(foreach M,$(ADAPT_MODELS),$(call ADAPT_ONE,$(M)))

@@ -61,6 +61,7 @@ FORMATS: dict[str, tuple[Callable[[float], str], str]] = {
     "h1": (lambda v: f"{v / 3600:,.1f}", " h"),
     "mb": (lambda v: f"{v:,.0f}", " MB"),
     "M1": (lambda v: f"{v / 1e6:,.1f}", "M"),
+    "pts": (lambda v: f"{v:+.1f}", " points"),  # a difference already in percentage points
 }
 
 
@@ -82,6 +83,7 @@ class Row:
     fastaed: Cell
     reference: Cell = ""
     target: str = ""
+    needs: str | None = None  # a record without which the row is left out (a benchmark not yet run)
 
 
 def _ft(recipe: str, key: str, fmt: str) -> str:
@@ -93,6 +95,27 @@ def _ft_real(model: str, shape: str, name: str, fmt: str) -> str:
     """A placeholder for a real-speech WER of the fine-tuning record (``name``: the set's file stem)."""
     selector = f"model={model},input={shape},manifest=data/real/{name}.jsonl"
     return f"{{finetune.json:real_speech[{selector}].wer|{fmt}}}"
+
+
+def _adapt_row(model: str) -> Row:
+    """The row of ``fastaed bench adapt``'s record for ``model`` (``make adapt``), shown once it exists."""
+    name = f"adapt_{model.replace('.', '_')}.json"
+
+    def at(path: str, fmt: str) -> str:
+        return "{" + f"{name}:{path}|{fmt}" + "}"
+
+    return Row(
+        f"Whisper {model} adapted to unpadded input (`make adapt`: self-distillation from the padded "
+        f"original, {at('adaptation.wall_s', 's0')}, {at('adaptation.steps', 'int')} steps), held-out real "
+        "speech: WER change per set / RTFx over faster-whisper float32, batch 1 / 16 / loops",
+        f"**{at('summary.wer_delta_points.*', 'pts')} / {at('summary.rtfx_vs_faster_whisper.batch_1', 'x1')}"
+        f" / {at('summary.rtfx_vs_faster_whisper.batch_16', 'x1')} / {at('summary.adapted_loops', 'int')}**",
+        f"padded original: WER {at('summary.wer.a.*', 'pct1')}, faster-whisper RTFx "
+        f"{at('summary.rtfx.d.batch_1', 'f1')} / {at('summary.rtfx.d.batch_16', 'f1')}; original unpadded: "
+        f"WER {at('summary.wer.b.*', 'pct0')}, {at('summary.loops.b.total', 'int')} loops",
+        "≤ +0.5 points / ≥ 3x / ≥ 3x / 0 (see BENCHMARKS.md)",
+        needs=name,
+    )
 
 
 # The README's results table. Paths name the record each number comes from; see the module docstring.
@@ -279,6 +302,8 @@ ROWS: tuple[Row, ...] = (
         "server: {serve.json:rows[target=faster-whisper].mixed.extra.max|s1}",
         "≤ 1.5 s",
     ),
+    _adapt_row("tiny.en"),
+    _adapt_row("base"),
 )
 
 
@@ -408,6 +433,8 @@ def render(records: Records, rows: tuple[Row, ...] = ROWS) -> str:
     """The table, with the marker lines and a line naming the records it was read from."""
     lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
     for row in rows:
+        if row.needs is not None and not records.exists(row.needs):
+            continue
         cells = [_cell(c, records) for c in (row.what, row.fastaed, row.reference, row.target)]
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     used = ", ".join(f"`{name}`" for name in sorted(records.cache))
@@ -437,6 +464,10 @@ class ReadmeTableConfig:
     check: bool = field(
         default=False, metadata={"help": "write nothing; exit 1 if the table differs from the records"}
     )
+    benchmarks: Path | None = field(
+        default=None,
+        metadata={"help": "document of the generated sections (default: BENCHMARKS.md beside it)"},
+    )
 
 
 def run(config: ReadmeTableConfig) -> dict[str, Any]:
@@ -452,10 +483,19 @@ def run(config: ReadmeTableConfig) -> dict[str, Any]:
     )
     if old != table and not config.check:
         Path(config.readme).write_text(text[:start] + table + text[end:])
-    return {"drift": old != table, "diff": diff, "records": sorted(records.cache), "check": config.check}
+    from fastaed.bench.adapt import update_section
+
+    doc = config.benchmarks or Path(config.readme).parent / "BENCHMARKS.md"
+    doc_drift = update_section(doc, records.load, records.exists, write=not config.check)
+    diff += "\n" + doc_drift if doc_drift else ""
+    return {"drift": old != table or bool(doc_drift), "diff": diff, "records": sorted(records.cache),
+            "check": config.check, "benchmarks": str(doc), "benchmarks_drift": bool(doc_drift)}  # fmt: skip
 
 
 def print_report(result: dict[str, Any]) -> None:
+    if result.get("benchmarks_drift"):
+        done = "differ from" if result["check"] else "re-rendered from"
+        print(f"{result['benchmarks']}: generated sections {done} the records (diff below)")
     if not result["drift"]:
         print(f"results table matches the records ({len(result['records'])} files)")
     elif result["check"]:

@@ -35,11 +35,15 @@ import json
 import platform
 import tempfile
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from fastaed.util.tables import format_table, pct
+
+if TYPE_CHECKING:
+    from fastaed.decode.scoring import Normalizer
 
 TARGET_BATCH1 = 1.0  # fastaed fp32 padded RTFx over faster-whisper fp32, batch 1
 TARGET_BATCHED = 2.0  # the same at batch 16
@@ -85,6 +89,7 @@ class Clip:
     text: str  # reference
     seconds: float
     set: str
+    language: str = "en"  # the manifest's source_lang
 
 
 def _manifest(data_dir: Path, name: str) -> Path:
@@ -114,15 +119,27 @@ def evenly(items: list, count: int) -> list:
     return [items[int(i * step)] for i in range(count)]
 
 
-def load_clips(data_dir: Path, sets: tuple[str, ...], per_set: int) -> list[Clip]:
+def load_clips(
+    data_dir: Path, sets: tuple[str, ...], per_set: int | None, manifests: Mapping[str, Path] | None = None
+) -> list[Clip]:
+    """``per_set`` clips of each set (None: all), evenly chosen over the set sorted by utterance id. A set's
+    manifest is ``manifests[name]`` when given, else the real-check or Asterisk one in ``data_dir`` (built
+    when missing). A bad line raises ``BadInputError`` naming the file, line and field."""
+    from fastaed.data.manifest import iter_lines, parse_line
+
     clips = []
     for name in sets:
-        path = _manifest(data_dir, name)
-        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-        rows.sort(key=lambda r: r.get("utt_id", r["audio_filepath"]))
-        for r in evenly(rows, per_set):
-            audio = (path.parent / r["audio_filepath"]).resolve()
-            clips.append(Clip(r.get("utt_id", audio.stem), str(audio), r["text"], float(r["duration"]), name))
+        path = Path(manifests[name]) if manifests is not None else _manifest(data_dir, name)
+        if not path.is_file():
+            raise FileNotFoundError(f"manifest not found: {path} (set {name})")
+        rows = []
+        for number, _, raw in iter_lines(path):
+            utt = parse_line(raw, path=str(path), line=number, base_dir=str(path.parent.resolve()))
+            audio = Path(utt.audio_filepath).resolve()
+            utt_id = json.loads(raw).get("utt_id", audio.stem)
+            rows.append(Clip(str(utt_id), str(audio), utt.text, utt.duration, name, utt.source_lang))
+        rows.sort(key=lambda c: c.utt_id)
+        clips += rows if per_set is None else evenly(rows, per_set)
     return clips
 
 
@@ -148,18 +165,20 @@ def _cpu_name() -> str:
 # ---- scoring -----------------------------------------------------------------------------------------------
 
 
-def wer_by_set(clips: list[Clip], hyps: list[str]) -> dict[str, float | None]:
-    """WER after Whisper's English normaliser, over all clips and per set (clips whose reference the
-    normaliser empties have no WER and are left out of it)."""
+def wer_by_set(
+    clips: list[Clip], hyps: list[str], normalizer: Normalizer = "whisper"
+) -> dict[str, float | None]:
+    """WER after ``normalizer`` (Whisper's English one by default), over all clips and per set (clips whose
+    reference the normaliser empties have no WER and are left out of it)."""
     from fastaed.decode.scoring import text_normalizer, word_error_rates
 
-    norm = text_normalizer("whisper")
+    norm = text_normalizer(normalizer)
     out: dict[str, float | None] = {}
     for name in ("all", *dict.fromkeys(c.set for c in clips)):
         pairs = [
             (c.text, h) for c, h in zip(clips, hyps) if (name == "all" or c.set == name) and norm(c.text)
         ]
-        out[name] = word_error_rates(*map(list, zip(*pairs)), "whisper")["wer"] if pairs else None
+        out[name] = word_error_rates(*map(list, zip(*pairs)), normalizer)["wer"] if pairs else None
     return out
 
 
@@ -177,15 +196,22 @@ def identical(a: list[str], b: list[str], clips: list[Clip], keep: int = 5) -> d
 
 
 def run_fastaed(
-    checkpoint: Path, clips: list[Clip], mode: str, batch_size: int, dtype: str, language: str
+    checkpoint: Path,
+    clips: list[Clip],
+    mode: str,
+    batch_size: int,
+    dtype: str,
+    language: str,
+    loop_guard: Literal["auto", "on", "off"] = "auto",
 ) -> dict[str, Any]:
-    """fastaed's transcriber on the clips (it sorts by duration and warms up on its first batch, untimed)."""
+    """fastaed's transcriber on the clips (it sorts by duration and warms up on its first batch, untimed).
+    ``loops``: how many outputs each loop guard ended (``auto``: on for unpadded input only)."""
     from fastaed.data.manifest import Utterance
     from fastaed.decode.transcribe import DecodeConfig, Transcriber
 
     config = DecodeConfig(
         batch_size=batch_size, device="cpu", dtype=dtype, progress=False,
-        whisper_input=mode, whisper_padding="faster-whisper",
+        whisper_input=mode, whisper_padding="faster-whisper", loop_guard=loop_guard,
     )  # fmt: skip
     transcriber = Transcriber(checkpoint, config)
     utts = [
@@ -198,6 +224,7 @@ def run_fastaed(
         "rtfx": result.rtfx,
         "audio_seconds": result.audio_seconds,
         "wall_seconds": result.wall_seconds,
+        "loops": result.loops,
     }
 
 

@@ -48,6 +48,8 @@ BENCHMARKS = {
                           "long real recordings: fastaed vs openai-whisper and faster-whisper, timed"),
     "serve": Benchmark("fastaed.bench.serve", "ServeBenchConfig",
                        "fastaed serve under load: batching vs --max-batch 1 vs a faster-whisper server"),
+    "adapt": Benchmark("fastaed.bench.adapt", "AdaptBenchConfig",
+                       "Whisper adapted to unpadded input vs the padded original and faster-whisper"),
     "readme": Benchmark("fastaed.bench.results_table", "ReadmeTableConfig",
                         "README's results table from bench_results/ (--check: exit 1 on drift)"),
 }  # fmt: skip
