@@ -8,7 +8,10 @@ Text normalisers (applied to both sides before WER/CER), chosen by name:
 * ``whisper``: Whisper's English normaliser (``whisper_normalizer.english.EnglishTextNormalizer``, the one
   Whisper's papers score with): also spells numbers as digits ("ten" → "10"), British spellings as American,
   contractions and titles expanded ("mr" → "mister"), fillers ("um", "hmm") removed. Needed to compare with
-  Whisper models, which write "10 of clubs" where a reference says "ten of clubs".
+  Whisper models, which write "10 of clubs" where a reference says "ten of clubs". For an entry in another
+  language it is Whisper's basic normaliser instead (``BasicTextNormalizer``, as Whisper's papers score
+  non-English sets: lower case, symbols and bracketed asides removed) with diacritics removed too, since
+  references such as Debian's Spanish Asterisk prompts leave accents out ("numero" for "número").
 * ``none``: whitespace collapsed only; casing and punctuation count as errors.
 
 Entries whose reference is empty after the normaliser have no WER and are counted apart (``no_reference``).
@@ -49,26 +52,37 @@ def _whisper_english() -> Callable[[str], str]:
     return lambda text: _collapse_spaces(normalizer(text))
 
 
-def text_normalizer(name: Normalizer) -> Callable[[str], str]:
-    """The function a normaliser name stands for (see the module docstring)."""
+@functools.cache
+def _whisper_basic() -> Callable[[str], str]:
+    from whisper_normalizer.basic import BasicTextNormalizer
+
+    normalizer = BasicTextNormalizer(remove_diacritics=True)
+    return lambda text: _collapse_spaces(normalizer(text))
+
+
+def text_normalizer(name: Normalizer, language: str = "en") -> Callable[[str], str]:
+    """The function a normaliser name stands for in ``language`` (see the module docstring)."""
     if name == "basic":
         return strip_pnc
     if name == "whisper":
-        return _whisper_english()
+        return _whisper_english() if language == "en" else _whisper_basic()
     if name == "none":
         return _collapse_spaces
     raise ValueError(f"unknown normalizer {name!r}; expected one of {NORMALIZERS}")
 
 
-def word_error_rates(refs: list[str], hyps: list[str], normalizer: Normalizer = "basic") -> dict[str, float]:
-    """Corpus WER and CER (jiwer) after ``normalizer`` on both sides (``basic``: casing, punctuation ignored).
+def word_error_rates(
+    refs: list[str], hyps: list[str], normalizer: Normalizer = "basic", languages: Sequence[str] | None = None
+) -> dict[str, float]:
+    """Corpus WER and CER (jiwer) after ``normalizer`` on both sides (``basic``: casing, punctuation ignored);
+    ``languages``: each pair's language (default English), for the language-aware ``whisper`` normaliser.
 
     Every reference must be non-empty after normalising (an empty reference has no WER).
     """
     import jiwer  # imported on use (as sacrebleu below): the trainer imports this module too
 
-    norm = text_normalizer(normalizer)
-    r, h = [norm(x) for x in refs], [norm(x) for x in hyps]
+    norms = [text_normalizer(normalizer, lang) for lang in (languages or ["en"] * len(refs))]
+    r, h = [n(x) for n, x in zip(norms, refs)], [n(x) for n, x in zip(norms, hyps)]
     return {"wer": float(jiwer.wer(r, h)), "cer": float(jiwer.cer(r, h))}
 
 
@@ -78,13 +92,13 @@ def score(transcripts: Sequence[Transcript], normalizer: Normalizer = "basic") -
     Returns ``{"groups": {name: {...}}, "wer", "cer", "bleu", "utterances", "no_reference"}`` where the top
     level WER/CER cover every transcribe entry and BLEU every translate entry (``None`` when there is none).
     """
-    norm = text_normalizer(normalizer)
     by_group: dict[str, list[Transcript]] = defaultdict(list)
     no_ref = 0
     for t in transcripts:
         u = t.utterance
         # translations are scored by BLEU on raw text: the WER normaliser does not decide their emptiness
-        if not (norm if u.task == "transcribe" else strip_pnc)(u.target_text):
+        norm = text_normalizer(normalizer, u.source_lang) if u.task == "transcribe" else strip_pnc
+        if not norm(u.target_text):
             no_ref += 1
             continue
         by_group[f"{u.task}/{u.source_lang}->{u.target_lang}"].append(t)
@@ -97,7 +111,7 @@ def score(transcripts: Sequence[Transcript], normalizer: Normalizer = "basic") -
 
             out["bleu"] = float(sacrebleu.corpus_bleu(hyps, [refs]).score)
         elif items:
-            out |= word_error_rates(refs, hyps, normalizer)
+            out |= word_error_rates(refs, hyps, normalizer, [t.utterance.source_lang for t in items])
         return out
 
     groups = {name: summarize(items) for name, items in sorted(by_group.items())}

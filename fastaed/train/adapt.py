@@ -61,7 +61,7 @@ class AdaptConfig:
         default="auto",
         metadata={"help": "auto: transcripts where a manifest has them, the teacher's output elsewhere"},
     )
-    max_clips: int = field(default=4000, metadata={"help": "synthetic clips at most (real clips: all)"})
+    max_clips: int = field(default=1000, metadata={"help": "synthetic clips at most (real clips: all)"})
     dev_clips: int = field(default=100, metadata={"help": "clips kept aside to watch the student's WER"})
     time_budget_s: float = field(default=1500.0, metadata={"help": "wall time of all stages together"})
     lr: float = field(default=3e-5, metadata={"help": "peak AdamW learning rate"})

@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load, save_file
 from tqdm.auto import tqdm
 
 from fastaed.data.dataset import AEDDataset, Batch
@@ -111,7 +111,7 @@ class TeacherCache:
             if meta.get("format") != str(FORMAT):
                 return None
             identity = TeacherIdentity(**json.loads(meta["identity"]))
-            t = load_file(str(path))
+            t = load(path.read_bytes())  # in memory, not mapped: the file may be replaced under a run
         except Exception:  # noqa: BLE001 - a damaged cache is recomputed, not trusted
             return None
         return cls(identity, t["states"], t["offsets"], t["weight"], t.get("bias"), float(meta["build_s"]))

@@ -69,3 +69,13 @@ def test_eval_cli_takes_the_normaliser(overfit, tmp_path):
     with pytest.raises(SystemExit) as info:
         main(["eval", str(ckpt), "--manifest", str(manifest), "--normalizer", "bogus"])
     assert info.value.code == 2
+
+
+def test_whisper_normaliser_scores_other_languages_with_the_basic_one_without_accents():
+    refs, hyps = ["Introduzca su numero de contrasena."], ["Introduzca su número de contraseña"]
+    assert word_error_rates(refs, hyps, "whisper", languages=["es"])["wer"] == 0.0
+    # English-only rules stay out of other languages: "one" is not a number word in Spanish.
+    assert word_error_rates(["one"], ["1"], "whisper", ["es"])["wer"] == 1.0
+    assert word_error_rates(["one"], ["1"], "whisper")["wer"] == 0.0
+    fr = word_error_rates(["Pour l'été, appuyez sur 2."], ["pour l ete appuyez sur 2"], "whisper", ["fr"])
+    assert fr["wer"] == 0.0
