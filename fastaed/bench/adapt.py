@@ -139,8 +139,9 @@ def _choose_sets(config: AdaptBenchConfig) -> dict[str, Path]:
 
 
 def read_summary(adapted: Path) -> dict[str, Any] | None:
-    """``fastaed adapt``'s ``adapt_summary.json`` (None when the folder has none); a broken one raises
-    ``FileFormatError`` naming it."""
+    """The single values of ``fastaed adapt``'s ``adapt_summary.json`` (times, steps, clips, audio seconds,
+    source; its config and data listing stay in the file), None when the folder has none; a broken one
+    raises ``FileFormatError`` naming it."""
     from fastaed.util.files import FileFormatError, read_json
 
     path = Path(adapted) / SUMMARY_FILE
@@ -149,7 +150,7 @@ def read_summary(adapted: Path) -> dict[str, Any] | None:
     doc = read_json(path)
     if not isinstance(doc, dict) or not isinstance(doc.get("steps"), int):
         raise FileFormatError(f"{path}: not an adaptation summary (want a JSON object with integer 'steps')")
-    return doc
+    return {k: v for k, v in doc.items() if not isinstance(v, dict | list)}
 
 
 # ---- loops -------------------------------------------------------------------------------------------------
@@ -356,6 +357,10 @@ def summarize(cells: list[dict[str, Any]], sets: list[str], batch_sizes: tuple[i
 # ---- reports -----------------------------------------------------------------------------------------------
 
 
+def _seconds(x: float | None) -> str:
+    return "? s" if x is None else f"{x:.0f} s"
+
+
 def _verdict(met: bool | None) -> str:
     return "not measured" if met is None else "met" if met else "missed"
 
@@ -391,8 +396,8 @@ def _findings(result: dict[str, Any]) -> list[str]:
                  f"{_verdict(met['loops'])} (adapted: {s['adapted_loops']})")  # fmt: skip
     a = result.get("adaptation")
     if a:
-        lines.append(f"adaptation: {a.get('wall_s', 0):.0f} s wall, {a['steps']} steps (teacher "
-                     f"{a.get('teacher_s', 0):.0f} s, training {a.get('train_s', 0):.0f} s) on "
+        lines.append(f"adaptation: {_seconds(a.get('wall_s'))} wall, {a['steps']} steps (teacher "
+                     f"{_seconds(a.get('teacher_s'))}, training {_seconds(a.get('train_s'))}) on "
                      f"{a.get('clips', '?')} clips from {a.get('source', '?')}")  # fmt: skip
     return lines + [f"note: {n}" for n in result["notes"]]
 
