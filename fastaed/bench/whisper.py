@@ -168,17 +168,20 @@ def _cpu_name() -> str:
 def wer_by_set(
     clips: list[Clip], hyps: list[str], normalizer: Normalizer = "whisper"
 ) -> dict[str, float | None]:
-    """WER after ``normalizer`` (Whisper's English one by default), over all clips and per set (clips whose
-    reference the normaliser empties have no WER and are left out of it)."""
+    """WER after ``normalizer`` in each clip's language (``whisper``, the default: Whisper's English
+    normaliser, its basic one for other languages), over all clips and per set (clips whose reference the
+    normaliser empties have no WER and are left out of it)."""
     from fastaed.decode.scoring import text_normalizer, word_error_rates
 
-    norm = text_normalizer(normalizer)
     out: dict[str, float | None] = {}
     for name in ("all", *dict.fromkeys(c.set for c in clips)):
-        pairs = [
-            (c.text, h) for c, h in zip(clips, hyps) if (name == "all" or c.set == name) and norm(c.text)
+        chosen = [
+            (c.text, h, c.language)
+            for c, h in zip(clips, hyps)
+            if (name == "all" or c.set == name) and text_normalizer(normalizer, c.language)(c.text)
         ]
-        out[name] = word_error_rates(*map(list, zip(*pairs)), normalizer)["wer"] if pairs else None
+        refs, hyps_, langs = (list(x) for x in zip(*chosen)) if chosen else ([], [], [])
+        out[name] = word_error_rates(refs, hyps_, normalizer, langs)["wer"] if chosen else None
     return out
 
 

@@ -238,3 +238,12 @@ def test_bad_options_and_a_broken_summary_are_one_line_errors(tmp_path, models):
     config = adapt.AdaptBenchConfig(original=models[0], adapted=models[1], data_dir=tmp_path)
     with pytest.raises(FileNotFoundError, match="real_check.jsonl.*fastaed data real-check"):
         adapt.run(config)
+
+
+def test_spanish_sets_are_scored_in_spanish_without_accents():
+    from fastaed.bench.whisper import wer_by_set
+
+    clips = [Clip("e", "/a/e.wav", "marque el numero", 1.5, "asterisk_es", "es")]
+    assert wer_by_set(clips, ["Marque el número."])["asterisk_es"] == 0.0
+    english = [Clip("u", "/a/u.wav", "ten of clubs", 1.5, "pocketsphinx")]
+    assert wer_by_set(english, ["10 of clubs."])["pocketsphinx"] == 0.0
