@@ -217,7 +217,12 @@ def build_targets(cfg: AdaptConfig, manifests: list[Path], english_only: bool) -
             entry["target_source"] = "transcript"
         sources[entry["target_source"]] += 1
         entries.append(entry)
-    train, dev = dev_split(entries, cfg.dev_clips)
+    if not entries:
+        raise ValueError(
+            f"no adaptation clip has a target: {len(chosen)} chosen, pseudo-labels dropped {dropped}, "
+            f"left out {dict(report.counts)}"
+        )
+    train, dev = dev_split(entries, min(cfg.dev_clips, len(entries) // 2))
     work.mkdir(parents=True, exist_ok=True)
     for name, rows in ((TARGET_FILE, train), (DEV_FILE, dev)):
         tmp = work / f".{name}.tmp"

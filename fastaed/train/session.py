@@ -88,7 +88,9 @@ class Session:
             wer = (
                 f", WER {result['wer']:.3f}, CER {result['cer']:.3f}" if result.get("wer") is not None else ""
             )
-            D.print0(f"\nstep {self.pos.step}: dev loss {result['dev_loss']:.4f}{wer}")
+            loss = result.get("dev_loss")
+            shown = f"{loss:.4f}" if loss is not None else "n/a (no dev utterance scored)"
+            D.print0(f"\nstep {self.pos.step}: dev loss {shown}{wer}")
         D.barrier()
         return result
 
