@@ -50,6 +50,8 @@ BENCHMARKS = {
                        "fastaed serve under load: batching vs --max-batch 1 vs a faster-whisper server"),
     "adapt": Benchmark("fastaed.bench.adapt", "AdaptBenchConfig",
                        "Whisper adapted to unpadded input vs the padded original and faster-whisper"),
+    "adapt-ablation": Benchmark("fastaed.bench.adapt_ablation", "AdaptAblationConfig",
+                                "fastaed adapt's loss: KL, state L2, both, or no teacher, on adaptation dev"),
     "readme": Benchmark("fastaed.bench.results_table", "ReadmeTableConfig",
                         "README's results table from bench_results/ (--check: exit 1 on drift)"),
 }  # fmt: skip

@@ -6,6 +6,7 @@ Reasons, in the order they are checked (the first that applies wins):
 - ``invalid``: duration not positive or not finite, or U < 0;
 - ``too_short``: the encoder would get fewer than ``min_encoder_frames`` frames (a lone 1-frame utterance
   crashes the conformer's BatchNorm, and exact resume would replay the crash);
+- ``too_long``: longer than the encoder can take (``max_input_s``: Whisper's 1,500 positions hold 30 s);
 - ``tokens_exceed_frames``: more transcript tokens (U minus the prompt and EOS) than
   ``max_tokens_per_frame`` × the clip's encoder frames: an absolute guard against a mislabelled line, which
   the per-bin TPS z-score misses in a small bin;
@@ -27,7 +28,7 @@ import numpy as np
 
 from fastaed.constants import SAMPLE_RATE
 
-LIMIT_REASONS = ("invalid", "too_short", "tokens_exceed_frames", "over_budget")
+LIMIT_REASONS = ("invalid", "too_short", "too_long", "tokens_exceed_frames", "over_budget")
 
 
 def duration_cost(durations: np.ndarray, quadratic_duration: float | None) -> np.ndarray:
@@ -57,6 +58,7 @@ class LengthLimits:
     quadratic_duration: float | None = None
     max_tokens: int | None = None
     sample_rate: int = SAMPLE_RATE
+    max_input_s: float | None = None  # the encoder's longest input (s); None: no limit
 
     def __post_init__(self) -> None:
         if self.encoder_frame_samples is not None and self.encoder_frame_samples < 1:
@@ -94,6 +96,10 @@ class LengthLimits:
             frames = np.where(left, self.encoder_frames(np.where(left, d, 0)), 0)
             masks["too_short"] = left & (frames < self.min_encoder_frames)
             left &= ~masks["too_short"]
+        if self.max_input_s is not None:
+            masks["too_long"] = left & (d > self.max_input_s)
+            left &= ~masks["too_long"]
+        if self.encoder_frame_samples is not None:
             text = u - self.non_text_tokens
             masks["tokens_exceed_frames"] = left & (text > self.max_tokens_per_frame * frames)
             left &= ~masks["tokens_exceed_frames"]

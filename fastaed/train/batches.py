@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from fastaed.constants import HOP_LENGTH
+from fastaed.constants import HOP_LENGTH, SAMPLE_RATE
 from fastaed.data.dataset import AEDDataset, Batch
 from fastaed.data.errors import BadInputError
 from fastaed.data.index import MetadataIndex
@@ -45,8 +45,13 @@ def length_limits(
     else the preset's), at most ``MAX_TOKENS_PER_FRAME`` transcript tokens per frame, and a batch of one
     within the sampler's budget. ``prompt_length``: the tokenizer's (Whisper's is 2 or 4 tokens)."""
     s = cfg.sampler
-    subsampling = (model_config or cfg.model.model_config(None)).encoder.subsampling_factor
+    encoder = (model_config or cfg.model.model_config(None)).encoder
+    subsampling = encoder.subsampling_factor
+    # Whisper's encoder has a fixed position table: max_positions frames of 2 hops each (30 s).
+    whisper = encoder.kind == "whisper"
+    longest = encoder.max_positions * subsampling * HOP_LENGTH / SAMPLE_RATE if whisper else None
     return LengthLimits(
+        max_input_s=longest,
         encoder_frame_samples=HOP_LENGTH * subsampling,
         non_text_tokens=prompt_length + 1,  # U = prompt + transcript + EOS
         max_tokens_per_frame=MAX_TOKENS_PER_FRAME,

@@ -147,6 +147,9 @@ class Distiller:
 
     def teacher(self, piece: Batch, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Teacher (logits (N, V), states (N, D)) at the N True positions of ``mask`` (B, U)."""
+        missing = [i for i in piece.indices if self.cache.offsets[i + 1] == self.cache.offsets[i]]
+        if missing:  # audio the teacher could not read but the student could: the cache is not this data's
+            raise RuntimeError(f"the teacher cache has no states for utterances {missing[:5]}; rebuild it")
         states = self.cache.rows(piece.indices, mask.shape[1], mask.device)[mask]  # (N, D)
         return F.linear(states, self.weight, self.bias), states
 
@@ -185,12 +188,18 @@ def build_teacher_cache(
     model: EncoderDecoderModel = load_model(teacher, map_location=device).eval()
     frontend = teacher_frontend(teacher, teacher_input).to(device)
     index = dataset.index
-    order = np.argsort(index.durations, kind="stable")
+    # A padded teacher takes one window; longer clips are rejected by the trainer's length limits anyway
+    # (the student has as many positions), so they get no rows instead of stopping the pass.
+    window_s = getattr(getattr(frontend, "config", None), "chunk_samples", None)
+    fits = np.ones(len(index), dtype=bool)
+    if teacher_input == "padded" and window_s is not None:
+        fits = index.durations <= window_s / frontend.config.sample_rate
+    order = [int(i) for i in np.argsort(index.durations, kind="stable") if fits[i]]
     counts = np.zeros(len(index), dtype=np.int64)
     chunks: dict[int, torch.Tensor] = {}
     bar = tqdm(total=len(order), desc="teacher", unit="utt", disable=not progress, dynamic_ncols=True)
     for start in range(0, len(order), batch_size):
-        batch = dataset.collate([dataset[int(i)] for i in order[start : start + batch_size]])
+        batch = dataset.collate([dataset[i] for i in order[start : start + batch_size]])
         bar.update(min(batch_size, len(order) - start))
         if not len(batch):
             continue

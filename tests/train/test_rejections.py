@@ -127,3 +127,19 @@ def test_the_shortest_admitted_clip_trains_alone_and_a_shorter_one_would_crash()
         else:
             with pytest.raises(ValueError, match="more than 1 value per channel"):
                 model.encode(feats, lens)
+
+
+def test_whisper_clips_past_its_30s_positions_are_rejected_as_too_long():
+    from fastaed.model import whisper_config
+    from fastaed.sampling.limits import LengthLimits
+    from fastaed.train.batches import length_limits
+    from fastaed.train.config import TrainConfig
+
+    cfg = TrainConfig.from_dict({"data": {"tokenizer": "t", "train_manifests": ["m"]}})
+    sizes = {"d_model": 64, "n_heads": 4, "encoder_layers": 1, "decoder_layers": 1, "vocab_size": 100}
+    model = whisper_config(n_mels=80, audio_positions=1500, text_positions=32, name="w", **sizes)
+    limits = length_limits(cfg, model, prompt_length=2)
+    assert limits.max_input_s == 30.0
+    masks = limits.violations(np.array([29.9, 30.0, 30.28]), np.array([5, 5, 5]))
+    assert masks["too_long"].tolist() == [False, False, True]
+    assert LengthLimits().violations(np.array([300.0]), np.array([5]))["too_long"].tolist() == [False]
