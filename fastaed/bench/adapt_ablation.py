@@ -69,8 +69,8 @@ def run(config: AdaptAblationConfig) -> dict[str, Any]:
         out.mkdir(parents=True, exist_ok=True)
         if name != "ce":
             shutil.copy2(cache, out / CACHE_FILE)  # same teacher, same index: the trainer reuses it
-        overrides = [f"runtime.out_dir={out}", f"runtime.time_budget_s={config.budget_s}", "runtime.eval_every=0",
-                     "runtime.ckpt_every=0", "runtime.progress=false", *VARIANTS[name]]  # fmt: skip
+        overrides = [f"runtime.out_dir={out}", f"runtime.time_budget_s={config.budget_s}",
+                     "runtime.eval_every=0", "runtime.ckpt_every=0", "runtime.progress=false", *VARIANTS[name]]  # fmt: skip
         command = [
             sys.executable,
             "-m",
@@ -85,8 +85,8 @@ def run(config: AdaptAblationConfig) -> dict[str, Any]:
         subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
         summary = json.loads((out / "summary.json").read_text())
         runs.append({"variant": name, "overrides": VARIANTS[name], "dev_wer": summary.get("wer"),
-                     "dev_cer": summary.get("cer"), "dev_utts": summary.get("wer_utts"), "steps": summary["steps"],
-                     "wall_s": round(time.perf_counter() - t0, 1)})  # fmt: skip
+                     "dev_cer": summary.get("cer"), "dev_utts": summary.get("wer_utts"),
+                     "steps": summary["steps"], "wall_s": round(time.perf_counter() - t0, 1)})  # fmt: skip
     best = min((r for r in runs if r["dev_wer"] is not None), key=lambda r: r["dev_wer"], default=None)
     return {
         "work": str(config.work),
