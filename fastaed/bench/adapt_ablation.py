@@ -69,8 +69,8 @@ def run(config: AdaptAblationConfig) -> dict[str, Any]:
         out.mkdir(parents=True, exist_ok=True)
         if name != "ce":
             shutil.copy2(cache, out / CACHE_FILE)  # same teacher, same index: the trainer reuses it
-        quiet = ["runtime.eval_every=0", "runtime.ckpt_every=0", "runtime.progress=false"]
-        overrides = [f"runtime.out_dir={out}", f"runtime.time_budget_s={config.budget_s}", *quiet, *VARIANTS[name]]
+        run = [f"runtime.out_dir={out}", f"runtime.time_budget_s={config.budget_s}", "runtime.eval_every=0"]
+        overrides = [*run, "runtime.ckpt_every=0", "runtime.progress=false", *VARIANTS[name]]
         command = [
             sys.executable,
             "-m",
