@@ -259,9 +259,13 @@ clean-demo: clean-run
 # WER, loops, RTFx (bench_results/adapt_tiny_en.json, adapt_base.json; `fastaed bench readme` renders them).
 ADAPT_MODELS ?= tiny.en base
 ADAPT_THREADS ?= 2
+# Wall time of each adaptation, all stages (issue 28's targets: tiny.en <= 30 min, base <= 90 min).
+ADAPT_BUDGET_tiny.en ?= 1800
+ADAPT_BUDGET_base ?= 3600
 define ADAPT_ONE
 	@test -f runs/whisper-$(1)/checksums.json || $(FASTAED) import whisper $(1) --out runs/whisper-$(1)
-	@test -f runs/adapted-$(1)/adapt_summary.json || $(FASTAED) adapt runs/whisper-$(1) --out runs/adapted-$(1)
+	@test -f runs/adapted-$(1)/adapt_summary.json || $(FASTAED) adapt runs/whisper-$(1) --out runs/adapted-$(1) \
+		--time-budget-s $(ADAPT_BUDGET_$(1)) --threads $(ADAPT_THREADS)
 	$(FASTAED) bench adapt --model $(1) --original runs/whisper-$(1) --adapted runs/adapted-$(1) \
 		--data-dir $(DATA)/real --threads $(ADAPT_THREADS) --json bench_results/adapt_$(subst .,_,$(1)).json
 

@@ -63,7 +63,7 @@ class AdaptConfig:
     )
     max_clips: int = field(default=1000, metadata={"help": "synthetic clips at most (real clips: all)"})
     dev_clips: int = field(default=100, metadata={"help": "clips kept aside to watch the student's WER"})
-    time_budget_s: float = field(default=1500.0, metadata={"help": "wall time of all stages together"})
+    time_budget_s: float = field(default=1800.0, metadata={"help": "wall time of all stages together"})
     lr: float = field(default=3e-5, metadata={"help": "peak AdamW learning rate"})
     warmup_steps: int = field(default=20, metadata={"help": "linear warm-up steps"})
     kl_weight: float = field(default=1.0, metadata={"help": "weight of KL(teacher || student)"})
