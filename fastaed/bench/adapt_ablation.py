@@ -2,7 +2,7 @@
 adaptation data only (never on the held-out sets).
 
 Each variant trains the same student (the original checkpoint, unpadded input) on the same targets, batches,
-seed and wall time, from the work folder of a finished ``fastaed adapt`` (its ``train.jsonl``, ``dev.jsonl``
+seed and number of optimizer steps (steps, not wall time: the comparison does not depend on the load), from the work folder of a finished ``fastaed adapt`` (its ``train.jsonl``, ``dev.jsonl``
 and teacher cache, copied so no variant pays the teacher pass), and is scored by the trainer's final dev
 evaluation on ``dev.jsonl`` (clips of the adaptation audio kept out of training): greedy WER, unpadded.
 
@@ -46,7 +46,7 @@ class AdaptAblationConfig:
         metadata={"help": "work folder of a finished fastaed adapt"},
     )
     variants: tuple[str, ...] = field(default=tuple(VARIANTS), metadata={"help": "loss variants to train"})
-    budget_s: float = field(default=240.0, metadata={"help": "training wall time of each variant"})
+    steps: int = field(default=150, metadata={"help": "optimizer steps of each variant"})
     out_dir: Path = field(default=Path("runs/adapt-ablation"), metadata={"help": "the variants' runs"})
     json: Path | None = field(default=None, metadata={"help": "write the results here"})
 
@@ -69,8 +69,9 @@ def run(config: AdaptAblationConfig) -> dict[str, Any]:
         out.mkdir(parents=True, exist_ok=True)
         if name != "ce":
             shutil.copy2(cache, out / CACHE_FILE)  # same teacher, same index: the trainer reuses it
-        run = [f"runtime.out_dir={out}", f"runtime.time_budget_s={config.budget_s}", "runtime.eval_every=0"]
-        overrides = [*run, "runtime.ckpt_every=0", "runtime.progress=false", *VARIANTS[name]]
+        run = [f"runtime.out_dir={out}", f"optim.max_steps={config.steps}", "runtime.time_budget_s=null"]
+        overrides = [*run, "runtime.eval_every=0", "runtime.ckpt_every=0", "runtime.progress=false"]
+        overrides += VARIANTS[name]
         command = [
             sys.executable,
             "-m",
@@ -90,7 +91,7 @@ def run(config: AdaptAblationConfig) -> dict[str, Any]:
     best = min((r for r in runs if r["dev_wer"] is not None), key=lambda r: r["dev_wer"], default=None)
     return {
         "work": str(config.work),
-        "budget_s": config.budget_s,
+        "steps": config.steps,
         "machine": f"{platform.machine()}",
         "runs": runs,
         "best": best["variant"] if best else None,
@@ -103,4 +104,4 @@ def print_report(result: dict[str, Any]) -> None:
         for r in result["runs"]
     ]
     print(format_table(["loss", "dev WER", "dev CER", "dev utts", "steps"], rows))
-    print(f"best on the adaptation dev set: {result['best']} ({result['budget_s']:.0f} s of training each)")
+    print(f"best on the adaptation dev set: {result['best']} ({result['steps']} steps each)")
