@@ -2,9 +2,10 @@
 adaptation data only (never on the held-out sets).
 
 Each variant trains the same student (the original checkpoint, unpadded input) on the same targets, batches,
-seed and number of optimizer steps (steps, not wall time: the comparison does not depend on the load), from the work folder of a finished ``fastaed adapt`` (its ``train.jsonl``, ``dev.jsonl``
-and teacher cache, copied so no variant pays the teacher pass), and is scored by the trainer's final dev
-evaluation on ``dev.jsonl`` (clips of the adaptation audio kept out of training): greedy WER, unpadded.
+seed and number of optimizer steps (steps, not wall time, so the machine's load cannot decide), from the
+work folder of a finished ``fastaed adapt`` (its ``train.jsonl``, ``dev.jsonl`` and teacher cache, copied
+so no variant pays the teacher pass), and is scored by the trainer's final dev evaluation on ``dev.jsonl``
+(clips of the adaptation audio kept out of training): greedy WER, unpadded.
 
 Variants (``distill.*`` weights):
 
