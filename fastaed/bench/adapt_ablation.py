@@ -55,6 +55,8 @@ class AdaptAblationConfig:
 def run(config: AdaptAblationConfig) -> dict[str, Any]:
     from fastaed.train.adapt import RUN_DIR
     from fastaed.train.distill import CACHE_FILE
+    from fastaed.train.setup import RUN_KIND, is_older_run
+    from fastaed.util.outputs import check_output_dir, read_marker, write_marker
 
     unknown = sorted(set(config.variants) - set(VARIANTS))
     if unknown:
@@ -67,7 +69,10 @@ def run(config: AdaptAblationConfig) -> dict[str, Any]:
     runs = []
     for name in config.variants:
         out = config.out_dir / name.replace("+", "_")
+        check_output_dir(out, RUN_KIND, flag="--out-dir", legacy=is_older_run)
         out.mkdir(parents=True, exist_ok=True)
+        if read_marker(out) is None:  # a run folder the trainer adopts, the cache already in it
+            write_marker(out, RUN_KIND, "bench adapt-ablation", None)
         if name != "ce":
             shutil.copy2(cache, out / CACHE_FILE)  # same teacher, same index: the trainer reuses it
         run = [f"runtime.out_dir={out}", f"optim.max_steps={config.steps}", "runtime.time_budget_s=null"]
