@@ -17,6 +17,7 @@ from tests import whisper_fixtures as wf
 QUICK = ("optim.max_steps=2", "runtime.num_workers=0", "runtime.progress=false")
 
 
+@pytest.mark.slow
 def test_each_variant_trains_equal_steps_and_reuses_the_teacher_cache(tmp_path):
     ckpt = wf.imported_checkpoint(tmp_path)
     manifest = write_tiny_corpus(tmp_path / "data", num=8)
