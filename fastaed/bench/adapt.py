@@ -439,6 +439,7 @@ SECTION_BEGIN = (
 SECTION_END = "<!-- bench adapt: end -->"
 SECTION_HEADING = "## Whisper adapted to unpadded input (`make adapt`)"
 RECORDS = ("adapt_tiny_en.json", "adapt_base.json")  # `make adapt`'s records, in section order
+ABLATION_RECORD = "adapt_ablation.json"  # `fastaed bench adapt-ablation`'s, rendered after them
 
 
 def document_with_section(text: str | None, load: Any, exists: Any) -> str | None:
@@ -448,7 +449,12 @@ def document_with_section(text: str | None, load: Any, exists: Any) -> str | Non
     results = [load(name) for name in RECORDS if exists(name)]
     if not results:
         return None
-    block = f"{SECTION_BEGIN}\n{markdown_section(results)}\n{SECTION_END}"
+    body = markdown_section(results)
+    if exists(ABLATION_RECORD):
+        from fastaed.bench.adapt_ablation import markdown as ablation_markdown
+
+        body += "\n\n" + ablation_markdown(load(ABLATION_RECORD))
+    block = f"{SECTION_BEGIN}\n{body}\n{SECTION_END}"
     text = text or "# Benchmarks\n"
     start, end = text.find(SECTION_BEGIN), text.find(SECTION_END)
     if 0 <= start < end:

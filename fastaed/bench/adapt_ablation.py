@@ -111,3 +111,20 @@ def print_report(result: dict[str, Any]) -> None:
     ]
     print(format_table(["loss", "dev WER", "dev CER", "dev utts", "steps"], rows))
     print(f"best on the adaptation dev set: {result['best']} ({result['steps']} steps each)")
+
+
+def markdown(result: dict[str, Any]) -> str:
+    """BENCHMARKS.md's ablation part (rendered with ``fastaed bench adapt``'s section)."""
+    steps, work = result["steps"], result["work"]
+    lines = [
+        f"#### Which loss: ablation on adaptation data ({steps} steps each)", "",
+        f"Command: `fastaed bench adapt-ablation --work {work} --steps {steps}`  ",
+        "Scored by the trainer's dev evaluation on the adaptation dev clips (never the held-out sets): "
+        "greedy, unpadded, basic normaliser.", "",
+        "| loss | dev WER | dev CER | dev clips | steps |", "|---|---|---|---|---|",
+    ]  # fmt: skip
+    for r in result["runs"]:
+        cells = [r["variant"], pct(r["dev_wer"]), pct(r["dev_cer"]), r["dev_utts"], r["steps"]]
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    lines += ["", f"Lowest dev WER: **{result['best']}**."]
+    return "\n".join(lines)
