@@ -188,6 +188,7 @@ class DistillSection:
     kl_weight: float = 1.0  # KL(teacher || student) of the next-token distributions
     state_weight: float = 0.0  # squared distance of the final decoder states (per dimension)
     temperature: float = 1.0  # softens both distributions in the KL term
+    cache: str = "before"  # "before": a teacher pass over the data first, kept on disk; "lazy": per batch
     cache_batch_size: int = 8  # utterances per teacher batch while building the cache
 
     def __post_init__(self) -> None:
@@ -199,6 +200,7 @@ class DistillSection:
         _require(min(weights) >= 0 and sum(weights) > 0, "distill: weights must be >= 0, not all 0")
         _require(self.temperature > 0, "distill.temperature must be > 0")
         _require(self.cache_batch_size >= 1, "distill.cache_batch_size must be >= 1")
+        _require(self.cache in ("before", "lazy"), f"distill.cache: before or lazy, got {self.cache!r}")
 
     @property
     def enabled(self) -> bool:

@@ -136,21 +136,69 @@ class DistillWeights:
     temperature: float
 
 
-class Distiller:
-    """The teacher side of a step: cached states -> teacher logits, and the weights of the three terms."""
+class LiveTeacher:
+    """``distill.cache: lazy``: the teacher run on each utterance the first time a batch holds it, its states
+    kept in memory for later epochs (the same float16 rows a cache built beforehand holds, so a resumed run,
+    which computes them again, trains on the same numbers). For fine-tunes on data too large to pass over
+    before the first step."""
 
-    def __init__(self, cache: TeacherCache, weights: DistillWeights, device: torch.device):
-        self.cache = cache
+    def __init__(self, teacher: Path, teacher_input: str, device: torch.device):
+        self.model: EncoderDecoderModel = load_model(teacher, map_location=device).eval()
+        self.frontend = teacher_frontend(teacher, teacher_input).to(device)
+        self.memo: dict[int, torch.Tensor] = {}
+        self.seconds = 0.0  # spent in the teacher so far
+
+    @torch.no_grad()
+    def rows(self, piece: Batch, length: int, device: torch.device) -> torch.Tensor:
+        """(B, length, D) float32 teacher states of ``piece``'s utterances, zero past each one's positions."""
+        todo = [b for b, i in enumerate(piece.indices) if i not in self.memo]
+        if todo:
+            t0 = time.perf_counter()
+            sel = torch.tensor(todo, device=piece.audio.device)
+            lens = piece.audio_lens[sel]
+            feats, feat_lens = self.frontend(piece.audio[sel][:, : int(lens.max())], lens)
+            enc, enc_lens = self.model.encode(feats, feat_lens)
+            states = self.model.decode_features(enc, enc_lens, piece.dec_inputs[sel])
+            for row, b in enumerate(todo):
+                self.memo[piece.indices[b]] = states[row, : int(piece.dec_lens[b])].to(torch.float16).cpu()
+            self.seconds += time.perf_counter() - t0
+        d = self.model.config.decoder.d_model
+        out = torch.zeros(len(piece.indices), length, d)
+        for b, i in enumerate(piece.indices):
+            n = min(len(self.memo[i]), length)
+            out[b, :n] = self.memo[i][:n].float()
+        return out.to(device)
+
+    def output_layer(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        dec = self.model.decoder
+        weight = dec.embedding.weight if dec.output is None else dec.output.weight
+        return weight.detach(), dec.output_bias.detach() if dec.output_bias is not None else None
+
+
+class Distiller:
+    """The teacher side of a step: teacher states (from a cache built beforehand, or a live teacher) ->
+    teacher logits, and the weights of the three terms."""
+
+    def __init__(self, source: TeacherCache | LiveTeacher, weights: DistillWeights, device: torch.device):
+        self.source = source
         self.weights = weights
-        self.weight = cache.weight.to(device)
-        self.bias = cache.bias.to(device) if cache.bias is not None else None
+        if isinstance(source, TeacherCache):
+            weight, bias = source.weight, source.bias
+        else:
+            weight, bias = source.output_layer()
+        self.weight = weight.float().to(device)
+        self.bias = bias.float().to(device) if bias is not None else None
 
     def teacher(self, piece: Batch, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Teacher (logits (N, V), states (N, D)) at the N True positions of ``mask`` (B, U)."""
-        missing = [i for i in piece.indices if self.cache.offsets[i + 1] == self.cache.offsets[i]]
+        if isinstance(self.source, LiveTeacher):
+            states = self.source.rows(piece, mask.shape[1], mask.device)[mask]
+            return F.linear(states, self.weight, self.bias), states
+        cache = self.source
+        missing = [i for i in piece.indices if cache.offsets[i + 1] == cache.offsets[i]]
         if missing:  # audio the teacher could not read but the student could: the cache is not this data's
             raise RuntimeError(f"the teacher cache has no states for utterances {missing[:5]}; rebuild it")
-        states = self.cache.rows(piece.indices, mask.shape[1], mask.device)[mask]  # (N, D)
+        states = cache.rows(piece.indices, mask.shape[1], mask.device)[mask]  # (N, D)
         return F.linear(states, self.weight, self.bias), states
 
 

@@ -42,6 +42,7 @@ from fastaed.train.distill import (
     CACHE_FILE,
     Distiller,
     DistillWeights,
+    LiveTeacher,
     TeacherCache,
     TeacherIdentity,
     build_teacher_cache,
@@ -287,6 +288,9 @@ def load_distiller(
         return None
     path = Path(cfg.runtime.out_dir) / CACHE_FILE
     teacher = Path(d.teacher)
+    weights = DistillWeights(d.ce_weight, d.kl_weight, d.state_weight, d.temperature)
+    if d.cache == "lazy":
+        return Distiller(LiveTeacher(teacher, d.teacher_input, device), weights, device)
     with D.rank0_first():
         identity = TeacherIdentity.of(teacher, d.teacher_input, data.train_index)
         cache = TeacherCache.load(path)
@@ -301,7 +305,6 @@ def load_distiller(
             cache.save(path)
         else:
             D.print0(f"teacher cache: {path} ({describe(cache)})")
-    weights = DistillWeights(d.ce_weight, d.kl_weight, d.state_weight, d.temperature)
     return Distiller(cache, weights, device)
 
 

@@ -137,3 +137,15 @@ def test_distillation_config_rules(pretrained, tmp_path):
         config(pretrained, tmp_path, "distill.teacher_input=sideways")
     with pytest.raises(ConfigError, match="not all 0"):
         config(pretrained, tmp_path, "distill.ce_weight=0", "distill.kl_weight=0")
+
+
+def test_lazy_teacher_trains_on_the_same_numbers_as_the_cache_built_first(pretrained, tmp_path):
+    common = ["optim.max_steps=4", "distill.state_weight=1.0", "runtime.num_workers=0"]
+    train(config(pretrained, tmp_path / "before", *common), resume="none")
+    train(config(pretrained, tmp_path / "lazy", *common, "distill.cache=lazy"), resume="none")
+    assert not (tmp_path / "lazy" / CACHE_FILE).exists()
+    a = train_records(tmp_path / "before" / METRICS_FILE)
+    b = train_records(tmp_path / "lazy" / METRICS_FILE)
+    for step in a:
+        for key in ("kl_loss", "state_loss"):  # float16 states either way; batch shapes may differ
+            assert math.isclose(a[step][key], b[step][key], rel_tol=1e-3, abs_tol=1e-5), (step, key)
