@@ -57,10 +57,12 @@ def test_bucketed_and_padded_recipes_run_on_the_same_checkpoint(source, tmp_path
     assert all(r["loader_workers"] == 1 and r["peak_mem_mb_trainer_process"] > 0 for r in by.values())
     assert by["bucketed"]["dev_input"] == "unpadded" and by["padded"]["dev_input"] == "padded"
     assert set(result["comparisons"]) == {"padded"}
-    # one real set (the missing one is skipped): original padded + unpadded, fine-tuned unpadded
+    # one real set (the missing one is skipped): original padded + unpadded, each fine-tuned model in its
+    # training shape (the padded recipe's too: domain shift told apart from padding)
     shapes = [(r["model"], r["input"], r["utterances"]) for r in result["real_speech"]]
     assert shapes == [
-        ("original", "padded", 3), ("original", "unpadded", 3), ("fine-tuned (bucketed)", "unpadded", 3)
+        ("original", "padded", 3), ("original", "unpadded", 3), ("fine-tuned (bucketed)", "unpadded", 3),
+        ("fine-tuned (padded)", "padded", 3),
     ]  # fmt: skip
     assert str(manifest) in result["real_speech_verdict"]
     assert (tmp_path / "runs" / "curves.png").stat().st_size > 0
@@ -126,6 +128,16 @@ def test_one_manifest_keeps_every_line_of_every_manifest_with_resolvable_audio(t
         f.write('{"audio_filepath": "clip9.wav", "text": "no duration"}\n')
     with pytest.raises(BadInputError, match=r"m\.jsonl:5.*duration"):
         one_manifest((a / "m.jsonl", b / "m.jsonl"), tmp_path / "one.jsonl")
+
+
+def test_distilled_recipe_is_the_bucketed_one_plus_the_padded_original_as_teacher(tmp_path):
+    config = FinetuneBenchConfig(config=REPO / "configs" / "finetune_whisper_tiny.yaml", out_dir=tmp_path)
+    bucketed = recipe_overrides(config, "bucketed", tmp_path / "ckpt")
+    distilled = recipe_overrides(config, "distilled", tmp_path / "ckpt")
+    extra = [x for x in distilled if x not in bucketed]
+    assert f"distill.teacher={tmp_path / 'ckpt'}" in extra and "distill.teacher_input=padded" in extra
+    assert "distill.cache=lazy" in extra and all(x.startswith(("distill.", "runtime.out_dir")) for x in extra)
+    assert not any(x.startswith("distill.") for x in bucketed)
 
 
 def test_every_recipe_gets_the_yaml_loader_workers_hf_included(tmp_path):
