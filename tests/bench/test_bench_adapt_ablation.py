@@ -27,6 +27,12 @@ def test_each_variant_trains_equal_steps_and_reuses_the_teacher_cache(tmp_path):
     result = run(config)
     assert [r["variant"] for r in result["runs"]] == ["kl+state", "ce"]
     assert all(r["steps"] == 3 and r["dev_utts"] == 2 for r in result["runs"])
+    # the tiny corpus names no TTS engine: its clips count as real ones
+    assert all("wer_vs_teacher" in r and r["real_utts"] == 2 for r in result["runs"])
+    # scored again without training: the same numbers
+    config = AdaptAblationConfig(work=work, variants=("ce",), steps=3, out_dir=tmp_path / "abl", reuse=True)
+    again = run(config)
+    assert again["runs"][0]["wer_vs_teacher"] == result["runs"][1]["wer_vs_teacher"]
     assert result["best"] in ("kl+state", "ce")
     # the distilling variant read the copied cache (no second teacher pass); the plain one has none
     metrics = (tmp_path / "abl" / "kl_state" / "metrics.jsonl").read_text().splitlines()
