@@ -145,10 +145,14 @@ class TransformerDecoder(nn.Module):
         """hidden: (B, U, D) block outputs -> (B, U, V) logits."""
         return self.classify(self.final_norm(hidden))
 
+    @property
+    def output_weight(self) -> Tensor:
+        """(V, D) the output matrix: the token embedding when tied."""
+        return self.embedding.weight if self.output is None else self.output.weight
+
     def classify(self, normed: Tensor) -> Tensor:
         """normed: (B, U, D) final-LayerNorm outputs (what :meth:`features` returns) -> (B, U, V) logits."""
-        weight = self.embedding.weight if self.output is None else self.output.weight
-        return F.linear(normed, weight, self.output_bias)
+        return F.linear(normed, self.output_weight, self.output_bias)
 
     def step_logits(self, hidden: Tensor) -> Tensor:
         """hidden: (B, D) last-position block outputs of a decoding step -> (B, V) logits.
@@ -161,7 +165,7 @@ class TransformerDecoder(nn.Module):
         if torch.is_grad_enabled() and self.training:
             return self.logits(hidden[:, None])[:, 0]
         hidden = self.final_norm(hidden)
-        weight = self.embedding.weight if self.output is None else self.output.weight
+        weight = self.output_weight
         key = (weight.data_ptr(), weight._version, weight.dtype, weight.device)
         cached = self.__dict__.get("_output_t")
         if cached is None or cached[0] != key:

@@ -118,12 +118,27 @@ class TeacherCache:
 
     def rows(self, indices: list[int], length: int, device: torch.device) -> torch.Tensor:
         """(B, length, D) float32 teacher states of ``indices``, zero past each utterance's positions."""
-        out = torch.zeros(len(indices), length, self.states.shape[1])
-        for b, i in enumerate(indices):
-            lo, hi = int(self.offsets[i]), int(self.offsets[i + 1])
-            n = min(hi - lo, length)
-            out[b, :n] = self.states[lo : lo + n].float()
-        return out.to(device)
+        per_item = [self.states[int(self.offsets[i]) : int(self.offsets[i + 1])] for i in indices]
+        return stack_rows(per_item, length, self.states.shape[1], device)
+
+
+def stack_rows(per_item: list[torch.Tensor], length: int, width: int, device: torch.device) -> torch.Tensor:
+    """(B, length, width) float32: each item's (n_i, width) rows, cut or zero-padded to ``length``."""
+    out = torch.zeros(len(per_item), length, width)
+    for b, rows in enumerate(per_item):
+        n = min(len(rows), length)
+        out[b, :n] = rows[:n].float()
+    return out.to(device)
+
+
+@torch.no_grad()
+def teacher_states(model: EncoderDecoderModel, frontend: torch.nn.Module, batch: Batch) -> list[torch.Tensor]:
+    """The teacher-forced final decoder states of every row of ``batch`` (its audio through the teacher's
+    own front end), each (U_i - 1, D) float16 on the CPU: what a cache holds and a live teacher keeps."""
+    feats, feat_lens = frontend(batch.audio, batch.audio_lens)
+    enc, enc_lens = model.encode(feats, feat_lens)
+    states = model.decode_features(enc, enc_lens, batch.dec_inputs)  # (B, U - 1, D)
+    return [states[row, : int(n)].to(torch.float16).cpu() for row, n in enumerate(batch.dec_lens)]
 
 
 @dataclass(frozen=True)
@@ -146,33 +161,21 @@ class LiveTeacher:
         self.model: EncoderDecoderModel = load_model(teacher, map_location=device).eval()
         self.frontend = teacher_frontend(teacher, teacher_input).to(device)
         self.memo: dict[int, torch.Tensor] = {}
-        self.seconds = 0.0  # spent in the teacher so far
 
-    @torch.no_grad()
     def rows(self, piece: Batch, length: int, device: torch.device) -> torch.Tensor:
         """(B, length, D) float32 teacher states of ``piece``'s utterances, zero past each one's positions."""
         todo = [b for b, i in enumerate(piece.indices) if i not in self.memo]
         if todo:
-            t0 = time.perf_counter()
             sel = torch.tensor(todo, device=piece.audio.device)
             lens = piece.audio_lens[sel]
-            feats, feat_lens = self.frontend(piece.audio[sel][:, : int(lens.max())], lens)
-            enc, enc_lens = self.model.encode(feats, feat_lens)
-            states = self.model.decode_features(enc, enc_lens, piece.dec_inputs[sel])
-            for row, b in enumerate(todo):
-                self.memo[piece.indices[b]] = states[row, : int(piece.dec_lens[b])].to(torch.float16).cpu()
-            self.seconds += time.perf_counter() - t0
+            rows = Batch(
+                indices=[piece.indices[b] for b in todo], audio=piece.audio[sel][:, : int(lens.max())],
+                audio_lens=lens, tokens=piece.tokens[sel], token_lens=piece.token_lens[sel],
+                prompt_lens=piece.prompt_lens[sel], pad_id=piece.pad_id,
+            )  # fmt: skip
+            self.memo.update(zip(rows.indices, teacher_states(self.model, self.frontend, rows)))
         d = self.model.config.decoder.d_model
-        out = torch.zeros(len(piece.indices), length, d)
-        for b, i in enumerate(piece.indices):
-            n = min(len(self.memo[i]), length)
-            out[b, :n] = self.memo[i][:n].float()
-        return out.to(device)
-
-    def output_layer(self) -> tuple[torch.Tensor, torch.Tensor | None]:
-        dec = self.model.decoder
-        weight = dec.embedding.weight if dec.output is None else dec.output.weight
-        return weight.detach(), dec.output_bias.detach() if dec.output_bias is not None else None
+        return stack_rows([self.memo[i] for i in piece.indices], length, d, device)
 
 
 class Distiller:
@@ -185,7 +188,9 @@ class Distiller:
         if isinstance(source, TeacherCache):
             weight, bias = source.weight, source.bias
         else:
-            weight, bias = source.output_layer()
+            dec = source.model.decoder
+            bias = dec.output_bias.detach() if dec.output_bias is not None else None
+            weight = dec.output_weight.detach()
         self.weight = weight.float().to(device)
         self.bias = bias.float().to(device) if bias is not None else None
 
@@ -238,10 +243,10 @@ def build_teacher_cache(
     index = dataset.index
     # A padded teacher takes one window; longer clips are rejected by the trainer's length limits anyway
     # (the student has as many positions), so they get no rows instead of stopping the pass.
-    window_s = getattr(getattr(frontend, "config", None), "chunk_samples", None)
+    config = getattr(frontend, "config", None)
     fits = np.ones(len(index), dtype=bool)
-    if teacher_input == "padded" and window_s is not None:
-        fits = index.durations <= window_s / frontend.config.sample_rate
+    if teacher_input == "padded" and isinstance(config, WhisperFeatureConfig):
+        fits = index.durations <= config.chunk_samples / config.sample_rate
     order = [int(i) for i in np.argsort(index.durations, kind="stable") if fits[i]]
     counts = np.zeros(len(index), dtype=np.int64)
     chunks: dict[int, torch.Tensor] = {}
@@ -251,20 +256,15 @@ def build_teacher_cache(
         bar.update(min(batch_size, len(order) - start))
         if not len(batch):
             continue
-        batch = batch.to(device)
-        feats, feat_lens = frontend(batch.audio, batch.audio_lens)
-        enc, enc_lens = model.encode(feats, feat_lens)
-        states = model.decode_features(enc, enc_lens, batch.dec_inputs)  # (B, U - 1, D)
-        for row, i in enumerate(batch.indices):
-            n = int(batch.dec_lens[row])
-            chunks[i], counts[i] = states[row, :n].to(torch.float16).cpu(), n
+        for i, rows in zip(batch.indices, teacher_states(model, frontend, batch.to(device))):
+            chunks[i], counts[i] = rows, len(rows)
     bar.close()
     offsets = torch.zeros(len(index) + 1, dtype=torch.int64)
     offsets[1:] = torch.from_numpy(np.cumsum(counts))
     d = model.config.decoder.d_model
     states = torch.cat([chunks[i] for i in range(len(index)) if i in chunks]) if chunks else torch.zeros(0, d)
     dec = model.decoder
-    weight = (dec.embedding.weight if dec.output is None else dec.output.weight).detach().float().cpu()
+    weight = dec.output_weight.detach().float().cpu()
     bias = dec.output_bias.detach().float().cpu() if dec.output_bias is not None else None
     identity = TeacherIdentity.of(teacher, teacher_input, index)
     return TeacherCache(identity, states.to(torch.float16), offsets, weight, bias, time.perf_counter() - t0)
