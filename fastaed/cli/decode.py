@@ -223,7 +223,7 @@ def transcribe_cmd(args: argparse.Namespace) -> int:
     print(
         f"wrote {count} transcripts to {args.out} ({fmt}, {mode}): {result.audio_seconds:.1f} s of audio "
         f"in {result.wall_seconds:.2f} s (RTFx {result.rtfx:.1f}, batch {args.batch_size}, "
-        f"{transcriber.device.type} {str(transcriber.dtype).removeprefix('torch.')}, beam {args.beam_size})"
+        f"{transcriber.device.type} {transcriber.precision}, beam {args.beam_size})"
     )
     return 0
 
@@ -282,7 +282,7 @@ def eval_cmd(args: argparse.Namespace) -> int:
     doc = {
         "checkpoint": str(_checkpoint(args.checkpoint)),
         "device": transcriber.device.type,
-        "dtype": str(transcriber.dtype).removeprefix("torch."),
+        "dtype": transcriber.precision,
         "batch_size": args.batch_size,
         "beam_size": args.beam_size,
         "length_penalty": args.length_penalty if args.beam_size > 1 else None,

@@ -33,6 +33,7 @@ from fastaed.data.whisper_tokenizer import WhisperTokenizer
 from fastaed.decode.search import Hypothesis, LoopGuard, beam_search, greedy_search, nemo_limits
 from fastaed.formats import TOKENIZER_DIR, load_model, read_checkpoint_meta, verify_tokenizer
 from fastaed.model import EncoderDecoderModel
+from fastaed.model.quantize import is_quantized, quantize_int8
 from fastaed.util.devices import resolve_device, resolve_dtype, synchronize
 
 AnyTokenizer = Tokenizer | WhisperTokenizer  # what load_tokenizer returns
@@ -50,7 +51,9 @@ class DecodeConfig:
     length_penalty: float = field(default=1.0, metadata={"help": "GNMT alpha for beam search"})
     nbest: int = field(default=1, metadata={"help": "keep this many hypotheses per input (beam search)"})
     device: str = field(default="auto", metadata={"help": "auto | cpu | cuda | cuda:N"})
-    dtype: Literal["auto", "bf16", "fp32"] = field(default="auto", metadata={"help": "auto: bf16 on GPU"})
+    dtype: Literal["auto", "bf16", "fp32", "int8"] = field(
+        default="auto", metadata={"help": "auto: bf16 on GPU; int8: CPU, int8 linear layers (dynamic)"}
+    )
     num_workers: int = field(
         default=0, metadata={"help": "audio-reading worker processes (0: in the main process)"}
     )
@@ -73,8 +76,8 @@ class DecodeConfig:
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.beam_size < 1 or self.nbest < 1:
             raise ValueError("batch_size, beam_size and nbest must be >= 1")
-        if self.dtype not in ("auto", "bf16", "fp32"):
-            raise ValueError(f"dtype must be auto, bf16 or fp32, got {self.dtype!r}")
+        if self.dtype not in ("auto", "bf16", "fp32", "int8"):
+            raise ValueError(f"dtype must be auto, bf16, fp32 or int8, got {self.dtype!r}")
         if self.whisper_input not in ("auto", "padded", "unpadded"):
             raise ValueError(f"whisper_input must be auto, padded or unpadded, got {self.whisper_input!r}")
         if self.loop_guard not in ("auto", "on", "off"):
@@ -173,10 +176,15 @@ def find_tokenizer(checkpoint: str | Path, tokenizer_dir: str | Path | None = No
 def load_for_inference(
     checkpoint: str | Path, tokenizer_dir: str | Path | None = None, device: str = "auto", dtype: str = "auto"
 ) -> tuple[EncoderDecoderModel, AnyTokenizer, torch.device, torch.dtype]:
-    """Model (eval mode, on the device, in the inference dtype) and its tokenizer."""
+    """Model (eval mode, on the device, in the inference dtype) and its tokenizer. ``int8``: float32 weights
+    quantized for CPU (``fastaed.model.quantize``); the returned dtype is then the activations' (float32)."""
     dev = resolve_device(device)
     tokenizer = find_tokenizer(checkpoint, tokenizer_dir)
     model = load_model(checkpoint, map_location=dev)
+    if dtype == "int8":
+        if dev.type != "cpu":
+            raise ValueError(f"--dtype int8 runs on CPU; the device is {dev} (use bf16 on a GPU)")
+        return quantize_int8(model.float().eval()), tokenizer, dev, torch.float32
     torch_dtype = resolve_dtype(dtype, dev)
     return model.to(torch_dtype).eval(), tokenizer, dev, torch_dtype
 
@@ -266,6 +274,7 @@ class Transcriber:
         self.model, self.tokenizer, self.device, self.dtype = load_for_inference(
             checkpoint, tokenizer_dir, self.config.device, self.config.dtype
         )
+        self.precision = "int8" if is_quantized(self.model) else str(self.dtype).removeprefix("torch.")
         meta = read_checkpoint_meta(checkpoint)
         self.frontend = self._frontend(meta.get("frontend"))
         self.suppress, self.suppress_at_start = self._suppression()
@@ -289,6 +298,7 @@ class Transcriber:
         self.model, self.tokenizer = model.eval(), tokenizer
         param = next(model.parameters())
         self.device, self.dtype = param.device, param.dtype
+        self.precision = "int8" if is_quantized(model) else str(self.dtype).removeprefix("torch.")
         self.frontend = self._frontend(frontend)
         self.suppress, self.suppress_at_start = self._suppression()
         self.generation = generation

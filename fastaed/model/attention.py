@@ -182,7 +182,10 @@ class SelfAttention(nn.Module):
 
     def project(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """x: (B, N, D) -> queries, keys, values, (B, H, N, Dh) each."""
-        q, k, v = F.linear(x, self.qkv.weight, self.bias).chunk(3, dim=-1)
+        # Without a separate bias the layer itself runs (the same F.linear; or an int8 layer, which has the
+        # whole bias folded in: ``fastaed.model.quantize``).
+        qkv = self.qkv(x) if self.qv_bias is None else F.linear(x, self.qkv.weight, self.bias)
+        q, k, v = qkv.chunk(3, dim=-1)
         return split_heads(q, self.n_heads), split_heads(k, self.n_heads), split_heads(v, self.n_heads)
 
     def forward(self, x: Tensor, cache: LayerCache | None = None, key_mask: Tensor | None = None) -> Tensor:
@@ -228,10 +231,17 @@ class CrossAttention(nn.Module):
         self.v_bias = None if key_bias else nn.Parameter(torch.zeros(d_model))  # see SelfAttention
         self.out = nn.Linear(d_model, d_model)
 
+    @property
+    def memory_bias(self) -> Tensor | None:
+        """(2D,) bias of the fused key/value projection (zeros for the keys without ``key_bias``)."""
+        if self.v_bias is None:
+            return self.kv.bias
+        return bias_with_zero_key(self.v_bias, 0, self.kv.weight.shape[1])
+
     def project_memory(self, memory: Tensor) -> tuple[Tensor, Tensor]:
         """memory: (B, T, D) encoder output -> keys and values, (B, H, T, Dh) each."""
-        bias = self.kv.bias if self.v_bias is None else bias_with_zero_key(self.v_bias, 0, memory.shape[-1])
-        k, v = F.linear(memory, self.kv.weight, bias).chunk(2, dim=-1)
+        kv = self.kv(memory) if self.v_bias is None else F.linear(memory, self.kv.weight, self.memory_bias)
+        k, v = kv.chunk(2, dim=-1)
         return split_heads(k, self.n_heads), split_heads(v, self.n_heads)
 
     def forward(
