@@ -10,29 +10,34 @@ Audio: the pocketsphinx clips (``fastaed data real-check``) and Asterisk prompts
 
 Engines and modes, all greedy (beam 1), English prompt, no timestamps, no VAD, no temperature fallback:
 
-* fastaed fp32 (and bf16 when the CPU has native bf16: AVX512-BF16 or AMX), with (a) ``padded`` input, 30 s
-  windows as Whisper was trained, in faster-whisper's padding convention; and (b) ``unpadded`` input, the
-  encoder sees only the real frames (positional table sliced);
+* fastaed ``fp32`` and ``int8`` (``--dtype int8``: dynamic int8 linear layers, ``fastaed.model.quantize``;
+  ``bf16`` on request), with (a) ``padded`` input, 30 s windows as Whisper was trained, in faster-whisper's
+  padding convention; and (b) ``unpadded`` input, the encoder sees only the real frames;
 * faster-whisper ``float32`` and ``int8`` (padded: CTranslate2's encoder takes 3000 frames only);
 * each at batch 1 and batched (``--batch-sizes``; clips sorted by duration; faster-whisper's
   ``BatchedInferencePipeline`` over the clips laid end to end, one batch row per clip).
 
 Timing (RTFx = audio seconds / wall seconds): model loading and one warm-up batch are excluded; reading the
 audio, features, encoder and decoder are timed; both engines get the same CPU thread count
-(``torch.set_num_threads`` / ``cpu_threads``). WER uses Whisper's English normaliser on both sides.
+(``torch.set_num_threads`` / ``cpu_threads``). Quiet-machine protocol: ``--repeats`` passes (3) per cell,
+the engines alternating within each pass (fastaed fp32, faster-whisper float32, fastaed int8,
+faster-whisper int8, ...), the median RTFx reported, and the 1-minute load average read before and after
+every pass and kept with it. WER uses Whisper's English normaliser on both sides.
 
 Reported: RTFx and WER per engine, mode and batch size; RTFx ratios against faster-whisper float32 in the same
-run (same batch size, and batch 1); unpadded over padded RTFx with the WER change; and how many fastaed padded
-transcripts are identical (character for character) to faster-whisper float32's. Targets (issue 14): padded
-transcripts identical; fastaed fp32 RTFx >= faster-whisper fp32 at batch 1 and >= 2x at batch 16; unpadded
->= 5x padded RTFx on short clips (Whisper never saw unpadded input in training: its WER there is reported as
-measured, however bad).
+run (same batch size, and batch 1) and against the peer's own precision; int8 against fp32 (WER points and
+speed); unpadded over padded RTFx with the WER change; and how many fastaed padded transcripts are identical
+(character for character) to faster-whisper float32's. Targets (issue 27): padded transcripts identical;
+fastaed fp32 RTFx >= 1.2x faster-whisper fp32 at batch 1 and >= 2x at batch 16; fastaed int8 >= 1x
+faster-whisper int8 at both, within 0.3 WER points of fp32; unpadded >= 5x padded RTFx on short clips
+(Whisper never saw unpadded input in training: its WER there is reported as measured, however bad).
 """
 
 from __future__ import annotations
 
 import json
 import platform
+import statistics
 import tempfile
 import time
 from collections.abc import Mapping
@@ -45,9 +50,15 @@ from fastaed.util.tables import format_table, pct
 if TYPE_CHECKING:
     from fastaed.decode.scoring import Normalizer
 
-TARGET_BATCH1 = 1.0  # fastaed fp32 padded RTFx over faster-whisper fp32, batch 1
+TARGET_BATCH1 = 1.2  # fastaed fp32 padded RTFx over faster-whisper fp32, batch 1 (issue 27)
 TARGET_BATCHED = 2.0  # the same at batch 16
+TARGET_INT8 = 1.0  # fastaed int8 over faster-whisper int8, batch 1 and 16
+TARGET_INT8_WER_POINTS = 0.3  # fastaed int8 WER over fastaed fp32
 TARGET_UNPADDED = 5.0  # unpadded over padded RTFx (fastaed, same batch size)
+TARGETS = {
+    "batch1": TARGET_BATCH1, "batched": TARGET_BATCHED, "int8": TARGET_INT8,
+    "int8_wer_points": TARGET_INT8_WER_POINTS, "unpadded": TARGET_UNPADDED,
+}  # fmt: skip
 SETS = ("pocketsphinx", "asterisk")
 
 
@@ -65,8 +76,11 @@ class WhisperBenchConfig:
     modes: tuple[str, ...] = field(
         default=("padded", "unpadded"), metadata={"help": "fastaed input modes: padded, unpadded"}
     )
-    fastaed_dtypes: Literal["auto", "fp32", "bf16", "both"] = field(
-        default="auto", metadata={"help": "auto: fp32, plus bf16 where the CPU has native bf16"}
+    fastaed_dtypes: tuple[str, ...] = field(
+        default=("fp32", "int8"), metadata={"help": "fastaed precisions: fp32, int8 (CPU), bf16"}
+    )
+    repeats: int = field(
+        default=3, metadata={"help": "timed passes per cell, engines alternating (the median is reported)"}
     )
     peer_compute_types: tuple[str, ...] = field(
         default=("float32", "int8"), metadata={"help": "faster-whisper compute types"}
@@ -77,6 +91,11 @@ class WhisperBenchConfig:
     )
     language: str = field(default="en", metadata={"help": "spoken language (prompt of multilingual models)"})
     json: Path | None = field(default=None, metadata={"help": "write the results here"})
+
+    def __post_init__(self) -> None:
+        unknown = set(self.fastaed_dtypes) - {"fp32", "bf16", "int8"}
+        if unknown or self.repeats < 1:
+            raise ValueError(f"fastaed_dtypes: fp32, bf16, int8 (got {sorted(unknown)}); repeats >= 1")
 
 
 # ---- inputs ------------------------------------------------------------------------------------------------
@@ -269,12 +288,20 @@ def _weights(model: str) -> tuple[Path, str]:
     return folder, folder.name
 
 
-def _dtypes(choice: str) -> list[str]:
-    if choice == "both":
-        return ["fp32", "bf16"]
-    if choice == "auto":
-        return ["fp32", "bf16"] if cpu_has_bf16() else ["fp32"]
-    return [choice]
+def load_average() -> float | None:
+    """The 1-minute load average (``uptime``'s first figure), None where the OS has none."""
+    try:
+        return float(Path("/proc/loadavg").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def interleave(a: list, b: list) -> list:
+    """a0, b0, a1, b1, ... then the rest of the longer list: engines alternate within a repeat."""
+    out = []
+    for i in range(max(len(a), len(b))):
+        out += a[i : i + 1] + b[i : i + 1]
+    return out
 
 
 def run(config: WhisperBenchConfig) -> dict[str, Any]:
@@ -291,53 +318,79 @@ def run(config: WhisperBenchConfig) -> dict[str, Any]:
     if not clips:
         raise ValueError(f"no clips in {config.data_dir} for sets {config.sets}")
     language = config.language
-    runs: list[dict[str, Any]] = []
     notes: list[str] = []
+    versions: dict[str, str] = {"torch": torch.__version__}
+    peer = config.peer and whisper_peer_python() is not None
+    if not config.peer:
+        notes.append("faster-whisper not run (--no-peer)")
+    elif not peer:
+        notes.append("faster-whisper not run: no .venv-whisper (make whisper-venv)")
+    else:
+        versions |= run_whisper_peer("versions")
+    ours = [("fastaed", d, m) for m in config.modes for d in config.fastaed_dtypes]
+    theirs = [("faster-whisper", c, "padded") for c in config.peer_compute_types] if peer else []
+    # Padded fastaed cells first, each beside the peer cell it is compared with (fp32 ~ float32, int8 ~ int8).
+    ours.sort(key=lambda cell: cell[2] != "padded")
+    cells = interleave(ours, theirs)
     texts: dict[tuple, list[str]] = {}
-
-    def record(engine: str, precision: str, mode: str, batch_size: int, out: dict[str, Any]) -> None:
-        texts[engine, precision, mode, batch_size] = out.pop("texts")
-        row = {"engine": engine, "precision": precision, "mode": mode, "batch_size": batch_size, **out}
-        row["wer"] = wer_by_set(clips, texts[engine, precision, mode, batch_size])
-        # unpadded Whisper tends to repeat itself until the length cap: output length explains its speed
-        row["words_per_clip"] = sum(len(t.split()) for t in texts[engine, precision, mode, batch_size]) / len(
-            clips
-        )
-        runs.append(row)
-        print(f"{engine} {precision} {mode} batch {batch_size}: RTFx {row['rtfx']:.2f}, "
-              f"WER {pct(row['wer']['all'], 1)}", flush=True)  # fmt: skip
+    timings: dict[tuple, list[dict[str, Any]]] = {}
+    extra: dict[tuple, dict[str, Any]] = {}
 
     with tempfile.TemporaryDirectory(prefix="fastaed-whisper-bench-") as tmp:
         start = time.perf_counter()
         checkpoint = import_whisper(folder, Path(tmp) / "checkpoint")
         import_seconds = time.perf_counter() - start
-        for dtype in _dtypes(config.fastaed_dtypes):
-            for mode in config.modes:
-                for bs in config.batch_sizes:
-                    record(
-                        "fastaed", dtype, mode, bs, run_fastaed(checkpoint, clips, mode, bs, dtype, language)
-                    )
-    versions: dict[str, str] = {"torch": torch.__version__}
-    if not config.peer:
-        notes.append("faster-whisper not run (--no-peer)")
-    elif whisper_peer_python() is None:
-        notes.append("faster-whisper not run: no .venv-whisper (make whisper-venv)")
-    else:
-        versions |= run_whisper_peer("versions")
-        for compute_type in config.peer_compute_types:
-            for bs in config.batch_sizes:
-                try:
-                    out = run_peer(folder, clips, compute_type, bs, threads, language)
-                except PeerError as e:
-                    notes.append(f"faster-whisper {compute_type} batch {bs} failed: {e}")
-                    continue
-                record("faster-whisper", compute_type, "padded", bs, out)
+        for bs in config.batch_sizes:
+            for repeat in range(config.repeats):
+                for engine, precision, mode in cells:
+                    key = (engine, precision, mode, bs)
+                    if engine == "faster-whisper" and key in extra and extra[key].get("failed"):
+                        continue
+                    load_before = load_average()
+                    try:
+                        if engine == "fastaed":
+                            out = run_fastaed(checkpoint, clips, mode, bs, precision, language)
+                        else:
+                            out = run_peer(folder, clips, precision, bs, threads, language)
+                    except PeerError as e:
+                        notes.append(f"faster-whisper {precision} batch {bs} failed: {e}")
+                        extra[key] = {"failed": True}
+                        continue
+                    got = out.pop("texts")
+                    texts.setdefault(key, got)
+                    timings.setdefault(key, []).append(
+                        {"rtfx": out["rtfx"], "wall_seconds": out["wall_seconds"],
+                         "load_before": load_before, "load_after": load_average()}
+                    )  # fmt: skip
+                    extra.setdefault(key, {k: v for k, v in out.items() if k not in ("rtfx", "wall_seconds")})
+                    print(f"{engine} {precision} {mode} batch {bs} pass {repeat + 1}: RTFx {out['rtfx']:.2f}"
+                          f" (load {load_before} -> {load_average()})", flush=True)  # fmt: skip
+    runs = []
+    for bs in config.batch_sizes:
+        for engine, precision, mode in cells:
+            key = (engine, precision, mode, bs)
+            if key not in timings:
+                continue
+            passes = timings[key]
+            row = {
+                "engine": engine, "precision": precision, "mode": mode, "batch_size": bs,
+                "rtfx": statistics.median(p["rtfx"] for p in passes),
+                "wall_seconds": statistics.median(p["wall_seconds"] for p in passes),
+                "passes": passes, **extra[key],
+                "wer": wer_by_set(clips, texts[key]),
+                # unpadded Whisper tends to repeat itself until the length cap: output length explains speed
+                "words_per_clip": sum(len(t.split()) for t in texts[key]) / len(clips),
+            }  # fmt: skip
+            runs.append(row)
     _add_ratios(runs)
+    loads = [p[k] for ps in timings.values() for p in ps for k in ("load_before", "load_after")]
+    loads = [x for x in loads if x is not None]
     return {
         "protocol": (
-            "RTFx = audio s / wall s; model load and one warm-up batch excluded; audio reading + features + "
-            "encoder + decoder timed; greedy; same CPU threads for both engines; WER after Whisper's English "
-            "normaliser"
+            f"RTFx = audio s / wall s, median of {config.repeats} passes with the engines alternating within "
+            "each pass (load average recorded before and after every pass); model load and one warm-up batch "
+            "excluded; audio reading + features + encoder + decoder timed; greedy; same CPU threads for both "
+            "engines; WER after Whisper's English normaliser"
         ),
         "model": name,
         "weights": str(folder),
@@ -346,6 +399,7 @@ def run(config: WhisperBenchConfig) -> dict[str, Any]:
         "cpu": _cpu_name(),
         "cpu_bf16": cpu_has_bf16(),
         "versions": versions,
+        "load_average": {"min": min(loads), "max": max(loads)} if loads else None,
         "clips": {
             "count": len(clips),
             "audio_seconds": sum(c.seconds for c in clips),
@@ -355,25 +409,43 @@ def run(config: WhisperBenchConfig) -> dict[str, Any]:
         },
         "runs": runs,
         "identical_transcripts": _identical(texts, clips, config.batch_sizes),
+        "int8_vs_fp32": _int8_vs_fp32(runs),
         "unpadded_vs_padded": _unpadded_speedups(runs),
-        "targets": {"batch1": TARGET_BATCH1, "batched": TARGET_BATCHED, "unpadded": TARGET_UNPADDED},
+        "targets": TARGETS,
         "notes": notes,
         "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()},
     }
 
 
+PEER_PRECISION = {"fp32": "float32", "bf16": "float32", "int8": "int8"}  # the peer cell each is compared with
+
+
 def _add_ratios(runs: list[dict[str, Any]]) -> None:
-    """RTFx over faster-whisper float32's, at the same batch size and at batch 1 (None without the peer)."""
-    ref = {
-        r["batch_size"]: r["rtfx"]
-        for r in runs
-        if r["engine"] == "faster-whisper" and r["precision"] == "float32"
-    }
-    batch1 = ref.get(1)
+    """RTFx over faster-whisper float32's, at the same batch size and at batch 1, and over the peer's own
+    precision (fastaed int8 / faster-whisper int8) at the same batch size (None without the peer)."""
+    peer = {(r["precision"], r["batch_size"]): r["rtfx"] for r in runs if r["engine"] == "faster-whisper"}
+    batch1 = peer.get(("float32", 1))
     for r in runs:
-        same = ref.get(r["batch_size"])
+        same = peer.get(("float32", r["batch_size"]))
         r["vs_fw_fp32_same_batch"] = r["rtfx"] / same if same else None
         r["vs_fw_fp32_batch1"] = r["rtfx"] / batch1 if batch1 else None
+        twin = peer.get((PEER_PRECISION.get(r["precision"], r["precision"]), r["batch_size"]))
+        r["vs_fw_same_precision"] = r["rtfx"] / twin if twin and r["engine"] == "fastaed" else None
+
+
+def _int8_vs_fp32(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """fastaed int8 against fastaed fp32 per input mode and batch size: WER change (points) and speed."""
+    by_key = {(r["precision"], r["mode"], r["batch_size"]): r for r in runs if r["engine"] == "fastaed"}
+    out = []
+    for (precision, mode, bs), r in by_key.items():
+        fp32 = by_key.get(("fp32", mode, bs))
+        if precision == "int8" and fp32 is not None:
+            out.append({
+                "mode": mode, "batch_size": bs, "wer_fp32": fp32["wer"]["all"], "wer_int8": r["wer"]["all"],
+                "wer_points": 100 * (r["wer"]["all"] - fp32["wer"]["all"]),
+                "rtfx_ratio": r["rtfx"] / fp32["rtfx"],
+            })  # fmt: skip
+    return out
 
 
 def _identical(
@@ -418,6 +490,7 @@ def print_report(result: dict[str, Any]) -> None:
         "RTFx",
         "x fw32 same batch",
         "x fw32 batch 1",
+        "x fw same prec.",
         "words/clip",
     ]
     header += ["WER"]
@@ -427,6 +500,7 @@ def print_report(result: dict[str, Any]) -> None:
         rows.append([
             r["engine"], r["precision"], r["mode"], r["batch_size"], f"{r['rtfx']:.2f}",
             _ratio(r["vs_fw_fp32_same_batch"]), _ratio(r["vs_fw_fp32_batch1"]),
+            _ratio(r.get("vs_fw_same_precision")),
             f"{r.get('words_per_clip', float('nan')):.1f}", pct(r["wer"]["all"], 1),
             *(pct(r["wer"].get(s), 1) for s in sets),
         ])  # fmt: skip
@@ -436,6 +510,13 @@ def print_report(result: dict[str, Any]) -> None:
               f"{key.replace('_', ' ')}: {v['identical']}/{v['of']}")  # fmt: skip
         for d in v["differences"]:
             print(f"  {d['utt_id']}: fastaed {d['fastaed']!r} | faster-whisper {d['faster_whisper']!r}")
+    for s in result.get("int8_vs_fp32", []):
+        print(f"int8 vs fp32, fastaed {s['mode']} batch {s['batch_size']}: WER {pct(s['wer_fp32'], 1)} -> "
+              f"{pct(s['wer_int8'], 1)} ({s['wer_points']:+.2f} points, target <= "
+              f"{TARGET_INT8_WER_POINTS:g}), RTFx x{s['rtfx_ratio']:.2f}")  # fmt: skip
+    if result.get("load_average"):
+        print(f"load average during the passes: {result['load_average']['min']:.2f} - "
+              f"{result['load_average']['max']:.2f}")  # fmt: skip
     for s in result["unpadded_vs_padded"]:
         print(f"unpadded vs padded, fastaed {s['precision']} batch {s['batch_size']}: RTFx "
               f"x{s['rtfx_ratio']:.2f} (target >= {TARGET_UNPADDED:g}), WER {pct(s['wer_padded'], 1)} -> "

@@ -40,6 +40,8 @@ BENCHMARKS = {
                              "batch-size profile vs NeMo heuristic: fill, batch, speed"),
     "whisper": Benchmark("fastaed.bench.whisper", "WhisperBenchConfig",
                          "Whisper on real speech: fastaed vs faster-whisper, padded and unpadded input"),
+    "breakdown": Benchmark("fastaed.bench.breakdown", "BreakdownBenchConfig",
+                           "batch-1 time: features, encoder, decoder blocks, output layer, search"),
     "shards": Benchmark("fastaed.bench.shards", "ShardsBenchConfig",
                         "streaming sampler: 512-rank simulation, tar vs loose reads, vs Lhotse on Shar"),
     "finetune": Benchmark("fastaed.bench.finetune", "FinetuneBenchConfig",

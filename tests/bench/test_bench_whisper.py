@@ -100,11 +100,29 @@ def test_report_prints_every_run_and_the_parity_count(capsys):
     assert "faster-whisper" in out and "1.50" in out and "batch 1: 0/1" in out and "note: a note" in out
 
 
-def test_bf16_follows_the_cpu_flags(monkeypatch):
-    monkeypatch.setattr(wb, "cpu_has_bf16", lambda: False)
-    assert wb._dtypes("auto") == ["fp32"] and wb._dtypes("both") == ["fp32", "bf16"]
-    monkeypatch.setattr(wb, "cpu_has_bf16", lambda: True)
-    assert wb._dtypes("auto") == ["fp32", "bf16"]
+def test_int8_is_compared_with_the_peers_int8_and_with_fastaed_fp32():
+    runs = [
+        _run("fastaed", "fp32", "padded", 1, 6.0, wer=0.100),
+        _run("fastaed", "int8", "padded", 1, 9.0, wer=0.102),
+        _run("faster-whisper", "float32", "padded", 1, 4.0), _run("faster-whisper", "int8", "padded", 1, 6.0),
+    ]  # fmt: skip
+    wb._add_ratios(runs)
+    assert runs[0]["vs_fw_same_precision"] == 1.5 and runs[1]["vs_fw_same_precision"] == 1.5
+    assert runs[1]["vs_fw_fp32_same_batch"] == 2.25 and runs[3]["vs_fw_same_precision"] is None
+    (change,) = wb._int8_vs_fp32(runs)
+    assert change["wer_points"] == pytest.approx(0.2) and change["rtfx_ratio"] == 1.5
+
+
+def test_engines_alternate_within_a_pass():
+    assert wb.interleave(["a0", "a1", "a2"], ["b0"]) == ["a0", "b0", "a1", "a2"]
+    assert wb.interleave([], ["b0", "b1"]) == ["b0", "b1"]
+
+
+def test_config_refuses_unknown_precisions_and_zero_repeats():
+    with pytest.raises(ValueError, match="fastaed_dtypes"):
+        wb.WhisperBenchConfig(fastaed_dtypes=("int4",))
+    with pytest.raises(ValueError, match="repeats"):
+        wb.WhisperBenchConfig(repeats=0)
 
 
 @pytest.mark.slow
@@ -128,7 +146,8 @@ def test_tiny_real_run_matches_faster_whisper_word_for_word(tmp_path):
     peer = whisper_peer_python() is not None
     config = wb.WhisperBenchConfig(
         data_dir=tmp_path, sets=sets, max_clips_per_set=1, batch_sizes=(1,), modes=("padded",),
-        fastaed_dtypes="fp32", peer_compute_types=("float32",), peer=True, threads=1,
+        fastaed_dtypes=("fp32",), peer_compute_types=("float32",), peer=True, threads=1,
+        repeats=1,
     )  # fmt: skip
     result = wb.run(config)
     assert [r["engine"] for r in result["runs"]] == ["fastaed"] + ["faster-whisper"] * peer
