@@ -11,7 +11,12 @@ same number of CPU threads, fp32:
 * fastaed: ``Transcriber.run`` on the imported checkpoint (same protocol: reading, features, encoder and
   the K/V-cached greedy search inside the timer; one untimed warm-up batch).
 
-RTFx = audio seconds / wall seconds, best of ``repeats``. Decoder-only tokens/s: greedy decoding of encoder
+fastaed also runs ``--dtype int8`` (dynamic int8 linear layers, ``fastaed.model.quantize``) beside its fp32;
+NeMo runs fp32 (its CPU inference has no int8 mode), so int8 rows report their speed over NeMo fp32 and the
+share of clips whose tokens still equal NeMo's, not identity.
+
+RTFx = audio seconds / wall seconds, the median of ``repeats`` passes; each pass runs NeMo, then fastaed at
+every precision and batch size, and the load average is read around each engine. Decoder-only tokens/s: greedy decoding of encoder
 states computed beforehand, same batches on both sides. Tokens must be identical per clip. Random weights
 emit no EOS, so a bias on the EOS logit is calibrated (bisection, on fastaed's side) until greedy outputs
 average ``tokens_per_second`` per audio second, and written into the ``.nemo`` before both sides load it (the
@@ -24,8 +29,10 @@ at batch 16 on CPU.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import platform
+import statistics
 import subprocess
 import tempfile
 import time
@@ -35,6 +42,7 @@ from typing import Any
 
 import torch
 
+from fastaed.bench.whisper import load_average
 from fastaed.data.manifest import Utterance
 from fastaed.decode.search import greedy_search, nemo_limits
 from fastaed.decode.transcribe import DecodeConfig, Transcriber
@@ -43,6 +51,10 @@ from fastaed.util.tables import format_table
 ROOT = Path(__file__).resolve().parents[2]
 RUNNER = Path(__file__).resolve().parent / "peers" / "nemo_runner.py"
 TARGETS = {1: 2.0, 16: 3.0}
+PROTOCOL = (
+    "median wall time of --repeats passes, each pass NeMo transcribe() (its own warm-up) then fastaed at "
+    "every precision and batch size (one untimed warm-up batch each); load average read around each engine"
+)
 TIMESTAMP_TOKENS = [f"<|{i}|>" for i in range(900)]  # Canary-2's special set has them: a realistic vocabulary
 
 MODELS: dict[str, dict[str, Any]] = {
@@ -70,7 +82,12 @@ class NemoBenchConfig:
     copies: int = field(default=2, metadata={"help": "times the clip list is repeated"})
     batch_sizes: tuple[int, ...] = field(default=(1, 16), metadata={"help": "transcription batch sizes"})
     threads: int = field(default=2, metadata={"help": "CPU threads, both sides"})
-    repeats: int = field(default=2, metadata={"help": "timed runs per setting (best is kept)"})
+    repeats: int = field(
+        default=3, metadata={"help": "timed passes, NeMo and fastaed alternating (the median is kept)"}
+    )
+    dtypes: tuple[str, ...] = field(
+        default=("fp32", "int8"), metadata={"help": "fastaed precisions (NeMo runs fp32): fp32, int8"}
+    )
     tokens_per_second: float = field(
         default=6.0, metadata={"help": "output rate the EOS bias of the random models is calibrated to"}
     )
@@ -122,39 +139,72 @@ def bench_model(
     ckpt = import_nemo(nemo_path, work / f"{name}-ckpt-calibrated")
     paths = [c["path"] for c in clips] * config.copies
     request = {"audio": paths, "lang": "en", "pnc": True, "threads": config.threads,
-               "batch_sizes": list(config.batch_sizes), "repeats": config.repeats}  # fmt: skip
+               "batch_sizes": list(config.batch_sizes), "repeats": 1}  # fmt: skip
     (work / f"{name}-req.json").write_text(json.dumps(request))
-    _nemo(config, "bench", str(nemo_path), str(work / f"{name}-req.json"), str(work / f"{name}-nemo.json"))
-    theirs = json.loads((work / f"{name}-nemo.json").read_text())
-    torch.set_num_threads(config.threads)
     durations = [c["duration"] for c in clips] * config.copies
     utts = [
         Utterance(p, d, "", source_lang="en", target_lang="en", pnc=True) for p, d in zip(paths, durations)
     ]
+    audio = sum(durations)
+    transcribers = {
+        dtype: Transcriber(ckpt, DecodeConfig(progress=False, device="cpu", dtype=dtype))  # type: ignore[arg-type]
+        for dtype in config.dtypes
+    }
+    # Quiet-machine protocol: passes alternate the engines (NeMo, then fastaed at every precision and batch
+    # size), the load average is read around each, the median wall time is kept.
+    nemo_seconds: dict[int, list[float]] = {bs: [] for bs in config.batch_sizes}
+    ours_seconds: dict[tuple[str, int], list[float]] = {}
+    theirs: dict[str, Any] = {}
+    loads: list[float] = []
+    for _ in range(config.repeats):
+        loads.append(load_average() or 0.0)
+        out_json = work / f"{name}-nemo.json"
+        _nemo(config, "bench", str(nemo_path), str(work / f"{name}-req.json"), str(out_json))
+        theirs = json.loads(out_json.read_text())
+        for bs in config.batch_sizes:
+            nemo_seconds[bs].append(theirs["runs"][str(bs)]["seconds"])
+        loads.append(load_average() or 0.0)
+        torch.set_num_threads(config.threads)
+        for dtype, tr in transcribers.items():
+            for bs in config.batch_sizes:
+                tr.config = dataclasses.replace(tr.config, batch_size=bs)
+                ours_seconds.setdefault((dtype, bs), []).append(tr.run(utts).wall_seconds)
+        loads.append(load_average() or 0.0)
     runs = []
     for bs in config.batch_sizes:
-        tr = Transcriber(ckpt, DecodeConfig(batch_size=bs, progress=False, device="cpu", dtype="fp32"))
+        tr = transcribers.get("fp32") or next(iter(transcribers.values()))
         pad, eos = tr.tokenizer.pad_id, tr.tokenizer.eos_id
-        best = min(tr.run(utts).wall_seconds for _ in range(config.repeats))
-        ours_tokens, dec = _decode_as_nemo(tr, utts, bs, config.repeats)
         nemo_run = theirs["runs"][str(bs)]
         nemo_tokens = [_strip(t, pad, eos) for t in nemo_run["tokens"]]
-        audio = sum(durations)
+        nemo_wall = statistics.median(nemo_seconds[bs])
         n_tokens = sum(len(t) + 1 for t in nemo_tokens)
-        runs.append({
-            "batch_size": bs, "audio_seconds": audio, "utterances": len(utts),
-            "nemo_rtfx": audio / nemo_run["seconds"], "fastaed_rtfx": audio / best,
-            "speedup": nemo_run["seconds"] / best, "target": TARGETS.get(bs),
-            "identical_tokens": ours_tokens == nemo_tokens, "tokens_per_audio_second": n_tokens / audio,
+        row: dict[str, Any] = {
+            "batch_size": bs, "audio_seconds": audio, "utterances": len(utts), "nemo_rtfx": audio / nemo_wall,
+            "target": TARGETS.get(bs), "tokens_per_audio_second": n_tokens / audio,
+            "nemo_passes_seconds": nemo_seconds[bs],
             "nemo_decoder_tokens_per_s": nemo_run["decoder"]["tokens"] / nemo_run["decoder"]["seconds"],
-            "fastaed_decoder_tokens_per_s": dec["tokens"] / dec["seconds"],
-        })  # fmt: skip
-        runs[-1]["decoder_speedup"] = (
-            runs[-1]["fastaed_decoder_tokens_per_s"] / runs[-1]["nemo_decoder_tokens_per_s"]
-        )
+        }  # fmt: skip
+        for dtype, tr in transcribers.items():
+            tr.config = dataclasses.replace(tr.config, batch_size=bs)
+            wall = statistics.median(ours_seconds[dtype, bs])
+            ours_tokens, dec = _decode_as_nemo(tr, utts, bs, 2)
+            same = sum(a == b for a, b in zip(ours_tokens, nemo_tokens))
+            prefix = "" if dtype == "fp32" else f"{dtype}_"
+            row |= {
+                f"{prefix}fastaed_rtfx": audio / wall, f"{prefix}speedup": nemo_wall / wall,
+                f"{prefix}fastaed_passes_seconds": ours_seconds[dtype, bs],
+                f"{prefix}identical_tokens": ours_tokens == nemo_tokens,
+                f"{prefix}identical_token_share": same / len(nemo_tokens),
+                f"{prefix}fastaed_decoder_tokens_per_s": dec["tokens"] / dec["seconds"],
+            }  # fmt: skip
+            row[f"{prefix}decoder_speedup"] = (
+                row[f"{prefix}fastaed_decoder_tokens_per_s"] / row["nemo_decoder_tokens_per_s"]
+            )
+        runs.append(row)
     info = json.loads((ckpt / "config.json").read_text())
     return {"model": name, "params": info["num_params"]["total"], "eos_bias": eos_bias,
-            "vocab_size": info["model_config"]["vocab_size"], "runs": runs}  # fmt: skip
+            "vocab_size": info["model_config"]["vocab_size"], "runs": runs,
+            "load_average": {"min": min(loads), "max": max(loads)}}  # fmt: skip
 
 
 def calibrate_eos_bias(ckpt: Path, clips: list[dict[str, Any]], rate: float, steps: int = 10) -> float:
@@ -249,11 +299,12 @@ def run(config: NemoBenchConfig) -> dict[str, Any]:
         work = config.work or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
         models = [bench_model(name, config, work, clips) for name in config.models]
-    ok = all(r["identical_tokens"] and (r["target"] is None or r["speedup"] >= r["target"])
+    ok = all(r.get("identical_tokens", False) and (r["target"] is None or r["speedup"] >= r["target"])
              for m in models for r in m["runs"])  # fmt: skip
     return {
         "benchmark": "nemo", "models": models, "threads": config.threads, "copies": config.copies,
         "clips": len(clips), "tokens_per_second_target": config.tokens_per_second, "dtype": "fp32",
+        "fastaed_dtypes": list(config.dtypes), "protocol": PROTOCOL,
         "device": "cpu",
         "machine": platform.machine(), "torch": torch.__version__, "targets": TARGETS, "all_targets_met": ok,
     }  # fmt: skip
@@ -269,9 +320,15 @@ def print_report(result: dict[str, Any]) -> None:
                 f"{r['fastaed_rtfx']:.1f}", f"{r['speedup']:.2f}x", target,
                 f"{r['nemo_decoder_tokens_per_s']:.0f}", f"{r['fastaed_decoder_tokens_per_s']:.0f}",
                 f"{r['decoder_speedup']:.2f}x", "yes" if r["identical_tokens"] else "NO",
+                *(
+                    [f"{r['int8_fastaed_rtfx']:.1f}", f"{r['int8_speedup']:.2f}x",
+                     f"{100 * r['int8_identical_token_share']:.0f}%"]
+                    if "int8_fastaed_rtfx" in r else ["-", "-", "-"]
+                ),
             ])  # fmt: skip
     header = ["model", "batch", "tok/audio s", "NeMo RTFx", "fastaed RTFx", "speedup", "target",
-              "NeMo dec tok/s", "fastaed dec tok/s", "dec speedup", "same tokens"]  # fmt: skip
+              "NeMo dec tok/s", "fastaed dec tok/s", "dec speedup", "same tokens",
+              "int8 RTFx", "int8 x NeMo fp32", "int8 same tokens"]  # fmt: skip
     print()
     print(format_table(header, rows))
     print(
