@@ -16,11 +16,11 @@ NeMo runs fp32 (its CPU inference has no int8 mode), so int8 rows report their s
 share of clips whose tokens still equal NeMo's, not identity.
 
 RTFx = audio seconds / wall seconds, the median of ``repeats`` passes; each pass runs NeMo, then fastaed at
-every precision and batch size, and the load average is read around each engine. Decoder-only tokens/s: greedy decoding of encoder
-states computed beforehand, same batches on both sides. Tokens must be identical per clip. Random weights
-emit no EOS, so a bias on the EOS logit is calibrated (bisection, on fastaed's side) until greedy outputs
-average ``tokens_per_second`` per audio second, and written into the ``.nemo`` before both sides load it (the
-same weights); the rate that results is reported with the numbers. The
+every precision and batch size, and the load average is read around each engine. Decoder-only tokens/s: greedy
+decoding of encoder states computed beforehand, same batches on both sides. Tokens must be identical per clip
+(fp32). Random weights emit no EOS, so a bias on the EOS logit is calibrated (bisection, on fastaed's side)
+until greedy outputs average ``tokens_per_second`` per audio second, and written into the ``.nemo`` before
+both sides load it (the same weights); the rate that results is reported with the numbers. The
 models: ``tiny`` (2 + 2 layers at 64/96) and ``canary-180m-flash`` (17 x 512 encoder, 4 x 1024 decoder, 8
 heads, 128 mels: the published architecture) with ``max_sequence_length`` 128 and NeMo's default
 ``max_generation_delta`` -1 (the cap is then fixed, not batch-dependent). Targets: >= 2x at batch 1 and >= 3x
