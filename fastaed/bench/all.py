@@ -220,15 +220,15 @@ def machine() -> str:
 
 
 def execute(module: ModuleType, config: Any) -> tuple[dict[str, Any], int]:
-    """What ``fastaed bench NAME`` does with a config: run, print the report, write the JSON (when the
-    config has a ``json`` path); returns the result and the exit status (``module.exit_status`` if any)."""
+    """What ``fastaed bench NAME`` does with a config: run, write the JSON (when the config has a ``json``
+    path), print the report; returns the result and the exit status (``module.exit_status`` if any)."""
     result = module.run(config)
-    module.print_report(result)
     path = getattr(config, "json", None)
-    if path is not None:
+    if path is not None:  # written before the report: a failing report never costs the measurement
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(result, indent=2, default=float) + "\n")  # default: numpy scalars
         print(f"wrote {path}", file=sys.stderr)  # stderr: some reports end with a JSON line on stdout
+    module.print_report(result)
     status = module.exit_status(result, config) if hasattr(module, "exit_status") else 0
     return result, status
 
