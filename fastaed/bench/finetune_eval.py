@@ -180,11 +180,12 @@ def markdown_section(result: dict[str, Any], labels: dict[str, str], command: st
             )
         lines.append("")
         for manifest, v in result["real_speech_verdict"].items():
-            met = "met" if v["met"] else "**missed**"
-            lines.append(
-                f"- {Path(manifest).name}: fine-tuned unpadded − original padded = {v['points']:+.1f} points "
-                f"(target ≤ +1: {met})."
-            )
+            for recipe, r in v.get("by_recipe", {}).items():
+                met = "met" if r["met"] else "**missed**"
+                lines.append(
+                    f"- {Path(manifest).name}: fine-tuned ({recipe}) unpadded − original padded = "
+                    f"{r['points']:+.1f} points (target ≤ +1: {met})."
+                )
     lines += ["", f"![learning curves]({png})", SECTION_END]
     return "\n".join(lines)
 
