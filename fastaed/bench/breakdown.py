@@ -120,9 +120,9 @@ def _transcriber(name: str, dtype: str, tmp: Path) -> tuple[Any, Any, dict[str, 
         tokenizer = small_tokenizer(tmp / f"{name}-tokenizer", vocab_size=128)
         n_mels = model.config.encoder.n_mels
         frontend = {"kind": "nemo", "n_mels": n_mels, "dither": 0.0}
-        transcriber = Transcriber.from_model(
-            model, tokenizer, DecodeConfig(batch_size=1, decode_text=False, progress=False), frontend
-        )
+        # No loop guard: a random decoder repeats itself, and the guard would cut the forced outputs short.
+        decode = DecodeConfig(batch_size=1, decode_text=False, progress=False, loop_guard="off")
+        transcriber = Transcriber.from_model(model, tokenizer, decode, frontend)
         return transcriber, True, {"weights": "random (forced lengths)", "input": "unpadded"}
     raise ValueError(f"unknown model {name!r}: choose from {(*WHISPER_MODELS, *CANARY_MODELS)}")
 

@@ -118,6 +118,60 @@ def _adapt_row(model: str) -> Row:
     )
 
 
+def _whisper_speed_row(model: str) -> Row:
+    """fastaed against faster-whisper on real clips, fp32 and int8 (``fastaed bench whisper``)."""
+    name = f"whisper_{model.replace('.', '_')}.json"
+
+    def ours(precision: str, bs: int, key: str, fmt: str = "x2") -> str:
+        return "{" + f"{name}:runs[engine=fastaed,precision={precision},batch_size={bs}].{key}|{fmt}" + "}"
+
+    def peer(precision: str, bs: int) -> str:
+        return "{" + f"{name}:runs[engine=faster-whisper,precision={precision},batch_size={bs}].rtfx|f1" + "}"
+
+    wer = "{" + f"{name}:int8_vs_fp32[batch_size=1].wer_points|pts" + "}"
+    return Row(
+        f"Whisper {model}, 30 s padded, {{{name}:clips.count|int}} real clips, 2 CPU threads (median of 3 "
+        "passes, engines alternating): fastaed fp32 over faster-whisper float32, batch 1 / 16; fastaed int8 "
+        "over faster-whisper int8, batch 1 / 16; int8 WER change",
+        f"**{ours('fp32', 1, 'vs_fw_same_precision')} / {ours('fp32', 16, 'vs_fw_same_precision')}; "
+        f"{ours('int8', 1, 'vs_fw_same_precision')} / {ours('int8', 16, 'vs_fw_same_precision')}; {wer}** "
+        f"(transcripts identical to faster-whisper's in fp32: "
+        f"{{{name}:identical_transcripts.*.identical|int}} of {{{name}:clips.count|int}})",
+        f"faster-whisper RTFx float32 {peer('float32', 1)} / {peer('float32', 16)}, int8 {peer('int8', 1)} / "
+        f"{peer('int8', 16)}",
+        "≥ 1.2x / ≥ 2x; ≥ 1x / ≥ 1x; ≤ +0.3 points (see BENCHMARKS.md)",
+        needs=name,
+    )
+
+
+def _nemo_row() -> Row:
+    def at(bs: int, key: str, fmt: str = "x2") -> str:
+        return "{" + f"nemo.json:models[model=canary-180m-flash].runs[batch_size={bs}].{key}|{fmt}" + "}"
+
+    return Row(
+        "canary-180m-flash (published architecture, NeMo-built random weights), real clips, 2 CPU threads: "
+        "RTFx over NeMo `transcribe()` fp32, batch 1 / 16; fastaed int8 over NeMo fp32",
+        f"**{at(1, 'speedup')} / {at(16, 'speedup')}**; int8 {at(1, 'int8_speedup')} / "
+        f"{at(16, 'int8_speedup')}",
+        f"NeMo RTFx {at(1, 'nemo_rtfx', 'f1')} / {at(16, 'nemo_rtfx', 'f1')}",
+        "≥ 2x / ≥ 3x (fp32; see BENCHMARKS.md)",
+        needs="nemo.json",
+    )
+
+
+def _distilled_finetune_row() -> Row:
+    name = "finetune_distilled.json"
+    return Row(
+        "Whisper tiny.en fine-tuned on synthetic speech with the distillation term (`bench finetune "
+        f"--recipes distilled`, {{{name}:config.time_budget_s|int}} s, {{{name}:runs.0.steps|int}} steps), "
+        "unpadded: real-speech WER change vs the padded original, pocketsphinx / Asterisk",
+        f"**{{{name}:real_speech_verdict.*.by_recipe.distilled.points|pts}}**",
+        "plain fine-tune (bucketed, 480 s): {finetune.json:real_speech_verdict.*.points|pts}",
+        "≤ +1 point",
+        needs=name,
+    )
+
+
 # The README's results table. Paths name the record each number comes from; see the module docstring.
 ROWS: tuple[Row, ...] = (
     Row(
@@ -304,6 +358,10 @@ ROWS: tuple[Row, ...] = (
     ),
     _adapt_row("tiny.en"),
     _adapt_row("base"),
+    _distilled_finetune_row(),
+    _whisper_speed_row("tiny.en"),
+    _whisper_speed_row("base"),
+    _nemo_row(),
 )
 
 
