@@ -37,6 +37,18 @@ def test_eval_reports_zero_wer_on_memorised_utterances(overfit, tmp_path, capsys
     assert [r["text"] for r in rows if r["pnc"] == "yes"] == list(SENTENCES[:4])  # exact, punctuation too
 
 
+def test_eval_in_int8_keeps_the_memorised_transcripts(overfit, tmp_path):
+    """``--dtype int8`` quantizes the FastConformer/Transformer model's linear layers on load; a model that
+    memorised its corpus still writes it, and the report names the precision."""
+    ckpt, manifest, _ = overfit
+    out = tmp_path / "eval.json"
+    code = _run(["eval", str(ckpt), "--manifest", str(manifest), "--json", str(out), "--dtype", "int8",
+                 "--no-progress"])  # fmt: skip
+    assert code == 0
+    doc = json.loads(out.read_text())
+    assert doc["dtype"] == "int8" and doc["sets"][str(manifest)]["wer"] == 0.0
+
+
 def test_pnc_prompt_selects_the_output_form(overfit, tmp_path):
     ckpt, manifest, _ = overfit
     audio = manifest.parent / "audio" / "u2.wav"
