@@ -38,6 +38,17 @@ def test_int8_linear_is_within_a_quantization_step_of_the_float_product():
     assert _cosine(got, want) > 0.999
 
 
+def test_a_rows_int8_result_does_not_depend_on_its_batch():
+    """Several rows are quantized each by its own range and summed exactly in int32: a row gives the same
+    bits beside any other rows (an outlier row or padding cannot coarsen its neighbours)."""
+    torch.manual_seed(2)
+    layer = Int8Linear(torch.randn(24, 40), torch.randn(24))
+    x = torch.randn(6, 40)
+    loud = torch.cat([x[:3], 1000 * torch.randn(1, 40)])  # the first rows beside an outlier row
+    assert torch.equal(layer(x)[:3], layer(loud)[:3])
+    assert torch.equal(layer(x.view(2, 3, 40)).view(6, 24), layer(x))
+
+
 def test_int8_linear_without_bias_and_on_one_row():
     torch.manual_seed(1)
     w = torch.randn(300, 32)
