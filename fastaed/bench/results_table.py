@@ -135,7 +135,7 @@ def _whisper_speed_row(model: str) -> Row:
         "over faster-whisper int8, batch 1 / 16; int8 WER change",
         f"**{ours('fp32', 1, 'vs_fw_same_precision')} / {ours('fp32', 16, 'vs_fw_same_precision')}; "
         f"{ours('int8', 1, 'vs_fw_same_precision')} / {ours('int8', 16, 'vs_fw_same_precision')}; {wer}** "
-        f"(transcripts identical to faster-whisper's in fp32: "
+        f"(full precision: transcripts identical to faster-whisper's on "
         f"{{{name}:identical_transcripts.*.identical|int}} of {{{name}:clips.count|int}})",
         f"faster-whisper RTFx float32 {peer('float32', 1)} / {peer('float32', 16)}, int8 {peer('int8', 1)} / "
         f"{peer('int8', 16)}",
@@ -151,7 +151,7 @@ def _nemo_row() -> Row:
     return Row(
         "canary-180m-flash (published architecture, NeMo-built random weights), real clips, 2 CPU threads: "
         "RTFx over NeMo `transcribe()` fp32, batch 1 / 16; fastaed int8 over NeMo fp32",
-        f"**{at(1, 'speedup')} / {at(16, 'speedup')}**; int8 {at(1, 'int8_speedup')} / "
+        f"**{at(1, 'speedup')} / {at(16, 'speedup')}**; quantized: {at(1, 'int8_speedup')} / "
         f"{at(16, 'int8_speedup')}",
         f"NeMo RTFx {at(1, 'nemo_rtfx', 'f1')} / {at(16, 'nemo_rtfx', 'f1')}",
         "≥ 2x / ≥ 3x (fp32; see BENCHMARKS.md)",
