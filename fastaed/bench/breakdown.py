@@ -94,8 +94,8 @@ def ops_per_step(model: Any, enc: torch.Tensor, enc_lens: torch.Tensor, prompt: 
     return sum(1 for e in prof.events() if e.name.startswith("aten::"))
 
 
-def _transcriber(name: str, dtype: str, tmp: Path) -> tuple[Any, Any, dict[str, Any]]:
-    """(transcriber, forced-length rule or None, model facts) for a model name."""
+def _transcriber(name: str, dtype: str, tmp: Path) -> tuple[Any, bool, dict[str, Any]]:
+    """(transcriber, whether output lengths are forced (random weights), model facts) for a model name."""
     from fastaed.decode.transcribe import DecodeConfig, Transcriber
 
     config = DecodeConfig(
@@ -108,7 +108,7 @@ def _transcriber(name: str, dtype: str, tmp: Path) -> tuple[Any, Any, dict[str, 
 
         checkpoint = import_whisper(fetch_whisper(name), tmp / name)
         transcriber = Transcriber(checkpoint, config)
-        return transcriber, None, {"weights": "real", "input": "30 s padded"}
+        return transcriber, False, {"weights": "real", "input": "30 s padded"}
     if name in CANARY_MODELS:
         from fastaed.bench.fixtures import small_tokenizer
         from fastaed.model import build_model
@@ -169,7 +169,7 @@ def _model_breakdown(
 ) -> dict:
     from fastaed.data.manifest import Utterance
 
-    transcriber, forced_rule, facts = _transcriber(name, dtype, tmp)
+    transcriber, forced_lengths, facts = _transcriber(name, dtype, tmp)
     utts = [
         Utterance(c.audio, c.seconds, c.text, source_lang="en", target_lang="en", pnc=True) for c in clips
     ]
@@ -177,7 +177,9 @@ def _model_breakdown(
     head_rows = torch.randn(1, d_model)
 
     def forced(u: Any) -> torch.Tensor | None:
-        return torch.tensor([max(1, round(u.duration * config.tokens_per_second))]) if forced_rule else None
+        return (
+            torch.tensor([max(1, round(u.duration * config.tokens_per_second))]) if forced_lengths else None
+        )
 
     _one_clip(transcriber, utts[0], forced(utts[0]), head_rows)  # warm-up, untimed
     passes = []

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import platform
 import statistics
 import subprocess
@@ -42,7 +43,6 @@ from typing import Any
 
 import torch
 
-from fastaed.bench.whisper import load_average
 from fastaed.data.manifest import Utterance
 from fastaed.decode.search import greedy_search, nemo_limits
 from fastaed.decode.transcribe import DecodeConfig, Transcriber
@@ -157,19 +157,19 @@ def bench_model(
     theirs: dict[str, Any] = {}
     loads: list[float] = []
     for _ in range(config.repeats):
-        loads.append(load_average() or 0.0)
+        loads.append(os.getloadavg()[0])
         out_json = work / f"{name}-nemo.json"
         _nemo(config, "bench", str(nemo_path), str(work / f"{name}-req.json"), str(out_json))
         theirs = json.loads(out_json.read_text())
         for bs in config.batch_sizes:
             nemo_seconds[bs].append(theirs["runs"][str(bs)]["seconds"])
-        loads.append(load_average() or 0.0)
+        loads.append(os.getloadavg()[0])
         torch.set_num_threads(config.threads)
         for dtype, tr in transcribers.items():
             for bs in config.batch_sizes:
                 tr.config = dataclasses.replace(tr.config, batch_size=bs)
                 ours_seconds.setdefault((dtype, bs), []).append(tr.run(utts).wall_seconds)
-        loads.append(load_average() or 0.0)
+        loads.append(os.getloadavg()[0])
     runs = []
     for bs in config.batch_sizes:
         tr = transcribers.get("fp32") or next(iter(transcribers.values()))

@@ -36,6 +36,7 @@ faster-whisper int8 at both, within 0.3 WER points of fp32; unpadded >= 5x padde
 from __future__ import annotations
 
 import json
+import os
 import platform
 import statistics
 import tempfile
@@ -288,14 +289,6 @@ def _weights(model: str) -> tuple[Path, str]:
     return folder, folder.name
 
 
-def load_average() -> float | None:
-    """The 1-minute load average (``uptime``'s first figure), None where the OS has none."""
-    try:
-        return float(Path("/proc/loadavg").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return None
-
-
 def interleave(a: list, b: list) -> list:
     """a0, b0, a1, b1, ... then the rest of the longer list: engines alternate within a repeat."""
     out = []
@@ -335,6 +328,7 @@ def run(config: WhisperBenchConfig) -> dict[str, Any]:
     texts: dict[tuple, list[str]] = {}
     timings: dict[tuple, list[dict[str, Any]]] = {}
     extra: dict[tuple, dict[str, Any]] = {}
+    failed: set[tuple] = set()  # peer cells that failed once: not retried in later passes
 
     with tempfile.TemporaryDirectory(prefix="fastaed-whisper-bench-") as tmp:
         start = time.perf_counter()
@@ -344,9 +338,9 @@ def run(config: WhisperBenchConfig) -> dict[str, Any]:
             for repeat in range(config.repeats):
                 for engine, precision, mode in cells:
                     key = (engine, precision, mode, bs)
-                    if engine == "faster-whisper" and key in extra and extra[key].get("failed"):
+                    if key in failed:
                         continue
-                    load_before = load_average()
+                    load_before = os.getloadavg()[0]
                     try:
                         if engine == "fastaed":
                             out = run_fastaed(checkpoint, clips, mode, bs, precision, language)
@@ -354,17 +348,18 @@ def run(config: WhisperBenchConfig) -> dict[str, Any]:
                             out = run_peer(folder, clips, precision, bs, threads, language)
                     except PeerError as e:
                         notes.append(f"faster-whisper {precision} batch {bs} failed: {e}")
-                        extra[key] = {"failed": True}
+                        failed.add(key)
                         continue
+                    load_after = os.getloadavg()[0]
                     got = out.pop("texts")
                     texts.setdefault(key, got)
                     timings.setdefault(key, []).append(
                         {"rtfx": out["rtfx"], "wall_seconds": out["wall_seconds"],
-                         "load_before": load_before, "load_after": load_average()}
+                         "load_before": load_before, "load_after": load_after}
                     )  # fmt: skip
                     extra.setdefault(key, {k: v for k, v in out.items() if k not in ("rtfx", "wall_seconds")})
                     print(f"{engine} {precision} {mode} batch {bs} pass {repeat + 1}: RTFx {out['rtfx']:.2f}"
-                          f" (load {load_before} -> {load_average()})", flush=True)  # fmt: skip
+                          f" (load {load_before:.2f} -> {load_after:.2f})", flush=True)  # fmt: skip
     runs = []
     for bs in config.batch_sizes:
         for engine, precision, mode in cells:
@@ -384,7 +379,6 @@ def run(config: WhisperBenchConfig) -> dict[str, Any]:
             runs.append(row)
     _add_ratios(runs)
     loads = [p[k] for ps in timings.values() for p in ps for k in ("load_before", "load_after")]
-    loads = [x for x in loads if x is not None]
     return {
         "protocol": (
             f"RTFx = audio s / wall s, median of {config.repeats} passes with the engines alternating within "

@@ -184,7 +184,7 @@ def load_for_inference(
     if dtype == "int8":
         if dev.type != "cpu":
             raise ValueError(f"--dtype int8 runs on CPU; the device is {dev} (use bf16 on a GPU)")
-        return quantize_int8(model.float().eval()), tokenizer, dev, torch.float32
+        return quantize_int8(model), tokenizer, dev, torch.float32
     torch_dtype = resolve_dtype(dtype, dev)
     return model.to(torch_dtype).eval(), tokenizer, dev, torch_dtype
 
@@ -274,7 +274,6 @@ class Transcriber:
         self.model, self.tokenizer, self.device, self.dtype = load_for_inference(
             checkpoint, tokenizer_dir, self.config.device, self.config.dtype
         )
-        self.precision = "int8" if is_quantized(self.model) else str(self.dtype).removeprefix("torch.")
         meta = read_checkpoint_meta(checkpoint)
         self.frontend = self._frontend(meta.get("frontend"))
         self.suppress, self.suppress_at_start = self._suppression()
@@ -298,7 +297,6 @@ class Transcriber:
         self.model, self.tokenizer = model.eval(), tokenizer
         param = next(model.parameters())
         self.device, self.dtype = param.device, param.dtype
-        self.precision = "int8" if is_quantized(model) else str(self.dtype).removeprefix("torch.")
         self.frontend = self._frontend(frontend)
         self.suppress, self.suppress_at_start = self._suppression()
         self.generation = generation
@@ -320,6 +318,11 @@ class Transcriber:
         order = sorted(usable, key=lambda i: -utterances[i].duration)
         size = self.config.batch_size
         return [order[i : i + size] for i in range(0, len(order), size)]
+
+    @property
+    def precision(self) -> str:
+        """What reports name: ``int8`` for a quantized model, else its dtype (``float32``, ``bfloat16``)."""
+        return "int8" if is_quantized(self.model) else str(self.dtype).removeprefix("torch.")
 
     @property
     def padded_whisper(self) -> bool:

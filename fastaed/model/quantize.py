@@ -29,6 +29,9 @@ import warnings
 import torch
 from torch import Tensor, nn
 
+from fastaed.model.attention import CrossAttention, SelfAttention
+from fastaed.model.decoder import TransformerDecoder
+
 # One-row products: 7-bit activations (PyTorch's default for x86 dynamic linears): without VNNI the int8
 # kernels add byte pairs into a saturating int16, which a full 8-bit range can overflow.
 REDUCE_RANGE = True
@@ -93,9 +96,6 @@ def quantize_int8(model: nn.Module) -> nn.Module:
     if param.device.type != "cpu":
         raise ValueError(f"int8 inference runs on CPU; the model is on {param.device}")
     model.float().eval()
-    from fastaed.model.attention import CrossAttention, SelfAttention
-    from fastaed.model.decoder import TransformerDecoder
-
     for module in list(model.modules()):
         if isinstance(module, SelfAttention) and module.qv_bias is not None:
             module.qkv = Int8Linear(module.qkv.weight, module.bias)  # type: ignore[assignment]
