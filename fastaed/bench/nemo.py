@@ -47,13 +47,15 @@ from fastaed.data.manifest import Utterance
 from fastaed.decode.search import greedy_search, nemo_limits
 from fastaed.decode.transcribe import DecodeConfig, Transcriber
 from fastaed.util.tables import format_table
+from fastaed.util.threads import wait_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 RUNNER = Path(__file__).resolve().parent / "peers" / "nemo_runner.py"
 TARGETS = {1: 2.0, 16: 3.0}
 PROTOCOL = (
     "median wall time of --repeats passes, each pass NeMo transcribe() (its own warm-up) then fastaed at "
-    "every precision and batch size (one untimed warm-up batch each); load average read around each engine"
+    "every precision and batch size (one untimed warm-up batch each); load average read around each engine; "
+    "same CPU threads and OpenMP wait settings (NeMo's subprocess inherits the environment)"
 )
 TIMESTAMP_TOKENS = [f"<|{i}|>" for i in range(900)]  # Canary-2's special set has them: a realistic vocabulary
 
@@ -302,7 +304,8 @@ def run(config: NemoBenchConfig) -> dict[str, Any]:
     ok = all(r.get("identical_tokens", False) and (r["target"] is None or r["speedup"] >= r["target"])
              for m in models for r in m["runs"])  # fmt: skip
     return {
-        "benchmark": "nemo", "models": models, "threads": config.threads, "copies": config.copies,
+        "benchmark": "nemo", "models": models, "threads": config.threads,
+        "openmp_wait": wait_settings(), "copies": config.copies,
         "clips": len(clips), "tokens_per_second_target": config.tokens_per_second, "dtype": "fp32",
         "fastaed_dtypes": list(config.dtypes), "protocol": PROTOCOL,
         "device": "cpu",

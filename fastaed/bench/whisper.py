@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from fastaed.util.tables import format_table, pct
+from fastaed.util.threads import wait_settings
 
 if TYPE_CHECKING:
     from fastaed.decode.scoring import Normalizer
@@ -383,13 +384,15 @@ def run(config: WhisperBenchConfig) -> dict[str, Any]:
         "protocol": (
             f"RTFx = audio s / wall s, median of {config.repeats} passes with the engines alternating within "
             "each pass (load average recorded before and after every pass); model load and one warm-up batch "
-            "excluded; audio reading + features + encoder + decoder timed; greedy; same CPU threads for both "
-            "engines; WER after Whisper's English normaliser"
+            "excluded; audio reading + features + encoder + decoder timed; greedy; same CPU threads and "
+            "OpenMP wait settings for both engines (both use libgomp; the peer inherits the environment); "
+            "WER after Whisper's English normaliser"
         ),
         "model": name,
         "weights": str(folder),
         "import_seconds": import_seconds,
         "threads": threads,
+        "openmp_wait": wait_settings(),
         "cpu": _cpu_name(),
         "cpu_bf16": cpu_has_bf16(),
         "versions": versions,

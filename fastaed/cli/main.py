@@ -112,5 +112,5 @@ def run_command(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> None:
-    set_thread_wait_policy()  # before build_parser(): the subcommand modules import torch
+    set_thread_wait_policy(argv=sys.argv[1:] if argv is None else argv)  # before the imports of torch
     sys.exit(run_command(parse(build_parser(), argv)))

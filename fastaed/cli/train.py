@@ -50,7 +50,7 @@ def train_cmd(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> None:
     from fastaed.cli.main import parse, run_command, set_thread_wait_policy
 
-    set_thread_wait_policy()  # as `fastaed` does: torchrun starts ranks through this entry point
+    set_thread_wait_policy(argv=["train"])  # as `fastaed train` does: torchrun starts ranks here
     parser = argparse.ArgumentParser(prog="fastaed")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     register(sub)

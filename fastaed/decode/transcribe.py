@@ -35,6 +35,7 @@ from fastaed.formats import TOKENIZER_DIR, load_model, read_checkpoint_meta, ver
 from fastaed.model import EncoderDecoderModel
 from fastaed.model.quantize import is_quantized, quantize_int8
 from fastaed.util.devices import resolve_device, resolve_dtype, synchronize
+from fastaed.util.heap import reuse_freed_memory
 
 AnyTokenizer = Tokenizer | WhisperTokenizer  # what load_tokenizer returns
 # What an entry's pnc=no asks of a model that has no pnc prompt (Whisper): see ``Transcriber.run``.
@@ -179,6 +180,8 @@ def load_for_inference(
     """Model (eval mode, on the device, in the inference dtype) and its tokenizer. ``int8``: float32 weights
     quantized for CPU (``fastaed.model.quantize``); the returned dtype is then the activations' (float32)."""
     dev = resolve_device(device)
+    if dev.type == "cpu":
+        reuse_freed_memory()  # batched CPU decoding was mostly page faults (fastaed.util.heap)
     tokenizer = find_tokenizer(checkpoint, tokenizer_dir)
     model = load_model(checkpoint, map_location=dev)
     if dtype == "int8":
