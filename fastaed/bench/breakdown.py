@@ -94,7 +94,7 @@ def ops_per_step(model: Any, enc: torch.Tensor, enc_lens: torch.Tensor, prompt: 
     return sum(1 for e in prof.events() if e.name.startswith("aten::"))
 
 
-def _transcriber(name: str, dtype: str, tmp: Path) -> tuple[Any, bool, dict[str, Any]]:
+def model_transcriber(name: str, dtype: str, tmp: Path) -> tuple[Any, bool, dict[str, Any]]:
     """(transcriber, whether output lengths are forced (random weights), model facts) for a model name."""
     from fastaed.decode.transcribe import DecodeConfig, Transcriber
 
@@ -169,7 +169,7 @@ def _model_breakdown(
 ) -> dict:
     from fastaed.data.manifest import Utterance
 
-    transcriber, forced_lengths, facts = _transcriber(name, dtype, tmp)
+    transcriber, forced_lengths, facts = model_transcriber(name, dtype, tmp)
     utts = [
         Utterance(c.audio, c.seconds, c.text, source_lang="en", target_lang="en", pnc=True) for c in clips
     ]

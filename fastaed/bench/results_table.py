@@ -118,6 +118,20 @@ def _adapt_row(model: str) -> Row:
     )
 
 
+def _adapt_all_clips_row() -> Row:
+    """Whisper base's adaptation re-judged on every held-out clip (batch 16, no peer)."""
+    name = "adapt_base_all_clips.json"
+    return Row(
+        f"… Whisper base adapted, on every held-out clip ({{{name}:sets.*.clips|int}} per set), batch 16: "
+        "WER change per set / loops",
+        f"**{{{name}:summary.wer_delta_points.*|pts}} / {{{name}:summary.adapted_loops|int}}**",
+        f"padded original: WER {{{name}:summary.wer.a.*|pct1}}; original unpadded: "
+        f"{{{name}:summary.loops.b.total|int}} loops",
+        "≤ +0.5 points / 0",
+        needs=name,
+    )
+
+
 def _whisper_speed_row(model: str) -> Row:
     """fastaed against faster-whisper on real clips, fp32 and int8 (``fastaed bench whisper``)."""
     name = f"whisper_{model.replace('.', '_')}.json"
@@ -140,6 +154,25 @@ def _whisper_speed_row(model: str) -> Row:
         f"faster-whisper RTFx float32 {peer('float32', 1)} / {peer('float32', 16)}, int8 {peer('int8', 1)} / "
         f"{peer('int8', 16)}",
         "≥ 1.2x / ≥ 2x; ≥ 1x / ≥ 1x; ≤ +0.3 points (see BENCHMARKS.md)",
+        needs=name,
+    )
+
+
+def _int8_heldout_row(model: str) -> Row:
+    """int8 against fp32 on every held-out English clip (``bench whisper --heldout``), with the peer's."""
+    name = f"whisper_heldout_{model.replace('.', '_')}.json"
+
+    def wer(engine: str, precision: str) -> str:
+        return "{" + f"{name}:runs[engine={engine},precision={precision},batch_size=16].wer.all|pct1" + "}"
+
+    return Row(
+        f"Whisper {model} quantized vs full precision on the held-out real speech "
+        f"({{{name}:clips.count|int}} clips: pocketsphinx and the held-out Asterisk half), batch 16: "
+        "WER change",
+        f"**{{{name}:int8_vs_fp32[batch_size=16].wer_points|pts}}** (WER {wer('fastaed', 'fp32')} -> "
+        f"{wer('fastaed', 'int8')})",
+        f"faster-whisper float32 {wer('faster-whisper', 'float32')} -> int8 {wer('faster-whisper', 'int8')}",
+        "≤ +0.3 points",
         needs=name,
     )
 
@@ -359,9 +392,12 @@ ROWS: tuple[Row, ...] = (
     ),
     _adapt_row("tiny.en"),
     _adapt_row("base"),
+    _adapt_all_clips_row(),
     _distilled_finetune_row(),
     _whisper_speed_row("tiny.en"),
     _whisper_speed_row("base"),
+    _int8_heldout_row("tiny.en"),
+    _int8_heldout_row("base"),
     _nemo_row(),
 )
 

@@ -62,6 +62,7 @@ TARGETS = {
     "int8_wer_points": TARGET_INT8_WER_POINTS, "unpadded": TARGET_UNPADDED,
 }  # fmt: skip
 SETS = ("pocketsphinx", "asterisk")
+WINDOW_S = 30.0  # Whisper's window: a longer clip is left out of this benchmark (counted in the record)
 
 
 @dataclass(frozen=True)
@@ -73,7 +74,11 @@ class WhisperBenchConfig:
         default=Path("data/real"), metadata={"help": "real-check folder (built there when missing)"}
     )
     sets: tuple[str, ...] = field(default=SETS, metadata={"help": "pocketsphinx and/or asterisk"})
-    max_clips_per_set: int = field(default=16, metadata={"help": "clips per set (evenly chosen)"})
+    max_clips_per_set: int = field(default=16, metadata={"help": "clips per set (evenly chosen; 0: all)"})
+    heldout: bool = field(
+        default=False,
+        metadata={"help": "the Asterisk set's held-out half (never used to adapt or tune) instead of all"},
+    )
     batch_sizes: tuple[int, ...] = field(default=(1, 16), metadata={"help": "batch sizes to time"})
     modes: tuple[str, ...] = field(
         default=("padded", "unpadded"), metadata={"help": "fastaed input modes: padded, unpadded"}
@@ -130,6 +135,30 @@ def _manifest(data_dir: Path, name: str) -> Path:
             prepare_asterisk(data_dir)
         return path
     raise ValueError(f"unknown set {name!r}; expected one of {SETS}")
+
+
+def _heldout(config: WhisperBenchConfig) -> dict[str, Path] | None:
+    """Set name -> held-out manifest when ``config.heldout`` (built with ``data real-check`` when missing)."""
+    if not config.heldout:
+        return None
+    from fastaed.data.heldout import heldout_manifests
+
+    for name in config.sets:
+        _manifest(config.data_dir, name)  # the whole set first: its halves are written beside it
+    found = heldout_manifests(config.data_dir, {"en"})
+    missing = [name for name in config.sets if name not in found]
+    if missing:
+        raise FileNotFoundError(
+            f"no held-out manifest for {missing} in {config.data_dir} (run `fastaed data real-check --out "
+            f"{config.data_dir}`)"
+        )
+    return {name: found[name] for name in config.sets}
+
+
+def within_window(clips: list[Clip]) -> tuple[list[Clip], list[Clip]]:
+    """(clips that fit one Whisper window, the longer ones): both engines decode one 30 s window per clip
+    here; a longer clip is long-form decoding, which ``bench longform`` measures."""
+    return [c for c in clips if c.seconds <= WINDOW_S], [c for c in clips if c.seconds > WINDOW_S]
 
 
 def evenly(items: list, count: int) -> list:
@@ -308,11 +337,17 @@ def run(config: WhisperBenchConfig) -> dict[str, Any]:
         torch.set_num_threads(config.threads)
     threads = torch.get_num_threads()
     folder, name = _weights(config.model)
-    clips = load_clips(config.data_dir, tuple(config.sets), config.max_clips_per_set)
+    clips = load_clips(
+        config.data_dir, tuple(config.sets), config.max_clips_per_set or None, _heldout(config)
+    )
+    notes: list[str] = []
+    clips, over_window = within_window(clips)
+    if over_window:
+        notes.append(f"{len(over_window)} clips longer than Whisper's {WINDOW_S:.0f} s window left out: "
+                     + ", ".join(f"{c.utt_id} ({c.seconds:.1f} s)" for c in over_window[:5]))  # fmt: skip
     if not clips:
         raise ValueError(f"no clips in {config.data_dir} for sets {config.sets}")
     language = config.language
-    notes: list[str] = []
     versions: dict[str, str] = {"torch": torch.__version__}
     peer = config.peer and whisper_peer_python() is not None
     if not config.peer:
@@ -399,6 +434,7 @@ def run(config: WhisperBenchConfig) -> dict[str, Any]:
         "load_average": {"min": min(loads), "max": max(loads)} if loads else None,
         "clips": {
             "count": len(clips),
+            "over_window_left_out": len(over_window),
             "audio_seconds": sum(c.seconds for c in clips),
             "by_set": {s: sum(c.set == s for c in clips) for s in dict.fromkeys(c.set for c in clips)},
             "mean_seconds": sum(c.seconds for c in clips) / len(clips),

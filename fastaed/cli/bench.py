@@ -42,6 +42,8 @@ BENCHMARKS = {
                          "Whisper on real speech: fastaed vs faster-whisper, padded and unpadded input"),
     "breakdown": Benchmark("fastaed.bench.breakdown", "BreakdownBenchConfig",
                            "batch-1 time: features, encoder, decoder blocks, output layer, search"),
+    "step-compile": Benchmark("fastaed.bench.step_compile", "StepCompileBenchConfig",
+                              "batch-1 decoding step: eager vs torch.compile, speed and bit-identity"),
     "shards": Benchmark("fastaed.bench.shards", "ShardsBenchConfig",
                         "streaming sampler: 512-rank simulation, tar vs loose reads, vs Lhotse on Shar"),
     "finetune": Benchmark("fastaed.bench.finetune", "FinetuneBenchConfig",

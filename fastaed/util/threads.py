@@ -21,8 +21,10 @@ OMP_WAIT_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}
 # kept that speed, and with two busy processes on the 2 cores stayed level with sleeping waits in fp32
 # (2.6 vs 2.7) where libgomp's default spin fell to 1.4-1.9.
 DECODE_WAIT_ENV = {"GOMP_SPINCOUNT": "20000"}
-DECODING_COMMANDS = frozenset({"transcribe", "eval", "serve", "bench whisper", "bench nemo",
-                               "bench breakdown", "bench rtfx", "bench longform", "bench serve"})  # fmt: skip
+DECODING_COMMANDS = frozenset({
+    "transcribe", "eval", "serve", "bench whisper", "bench nemo", "bench breakdown", "bench step-compile",
+    "bench rtfx", "bench longform", "bench serve",
+})  # fmt: skip
 
 
 def wait_policy_for(argv: Sequence[str]) -> dict[str, str]:

@@ -225,6 +225,19 @@ def test_a_record_gives_a_readme_row_and_a_benchmarks_section_that_check_then_ho
     assert benchmarks.read_text() == text
 
 
+def test_the_every_clip_record_is_rendered_after_the_sampled_ones(tmp_path):
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "adapt_tiny_en.json").write_text(json.dumps(_record()))
+    every = _record() | {"model": "base", "command": "fastaed bench adapt --model base --batch-sizes 16"}
+    (results / adapt.ALL_CLIPS_RECORD).write_text(json.dumps(every))
+    text = adapt.document_with_section("# B\n", Records(results).load, Records(results).exists)
+    assert text is not None
+    sampled = text.index("#### Whisper tiny.en: adapted to unpadded input")
+    heading = text.index("#### Whisper base: every held-out clip\n\n" + adapt.ALL_CLIPS_INTRO)
+    assert sampled < heading < text.index("--batch-sizes 16`") < text.index(adapt.SECTION_END)
+
+
 def test_bad_options_and_a_broken_summary_are_one_line_errors(tmp_path, models):
     from fastaed.util.files import FileFormatError
 

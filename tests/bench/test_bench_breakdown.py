@@ -43,7 +43,7 @@ def test_stages_of_one_clip_add_up_to_the_search(tmp_path):
 
 def test_unknown_models_are_refused(tmp_path):
     with pytest.raises(ValueError, match="unknown model"):
-        bd._transcriber("whisper-huge-v9", "fp32", tmp_path)
+        bd.model_transcriber("whisper-huge-v9", "fp32", tmp_path)
 
 
 def test_report_prints_each_model(capsys):

@@ -38,6 +38,33 @@ def test_clips_come_from_both_manifests_in_utterance_order(tmp_path):
     assert clips[0].audio == str((tmp_path / "audio" / "a.wav").resolve())
 
 
+def test_heldout_mode_reads_only_the_heldout_half_and_every_clip_of_it(tmp_path):
+    from fastaed.data.heldout import is_heldout, split_manifest
+
+    ids = [f"x{i}" for i in range(40)]
+    _manifest(tmp_path / "real_check.jsonl", ["b", "a"])
+    _manifest(tmp_path / "asterisk.jsonl", ids)
+    split_manifest(tmp_path / "asterisk.jsonl")
+    config = wb.WhisperBenchConfig(data_dir=tmp_path, heldout=True, max_clips_per_set=0)
+    clips = wb.load_clips(tmp_path, config.sets, None, wb._heldout(config))
+    asterisk = [c.utt_id for c in clips if c.set == "asterisk"]
+    assert asterisk == sorted(i for i in ids if is_heldout(i)) and 0 < len(asterisk) < len(ids)
+    assert [c.utt_id for c in clips if c.set == "pocketsphinx"] == ["a", "b"]  # held out whole
+
+
+def test_clips_longer_than_the_window_are_set_apart_not_dropped():
+    clips = [_clip(0, "a", 29.9), _clip(1, "b", 30.0), _clip(2, "c", 31.1)]
+    kept, left_out = wb.within_window(clips)
+    assert [c.utt_id for c in kept] == ["u0", "u1"] and [c.utt_id for c in left_out] == ["u2"]
+
+
+def test_heldout_mode_names_the_missing_half(tmp_path):
+    _manifest(tmp_path / "real_check.jsonl", ["a"])
+    _manifest(tmp_path / "asterisk.jsonl", ["x0"])
+    with pytest.raises(FileNotFoundError, match="held-out manifest.*asterisk"):
+        wb._heldout(wb.WhisperBenchConfig(data_dir=tmp_path, heldout=True))
+
+
 def test_wer_uses_whisper_normaliser_per_set():
     clips = [_clip(0, "ten of clubs", corpus="pocketsphinx"), _clip(1, "press one"), _clip(2, "hmm")]
     wer = wb.wer_by_set(clips, ["10 of clubs.", "Press 2.", "anything"])
