@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import Any
 
 from fastaed.util.tables import format_table, pct
+from fastaed.util.threads import wait_settings
 
 
 @dataclass(frozen=True)
@@ -403,7 +404,7 @@ def run(config: LongformBenchConfig) -> dict[str, Any]:
         "same_text_as_openai": same,
         "targets": targets(rows, same),
         "versions": versions,
-        "environment": {k: os.environ.get(k) for k in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS")},
+        "environment": wait_settings() | {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")},
         "cpu": cpu_name(),
         "command": command_line(config),
         "notes": notes,
@@ -501,5 +502,5 @@ def main(argv: list[str] | None = None) -> int:
 if __name__ == "__main__":
     from fastaed.util.threads import set_thread_wait_policy
 
-    set_thread_wait_policy()  # as the fastaed command does, before torch loads
+    set_thread_wait_policy(argv=["transcribe"])  # as `fastaed transcribe` does, before torch loads
     sys.exit(main())

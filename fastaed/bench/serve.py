@@ -56,6 +56,7 @@ from fastaed.bench.serve_load import (
     serving,
 )
 from fastaed.util.tables import format_table, pct
+from fastaed.util.threads import wait_settings
 
 FW_SERVER = Path(__file__).resolve().parent / "peers" / "fw_server.py"
 TARGETS = {
@@ -227,13 +228,13 @@ def robustness(url: str, pid: int, work: Workload, config: ServeBenchConfig,
 
 def server_command(name: str, weights, port: int, threads: int) -> tuple[list[str], dict[str, str]]:
     """The target's server command line and environment (``weights``: a longform ``Weights``). Every
-    server gets OpenMP threads that sleep when they wait (``util/threads.py``; unless the user chose a
-    policy), whatever started the benchmark: the same setting for fastaed and CTranslate2."""
+    server gets the OpenMP wait setting of `fastaed serve` (``util/threads.py``: a short spin, then sleep;
+    unless the user chose a policy), whatever started the benchmark: the same for fastaed and CTranslate2."""
     from fastaed.util.threads import set_thread_wait_policy
 
     program, max_batch = TARGETS[name]
     env = dict(os.environ)
-    set_thread_wait_policy(env)
+    set_thread_wait_policy(env, argv=["serve"])
     if program == "fastaed":
         cmd = [sys.executable, "-m", "fastaed", "serve", str(weights.checkpoint), "--host", "127.0.0.1",
                "--port", str(port), "--device", "cpu", "--dtype", "fp32", "--drain-s", "5",
@@ -254,8 +255,9 @@ def run_target(name: str, weights, work: Workload, config: ServeBenchConfig, log
     program, port = TARGETS[name][0], free_port()
     url, limit = f"http://127.0.0.1:{port}", config.level_timeout_s
     command, env = server_command(name, weights, port, config.threads)
+    threads = {"OMP_NUM_THREADS": env.get("OMP_NUM_THREADS")}
     row: dict[str, Any] = {"target": name, "program": program, "command": shlex.join(command),
-                           "environment": {k: env.get(k) for k in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS")},
+                           "environment": wait_settings(env) | threads,
                            "load_before": machine_load()}  # fmt: skip
     print(f"{name}: starting", file=sys.stderr, flush=True)
     with serving(command, url, log_dir / f"{name}.log", env) as proc:

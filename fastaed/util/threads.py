@@ -14,6 +14,7 @@ from collections.abc import MutableMapping, Sequence
 # cores (perf: ~80% of the profile's CPU time inside libgomp's spin loop) and a training step ~18x. Sleeping
 # waits cost nothing measurable there on a quiet machine (a tiny-flash training step 0.73 vs 0.74 s).
 OMP_WAIT_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}
+WAIT_VARIABLES = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")  # a user who sets either keeps their own
 
 # Decoding: a short spin, then sleep. A batch-1 decoding step is hundreds of tiny parallel regions, and waking
 # a sleeping thread for each cost ~20% of tiny.en's batch-1 speed on a quiet machine (ad hoc, 28 real clips:
@@ -40,7 +41,7 @@ def set_thread_wait_policy(
     """Set the wait policy of the command in ``argv`` (default: this process's arguments; see
     :func:`wait_policy_for`); False when the user chose a policy or torch is already imported (its OpenMP
     runtime has read the environment: this process keeps its own)."""
-    if "OMP_WAIT_POLICY" in environ or "GOMP_SPINCOUNT" in environ:
+    if any(k in environ for k in WAIT_VARIABLES):
         return False
     # Also inherited by data-loader workers and any subprocess.
     environ.update(wait_policy_for(sys.argv[1:] if argv is None else argv))
@@ -49,4 +50,4 @@ def set_thread_wait_policy(
 
 def wait_settings(environ: MutableMapping[str, str] = os.environ) -> dict[str, str | None]:
     """The OpenMP wait variables in effect (benchmarks record them; a peer subprocess inherits them)."""
-    return {k: environ.get(k) for k in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    return {k: environ.get(k) for k in WAIT_VARIABLES}
