@@ -64,7 +64,10 @@ TRAINED_INPUT = {"bucketed": "unpadded", "padded": "padded", "hf": "padded", "di
 WINDOW_S = 30.0  # Whisper's padded input
 TARGETS = {"over_padded": 4.0, "over_hf": 5.0, "real_wer_points": 1.0}
 MARKDOWN_HEADING = "## Fine-tuning Whisper: bucketed vs 30 s padding vs Hugging Face (issue 15)"
-DEFAULT_REAL = (Path("data/real/real_check.jsonl"), Path("data/real/asterisk.jsonl"))
+# Real speech never trained on: the pocketsphinx clips and the held-out half of the Asterisk prompts (the
+# other half is the distilled recipe's replay audio)
+DEFAULT_REAL = (Path("data/real/real_check.jsonl"), Path("data/real/asterisk.heldout.jsonl"))
+DEFAULT_REPLAY = (Path("data/real/asterisk.adapt.jsonl"),)
 
 
 @dataclass(frozen=True)
@@ -101,6 +104,13 @@ class FinetuneBenchConfig:
         default=DEFAULT_REAL, metadata={"help": "real-speech sets for the WER table (missing ones skipped)"}
     )
     real_max_utts: int = field(default=100, metadata={"help": "utterances per real set (spread; 0: all)"})
+    replay_manifests: tuple[Path, ...] = field(
+        default=DEFAULT_REPLAY,
+        metadata={"help": "distilled: other audio kept, labelled by the original (missing ones skipped)"},
+    )
+    replay_share: float = field(
+        default=0.2, metadata={"help": "distilled: share of the training draws that are replay clips"}
+    )
     out_dir: Path = field(default=Path("runs/bench-finetune"), metadata={"help": "one run folder per recipe"})
     png: Path | None = field(default=None, metadata={"help": "learning curves (default: OUT_DIR/curves.png)"})
     json: Path | None = field(default=None, metadata={"help": "write the results here"})
@@ -112,6 +122,8 @@ class FinetuneBenchConfig:
         unknown = set(self.recipes) - set(RECIPES)
         if unknown or not self.recipes:
             raise ValueError(f"recipes: choose from {', '.join(RECIPES)}, got {', '.join(self.recipes)}")
+        if not 0 <= self.replay_share < 1:
+            raise ValueError(f"replay_share must be in [0, 1), got {self.replay_share}")
 
 
 def _children_by_scan() -> dict[int, list[int]]:
@@ -255,6 +267,7 @@ def recipe_overrides(config: FinetuneBenchConfig, recipe: str, checkpoint: Path)
             "distill.teacher_input=padded",
             "distill.state_weight=1.0",
             "distill.cache=lazy",  # in the budget: the teacher runs on what the run reaches, once per clip
+            *replay_overrides(config),
         ]
         return [
             *common,
@@ -274,6 +287,37 @@ def recipe_overrides(config: FinetuneBenchConfig, recipe: str, checkpoint: Path)
         "sampler.profile=null",
         f"sampler.max_duration={budget}",
     ]
+
+
+def replay_overrides(config: FinetuneBenchConfig) -> list[str]:
+    """``distill.replay_manifests`` of the distilled recipe: the replay sets that exist, weighted so that
+    together they are ``replay_share`` of the draws (``fastaed.sampling.weights``: a weight is copies per
+    utterance against the training manifests' 1)."""
+    replay = [Path(m) for m in config.replay_manifests if Path(m).is_file()]
+    if not replay or config.replay_share == 0:
+        return []
+    n_train = sum(len(_durations(m)) for m in config.train_manifests)
+    n_replay = sum(1 for m in replay for _ in iter_lines(m))  # entries (transcripts not needed)
+    weight = max(config.replay_share / (1 - config.replay_share) * n_train / n_replay, 1.0)
+    return [f"distill.replay_manifests=[{','.join(f'{m}:{weight:.4g}' for m in replay)}]"]
+
+
+def check_replay_apart(config: FinetuneBenchConfig) -> None:
+    """Refuse replay audio that is also scored as real speech never trained on (naming file and line)."""
+    scored: dict[str, str] = {}
+    for manifest in (Path(m) for m in config.real_manifests if Path(m).is_file()):
+        for u in read_manifest(manifest):
+            scored.setdefault(str(Path(u.audio_filepath).resolve()), f"{manifest}:{u.line}")
+    for manifest in (Path(m) for m in config.replay_manifests if Path(m).is_file()):
+        base = manifest.parent.absolute()
+        for number, _, raw in iter_lines(manifest):
+            audio = json.loads(raw).get("audio_filepath")
+            where = scored.get(str((base / str(audio)).resolve())) if audio else None
+            if where is not None:
+                raise ValueError(
+                    f"{manifest}:{number}: replay audio {audio} is also scored as unseen real speech "
+                    f"({where}); replay only audio kept apart from --real-manifests"
+                )
 
 
 def _run_fastaed(config: FinetuneBenchConfig, recipe: str, checkpoint: Path) -> dict[str, Any]:
@@ -306,6 +350,7 @@ def _run_fastaed(config: FinetuneBenchConfig, recipe: str, checkpoint: Path) -> 
         "final_train_loss": s.get("final_train_loss"),
         "model": str(out / latest) if latest else str(out),
         "curve": fastaed_curve(out),
+        **({"replay": s["replay"]} if s.get("replay") else {}),  # distilled: replay sets, clips, drops
     }
 
 
@@ -425,6 +470,8 @@ def run(config: FinetuneBenchConfig) -> dict[str, Any]:
     for path in (config.config, *config.train_manifests, config.dev_manifest):
         if not Path(path).is_file():
             raise FileNotFoundError(f"{path}: not found (the demo corpus: make demo, or fastaed synth)")
+    if "distilled" in config.recipes:
+        check_replay_apart(config)
     recipes, skipped = list(config.recipes), {}
     if "hf" in recipes:
         from fastaed.bench.peers.hf_finetune import hf_peer_python

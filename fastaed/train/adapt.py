@@ -156,16 +156,17 @@ def dev_split(entries: list[dict[str, Any]], dev_clips: int) -> tuple[list[dict]
 
 
 def pseudo_label(
-    checkpoint: Path, utts: list[Utterance], threads: int | None
+    checkpoint: Path, utts: list[Utterance], threads: int | None, whisper_input: str = "padded"
 ) -> tuple[dict[int, str], dict[str, int], float]:
-    """The teacher's greedy padded transcripts of ``utts`` (position -> text), with the loop guard on:
-    a looping output is dropped (counted by guard), as is an empty one. Returns (texts, dropped, seconds)."""
+    """The teacher's greedy transcripts of ``utts`` (position -> text) on ``whisper_input`` (a Whisper
+    front end; "auto" for others), with the loop guard on: a looping output is dropped (counted by guard),
+    as is an empty one. Returns (texts, dropped, seconds)."""
     from fastaed.decode.transcribe import DecodeConfig, Transcriber
 
     if not utts:
         return {}, {}, 0.0
     t0 = time.perf_counter()
-    config = DecodeConfig(batch_size=16, device="cpu" if threads else "auto", whisper_input="padded",
+    config = DecodeConfig(batch_size=16, device="cpu" if threads else "auto", whisper_input=whisper_input,
                           loop_guard="on", progress=True)  # fmt: skip
     result = Transcriber(checkpoint, config).run(utts, on_bad_input="skip", warmup=False)
     by_path = {(t.utterance.manifest, t.utterance.line): t for t in result.transcripts}

@@ -190,6 +190,9 @@ class DistillSection:
     temperature: float = 1.0  # softens both distributions in the KL term
     cache: str = "before"  # "before": a teacher pass over the data first, kept on disk; "lazy": per batch
     cache_batch_size: int = 8  # utterances per teacher batch while building the cache
+    # Other audio trained on beside the data, labelled by the teacher (PATH or PATH:WEIGHT), so a fine-tune
+    # keeps the teacher's behaviour there too (``fastaed.train.replay``)
+    replay_manifests: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         _require(
@@ -201,6 +204,10 @@ class DistillSection:
         _require(self.temperature > 0, "distill.temperature must be > 0")
         _require(self.cache_batch_size >= 1, "distill.cache_batch_size must be >= 1")
         _require(self.cache in ("before", "lazy"), f"distill.cache: before or lazy, got {self.cache!r}")
+        _require(
+            self.teacher is not None or not self.replay_manifests,
+            "distill.replay_manifests needs distill.teacher (the teacher labels the replay audio)",
+        )
 
     @property
     def enabled(self) -> bool:

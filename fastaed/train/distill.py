@@ -64,11 +64,15 @@ class TeacherIdentity:
 
     @classmethod
     def of(cls, teacher: Path, teacher_input: str, index: MetadataIndex) -> TeacherIdentity:
-        listed = teacher / CHECKSUMS_FILE
-        listing = json.loads(listed.read_text()) if listed.is_file() else {}
-        entry = (listing.get("files") or {}).get("model.safetensors") or {}
-        digest = entry.get("sha256") or f"size:{(teacher / 'model.safetensors').stat().st_size}"
-        return cls(index.key, digest, teacher_input, len(index))
+        return cls(index.key, weights_digest(teacher), teacher_input, len(index))
+
+
+def weights_digest(checkpoint: Path) -> str:
+    """The sha256 of a checkpoint's weights file as its checksum listing records it (its size otherwise)."""
+    listed = checkpoint / CHECKSUMS_FILE
+    listing = json.loads(listed.read_text()) if listed.is_file() else {}
+    entry = (listing.get("files") or {}).get("model.safetensors") or {}
+    return entry.get("sha256") or f"size:{(checkpoint / 'model.safetensors').stat().st_size}"
 
 
 @dataclass

@@ -152,6 +152,7 @@ class Session:
                 "audio_by_reason": dict(self.totals.bad_input),
             },
             "rejected": account["rejected"],
+            **({"replay": data.replay} if data.replay else {}),  # teacher-labelled replay sets: clips, drops
             "checkpoint": str(checkpoint),
             "resumed_from": str(self.resumed_from) if self.resumed_from else None,
             "model": cfg.model_name, "params": sum(p.numel() for p in self.parts.params),

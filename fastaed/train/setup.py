@@ -17,7 +17,7 @@ the random streams of the steps.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +59,7 @@ from fastaed.train.metrics import (
 )
 from fastaed.train.pretrained import AnyTokenizer, Pretrained
 from fastaed.train.profile.profile import ProfileIdentity
+from fastaed.train.replay import replay_specs
 from fastaed.train.shards import ShardData, make_stream_sampler, open_train_shards
 from fastaed.train.step import Precision, build_optimizer
 from fastaed.util import outputs
@@ -159,6 +160,7 @@ class TrainData:
     dev_set: AEDDataset | None
     sampler_for: SamplerFactory
     shards: ShardData | None = None
+    replay: dict[str, Any] = field(default_factory=dict)  # per distill.replay_manifests entry: clips, dropped
 
     @property
     def train_report(self) -> BadInputReport:
@@ -222,8 +224,9 @@ def load_data(
         identity = ProfileIdentity.for_training(model_cfg, device, precision.name, tokenizer, frontend)
     if cfg.data.train_shards:
         return _load_shard_data(cfg, info, tokenizer, identity, limits)
+    replay, replay_report = replay_specs(cfg)  # distill.replay_manifests, labelled by the teacher
     with D.rank0_first():  # rank 0 builds the index cache, the other ranks then read it
-        specs = [ManifestSpec.parse(m) for m in cfg.data.train_manifests]
+        specs = [ManifestSpec.parse(m) for m in cfg.data.train_manifests] + replay
         train_index = build_index(specs, tokenizer, on_bad_input=policy)
         dev_index = (
             build_index([cfg.data.dev_manifest], tokenizer, on_bad_input=policy)
@@ -233,7 +236,7 @@ def load_data(
     train_set = AEDDataset(train_index, tokenizer, on_bad_input="skip")
     dev_set = AEDDataset(dev_index, tokenizer, on_bad_input="skip") if dev_index is not None else None
     sampler_for = make_sampler_factory(cfg, train_index, info, identity, limits)
-    return TrainData(tokenizer, train_index, dev_index, train_set, dev_set, sampler_for)
+    return TrainData(tokenizer, train_index, dev_index, train_set, dev_set, sampler_for, replay=replay_report)
 
 
 def _load_shard_data(
