@@ -153,3 +153,12 @@ def test_adapt_cli_names_missing_audio(setup, tmp_path, capsys):
         main(["adapt", str(ckpt), "--out", str(tmp_path / "o"), "--audio", str(tmp_path / "nowhere.jsonl")])
     assert info.value.code != 0
     assert "nowhere.jsonl" in capsys.readouterr().err
+
+
+def test_the_whole_command_ends_within_its_time_budget(setup, tmp_path):
+    _, labelled, _ = setup
+    budget = 10.0
+    unlimited = ("runtime.num_workers=0", "runtime.progress=false", "runtime.ckpt_every=0")
+    summary = adapt(config(setup, tmp_path, labelled, time_budget_s=budget, overrides=unlimited))
+    assert summary["steps"] > 3  # trained until the budget, not a step cap
+    assert summary["wall_s"] <= budget, summary["wall_s"]  # stages, last step, dev evaluation, export
