@@ -104,9 +104,10 @@ def test_bench_refuses_replay_audio_it_also_scores(setup, tmp_path):
     _, data, other = setup
     clip = json.loads(data.read_text().splitlines()[3])
     mixed = tmp_path / "mixed.jsonl"  # line 2: a scored clip (by absolute path, without its transcript)
-    mixed.write_text(other.read_text().splitlines()[0] + "\n" + json.dumps(
-        {**{k: v for k, v in clip.items() if k != "text"}, "audio_filepath": str(data.parent / clip["audio_filepath"])}
-    ) + "\n")  # fmt: skip
+    scored = {k: v for k, v in clip.items() if k != "text"} | {
+        "audio_filepath": str(data.parent / clip["audio_filepath"])
+    }
+    mixed.write_text(other.read_text().splitlines()[0] + "\n" + json.dumps(scored) + "\n")
     both = FinetuneBenchConfig(train_manifests=(other,), real_manifests=(data,), replay_manifests=(mixed,))
     with pytest.raises(
         ValueError, match=r"mixed.jsonl:2: replay audio .*u3.wav is also scored .*train.jsonl:4"
