@@ -111,6 +111,10 @@ class FinetuneBenchConfig:
     replay_share: float = field(
         default=0.2, metadata={"help": "distilled: share of the training draws that are replay clips"}
     )
+    distilled_init: Path | None = field(
+        default=None,
+        metadata={"help": "distilled: start from this checkpoint (e.g. fastaed adapt's); teacher: original"},
+    )
     out_dir: Path = field(default=Path("runs/bench-finetune"), metadata={"help": "one run folder per recipe"})
     png: Path | None = field(default=None, metadata={"help": "learning curves (default: OUT_DIR/curves.png)"})
     json: Path | None = field(default=None, metadata={"help": "write the results here"})
@@ -256,6 +260,9 @@ def recipe_overrides(config: FinetuneBenchConfig, recipe: str, checkpoint: Path)
         "runtime.eval_every=0",
         "runtime.ckpt_every=0",
     ]
+    if recipe == "distilled" and config.distilled_init is not None:
+        # an unpadded start (fastaed adapt's output) learns the new data; the teacher stays the original
+        common[0] = f"model.init_from={config.distilled_init}"
     if recipe in ("bucketed", "distilled"):
         budget = [f"sampler.max_duration={config.max_duration}"]
         if config.profile is not None:
@@ -351,6 +358,7 @@ def _run_fastaed(config: FinetuneBenchConfig, recipe: str, checkpoint: Path) -> 
         "model": str(out / latest) if latest else str(out),
         "curve": fastaed_curve(out),
         **({"replay": s["replay"]} if s.get("replay") else {}),  # distilled: replay sets, clips, drops
+        "init_from": next(o.split("=", 1)[1] for o in command if o.startswith("model.init_from=")),
     }
 
 

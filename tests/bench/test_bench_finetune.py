@@ -131,13 +131,23 @@ def test_one_manifest_keeps_every_line_of_every_manifest_with_resolvable_audio(t
 
 
 def test_distilled_recipe_is_the_bucketed_one_plus_the_padded_original_as_teacher(tmp_path):
-    config = FinetuneBenchConfig(config=REPO / "configs" / "finetune_whisper_tiny.yaml", out_dir=tmp_path)
+    yaml = REPO / "configs" / "finetune_whisper_tiny.yaml"
+    config = FinetuneBenchConfig(config=yaml, out_dir=tmp_path, replay_manifests=())
     bucketed = recipe_overrides(config, "bucketed", tmp_path / "ckpt")
     distilled = recipe_overrides(config, "distilled", tmp_path / "ckpt")
     extra = [x for x in distilled if x not in bucketed]
     assert f"distill.teacher={tmp_path / 'ckpt'}" in extra and "distill.teacher_input=padded" in extra
     assert "distill.cache=lazy" in extra and all(x.startswith(("distill.", "runtime.out_dir")) for x in extra)
     assert not any(x.startswith("distill.") for x in bucketed)
+    # started from another checkpoint (fastaed adapt's), the teacher is still the original on padded input
+    adapted = FinetuneBenchConfig(
+        config=yaml, out_dir=tmp_path, replay_manifests=(), distilled_init=tmp_path / "a"
+    )
+    started = recipe_overrides(adapted, "distilled", tmp_path / "ckpt")
+    assert (
+        f"model.init_from={tmp_path / 'a'}" in started and f"distill.teacher={tmp_path / 'ckpt'}" in started
+    )
+    assert f"model.init_from={tmp_path / 'ckpt'}" in recipe_overrides(adapted, "bucketed", tmp_path / "ckpt")
 
 
 def test_every_recipe_gets_the_yaml_loader_workers_hf_included(tmp_path):
