@@ -175,12 +175,17 @@ def find_tokenizer(checkpoint: str | Path, tokenizer_dir: str | Path | None = No
 
 
 def load_for_inference(
-    checkpoint: str | Path, tokenizer_dir: str | Path | None = None, device: str = "auto", dtype: str = "auto"
+    checkpoint: str | Path,
+    tokenizer_dir: str | Path | None = None,
+    device: str = "auto",
+    dtype: str = "auto",
+    keep_freed_memory: bool = True,
 ) -> tuple[EncoderDecoderModel, AnyTokenizer, torch.device, torch.dtype]:
     """Model (eval mode, on the device, in the inference dtype) and its tokenizer. ``int8``: float32 weights
-    quantized for CPU (``fastaed.model.quantize``); the returned dtype is then the activations' (float32)."""
+    quantized for CPU (``fastaed.model.quantize``); the returned dtype is then the activations' (float32).
+    ``keep_freed_memory`` False: a process that goes on to train (pseudo-labels) keeps glibc's heap."""
     dev = resolve_device(device)
-    if dev.type == "cpu":
+    if dev.type == "cpu" and keep_freed_memory:
         reuse_freed_memory()  # batched CPU decoding was mostly page faults (fastaed.util.heap)
     tokenizer = find_tokenizer(checkpoint, tokenizer_dir)
     model = load_model(checkpoint, map_location=dev)
@@ -272,10 +277,11 @@ class Transcriber:
         checkpoint: str | Path,
         config: DecodeConfig | None = None,
         tokenizer_dir: str | Path | None = None,
+        keep_freed_memory: bool = True,  # False in a process that trains afterwards (fastaed.util.heap)
     ):
         self.config = config or DecodeConfig()
         self.model, self.tokenizer, self.device, self.dtype = load_for_inference(
-            checkpoint, tokenizer_dir, self.config.device, self.config.dtype
+            checkpoint, tokenizer_dir, self.config.device, self.config.dtype, keep_freed_memory
         )
         meta = read_checkpoint_meta(checkpoint)
         self.frontend = self._frontend(meta.get("frontend"))

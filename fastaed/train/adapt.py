@@ -171,7 +171,9 @@ def pseudo_label(
     t0 = time.perf_counter()
     config = DecodeConfig(batch_size=16, device="cpu" if threads else "auto", whisper_input=whisper_input,
                           loop_guard="on", progress=True)  # fmt: skip
-    result = Transcriber(checkpoint, config).run(utts, on_bad_input="skip", warmup=False)
+    # this process trains next: its heap stays glibc's (inference's keep-the-peak setting is not for training)
+    transcriber = Transcriber(checkpoint, config, keep_freed_memory=False)
+    result = transcriber.run(utts, on_bad_input="skip", warmup=False)
     by_path = {(t.utterance.manifest, t.utterance.line): t for t in result.transcripts}
     texts, dropped = {}, {"loop": 0, "empty": 0, "unreadable": sum(result.skipped.counts.values())}
     for i, utt in enumerate(utts):

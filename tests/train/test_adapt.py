@@ -22,6 +22,7 @@ from fastaed.train.adapt import (
     adapt,
     choose_clips,
     dev_split,
+    pseudo_label,
 )
 from fastaed.util.outputs import OutputExistsError
 from tests import whisper_fixtures as wf
@@ -162,3 +163,18 @@ def test_the_whole_command_ends_within_its_time_budget(setup, tmp_path):
     summary = adapt(config(setup, tmp_path, labelled, time_budget_s=budget, overrides=unlimited))
     assert summary["steps"] > 3  # trained until the budget, not a step cap
     assert summary["wall_s"] <= budget, summary["wall_s"]  # stages, last step, dev evaluation, export
+
+
+def test_pseudo_labelling_leaves_the_training_process_heap_alone(setup, monkeypatch):
+    """Inference keeps its peak heap (fastaed.util.heap); a process that trains after labelling must not."""
+    import fastaed.decode.transcribe as transcribe
+
+    ckpt, labelled, _ = setup
+    calls = []
+    monkeypatch.setattr(transcribe, "reuse_freed_memory", lambda: calls.append("labels") or True)
+    report = BadInputReport()
+    utts = [u for u, _ in choose_clips([labelled], True, 100, 0, report)][:2]
+    texts, dropped, _ = pseudo_label(ckpt, utts, threads=1)
+    assert len(texts) + sum(dropped.values()) == 2 and not calls
+    Transcriber(ckpt, DecodeConfig(device="cpu", progress=False))  # what transcribe/eval/serve load with
+    assert calls == ["labels"]
