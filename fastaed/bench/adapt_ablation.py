@@ -63,8 +63,9 @@ class AdaptAblationConfig:
 
 
 def run(config: AdaptAblationConfig) -> dict[str, Any]:
-    from fastaed.train.adapt import RUN_DIR, is_real
+    from fastaed.train.adapt import RUN_DIR
     from fastaed.train.distill import CACHE_FILE
+    from fastaed.train.teacher_labels import is_real
 
     unknown = sorted(set(config.variants) - set(VARIANTS))
     if unknown:

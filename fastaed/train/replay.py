@@ -57,8 +57,8 @@ def label_replay(teacher: Path, teacher_input: str, manifest: Path, out: Path) -
     from fastaed.data.index import file_digest
     from fastaed.data.tokenizer import load_tokenizer
     from fastaed.formats import TOKENIZER_DIR
-    from fastaed.train.adapt import choose_clips, pseudo_label
     from fastaed.train.distill import weights_digest
+    from fastaed.train.teacher_labels import choose_clips, pseudo_label
 
     if not manifest.is_file():
         raise FileNotFoundError(f"distill.replay_manifests: {manifest} does not exist")

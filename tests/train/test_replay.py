@@ -80,10 +80,10 @@ def test_replay_labels_are_reused_until_the_manifest_changes(setup, tmp_path, mo
     labelled = tmp_path / "run" / REPLAY_DIR / f"0-{other.stem}.jsonl"
     first = labelled.read_text()
     calls = []
-    import fastaed.train.adapt as adapt_module
+    import fastaed.train.teacher_labels as labels_module
 
-    real = adapt_module.pseudo_label
-    monkeypatch.setattr(adapt_module, "pseudo_label", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = labels_module.pseudo_label
+    monkeypatch.setattr(labels_module, "pseudo_label", lambda *a, **k: calls.append(1) or real(*a, **k))
     train(config(setup, tmp_path / "run"), resume="none")
     assert not calls and labelled.read_text() == first
     changed = tmp_path / "changed.jsonl"  # the same clips by absolute path: another manifest
