@@ -246,8 +246,11 @@ def recipe_overrides(config: FinetuneBenchConfig, recipe: str, checkpoint: Path)
     """``fastaed train`` overrides of a fastaed recipe (the same data, weights, threads and budget for both).
 
     No dev set during training: every model is scored afterwards by the same decode (finetune_eval)."""
+    # distilled --distilled-init: an unpadded start (fastaed adapt's output) learns the new data; the teacher
+    # stays the original
+    start = config.distilled_init if recipe == "distilled" and config.distilled_init else checkpoint
     common = [
-        f"model.init_from={checkpoint}",
+        f"model.init_from={start}",
         f"data.train_manifests=[{','.join(map(str, config.train_manifests))}]",
         "data.dev_manifest=null",
         f"runtime.out_dir={config.out_dir / recipe}",
@@ -260,9 +263,6 @@ def recipe_overrides(config: FinetuneBenchConfig, recipe: str, checkpoint: Path)
         "runtime.eval_every=0",
         "runtime.ckpt_every=0",
     ]
-    if recipe == "distilled" and config.distilled_init is not None:
-        # an unpadded start (fastaed adapt's output) learns the new data; the teacher stays the original
-        common[0] = f"model.init_from={config.distilled_init}"
     if recipe in ("bucketed", "distilled"):
         budget = [f"sampler.max_duration={config.max_duration}"]
         if config.profile is not None:
@@ -310,20 +310,24 @@ def replay_overrides(config: FinetuneBenchConfig) -> list[str]:
 
 
 def check_replay_apart(config: FinetuneBenchConfig) -> None:
-    """Refuse replay audio that is also scored as real speech never trained on (naming file and line)."""
+    """Refuse replay audio that is also scored as real speech never trained on (naming file and line).
+
+    Replay entries are read as the replay labelling reads them (``choose_clips``: no transcript needed; an
+    entry it cannot use is never replayed, and the run's replay report counts it)."""
+    from fastaed.data.errors import BadInputReport
+    from fastaed.train.teacher_labels import choose_clips
+
     scored: dict[str, str] = {}
     for manifest in (Path(m) for m in config.real_manifests if Path(m).is_file()):
         for u in read_manifest(manifest):
             scored.setdefault(str(Path(u.audio_filepath).resolve()), f"{manifest}:{u.line}")
     for manifest in (Path(m) for m in config.replay_manifests if Path(m).is_file()):
-        base = manifest.parent.absolute()
-        for number, _, raw in iter_lines(manifest):
-            audio = json.loads(raw).get("audio_filepath")
-            where = scored.get(str((base / str(audio)).resolve())) if audio else None
+        for u, _ in choose_clips([manifest], False, sys.maxsize, 0, BadInputReport()):
+            where = scored.get(str(Path(u.audio_filepath).resolve()))
             if where is not None:
                 raise ValueError(
-                    f"{manifest}:{number}: replay audio {audio} is also scored as unseen real speech "
-                    f"({where}); replay only audio kept apart from --real-manifests"
+                    f"{manifest}:{u.line}: replay audio {u.audio_filepath} is also scored as unseen real "
+                    f"speech ({where}); replay only audio kept apart from --real-manifests"
                 )
 
 

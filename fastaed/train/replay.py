@@ -21,13 +21,13 @@ clip carries the cross-entropy on the teacher's output and the KL and state term
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
 
 from fastaed.data import errors as E
 from fastaed.data.manifest import ManifestSpec
+from fastaed.formats.native import write_atomic
 from fastaed.train import distributed as D
 from fastaed.train.config import TrainConfig
 
@@ -94,12 +94,6 @@ def label_replay(teacher: Path, teacher_input: str, manifest: Path, out: Path) -
         "dropped": dropped, "left_out": left_out.to_dict(), "label_s": round(seconds, 1),
     }  # fmt: skip
     out.parent.mkdir(parents=True, exist_ok=True)
-    _write(out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-    _write(key_path, json.dumps({"key": key, "report": report}, indent=1) + "\n")  # last: marks it complete
+    write_atomic(out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    write_atomic(key_path, json.dumps({"key": key, "report": report}, indent=1) + "\n")  # last: complete
     return report
-
-
-def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)

@@ -44,7 +44,7 @@ def choose_clips(
                     raise E.BadInputError(E.BAD_FIELD, detail, path=str(manifest), line=line_no,
                                           field="source_lang")  # fmt: skip
                 if utt.task != "transcribe":
-                    detail = f"task {utt.task!r}: adaptation transcribes"
+                    detail = f"task {utt.task!r}: a teacher labels transcription only"
                     raise E.BadInputError(E.BAD_FIELD, detail, path=str(manifest), line=line_no, field="task")
             except E.BadInputError as err:
                 E.handle(err, "skip", report)

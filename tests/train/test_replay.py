@@ -15,6 +15,7 @@ from fastaed.decode.transcribe import DecodeConfig, Transcriber, utterances_from
 from fastaed.testing import write_tiny_corpus
 from fastaed.train import train
 from fastaed.train.config import ConfigError, TrainConfig
+from fastaed.train.distill import CACHE_FILE, TeacherCache
 from fastaed.train.replay import REPLAY_DIR
 from tests import whisper_fixtures as wf
 from tests.train import TEST_CONFIG
@@ -72,6 +73,8 @@ def test_replay_clips_train_with_the_teachers_transcripts(setup, tmp_path):
     assert labelled and all(r["text"] != references[r["audio_filepath"]] for r in labelled)
     index = summary["bad_input"]["train_index"]
     assert index["skipped"] == 0  # the replay rows are valid training lines
+    cache = TeacherCache.load(tmp_path / "run" / CACHE_FILE)  # indexed by the training index: data + replay
+    assert cache is not None and cache.identity.items == 6 + len(rows)
 
 
 def test_replay_labels_are_reused_until_the_manifest_changes(setup, tmp_path, monkeypatch):
