@@ -53,6 +53,10 @@ class BreakdownBenchConfig:
         metadata={"help": "tiny.en, base (real weights) and/or canary-180m-flash (random weights)"},
     )
     dtypes: tuple[str, ...] = field(default=("fp32",), metadata={"help": "fp32 and/or int8"})
+    cpu_linears: tuple[str, ...] = field(
+        default=("onednn",),
+        metadata={"help": "fp32 linear layers: onednn and/or default (PyTorch's BLAS), each timed"},
+    )
     data_dir: Path = field(default=Path("data/real"), metadata={"help": "real-check folder"})
     sets: tuple[str, ...] = field(default=("pocketsphinx", "asterisk"), metadata={"help": "clip sets"})
     max_clips_per_set: int = field(default=6, metadata={"help": "clips per set (evenly chosen)"})
@@ -62,6 +66,11 @@ class BreakdownBenchConfig:
         default=6.0, metadata={"help": "random-weight models: tokens forced per audio second"}
     )
     json: Path | None = field(default=None, metadata={"help": "write the results here"})
+
+    def __post_init__(self) -> None:
+        unknown = set(self.cpu_linears) - {"onednn", "default"}
+        if unknown or not self.cpu_linears:
+            raise ValueError(f"cpu_linears: onednn and/or default (got {sorted(unknown) or 'none'})")
 
 
 def _clock(fn: Callable[[], Any]) -> tuple[float, Any]:
@@ -94,13 +103,16 @@ def ops_per_step(model: Any, enc: torch.Tensor, enc_lens: torch.Tensor, prompt: 
     return sum(1 for e in prof.events() if e.name.startswith("aten::"))
 
 
-def model_transcriber(name: str, dtype: str, tmp: Path) -> tuple[Any, bool, dict[str, Any]]:
-    """(transcriber, whether output lengths are forced (random weights), model facts) for a model name."""
+def model_transcriber(
+    name: str, dtype: str, tmp: Path, cpu_linear: str = "onednn"
+) -> tuple[Any, bool, dict[str, Any]]:
+    """(transcriber, whether output lengths are forced (random weights), model facts) for a model name.
+    ``cpu_linear``: what fp32 linear layers run on (``DecodeConfig.cpu_linear``)."""
     from fastaed.decode.transcribe import DecodeConfig, Transcriber
 
     config = DecodeConfig(
         batch_size=1, device="cpu", dtype=dtype, progress=False,  # type: ignore[arg-type]
-        whisper_input="padded", whisper_padding="faster-whisper",
+        whisper_input="padded", whisper_padding="faster-whisper", cpu_linear=cpu_linear,  # type: ignore[arg-type]
     )  # fmt: skip
     if name in WHISPER_MODELS:
         from fastaed.formats.fetch import fetch_whisper
@@ -112,11 +124,15 @@ def model_transcriber(name: str, dtype: str, tmp: Path) -> tuple[Any, bool, dict
     if name in CANARY_MODELS:
         from fastaed.bench.fixtures import small_tokenizer
         from fastaed.model import build_model
+        from fastaed.model.onednn import use_onednn
         from fastaed.model.quantize import quantize_int8
 
         torch.manual_seed(0)
         model = build_model(name, vocab_size=CANARY_MODELS[name]).eval()
-        model = quantize_int8(model) if dtype == "int8" else model
+        if dtype == "int8":
+            model = quantize_int8(model)
+        elif cpu_linear == "onednn":
+            model = use_onednn(model)  # what loading a checkpoint for inference does
         tokenizer = small_tokenizer(tmp / f"{name}-tokenizer", vocab_size=128)
         n_mels = model.config.encoder.n_mels
         frontend = {"kind": "nemo", "n_mels": n_mels, "dither": 0.0}
@@ -165,11 +181,11 @@ def _one_clip(transcriber: Any, utt: Any, forced: torch.Tensor | None, head_rows
 
 
 def _model_breakdown(
-    name: str, dtype: str, clips: list[Any], config: BreakdownBenchConfig, tmp: Path
+    name: str, dtype: str, cpu_linear: str, clips: list[Any], config: BreakdownBenchConfig, tmp: Path
 ) -> dict:
     from fastaed.data.manifest import Utterance
 
-    transcriber, forced_lengths, facts = model_transcriber(name, dtype, tmp)
+    transcriber, forced_lengths, facts = model_transcriber(name, dtype, tmp, cpu_linear)
     utts = [
         Utterance(c.audio, c.seconds, c.text, source_lang="en", target_lang="en", pnc=True) for c in clips
     ]
@@ -199,6 +215,7 @@ def _model_breakdown(
     return {
         "model": name,
         "dtype": dtype,
+        "cpu_linear": cpu_linear if dtype == "fp32" else "int8",
         **facts,
         "clips": n,
         "audio_seconds": audio,
@@ -225,8 +242,9 @@ def run(config: BreakdownBenchConfig) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="fastaed-breakdown-") as tmp:
         for name in config.models:
             for dtype in config.dtypes:
-                rows.append(_model_breakdown(name, dtype, clips, config, Path(tmp)))
-                print(f"{name} {dtype}: RTFx {rows[-1]['rtfx']:.2f}", flush=True)
+                for linear in config.cpu_linears if dtype == "fp32" else ("onednn",):
+                    rows.append(_model_breakdown(name, dtype, linear, clips, config, Path(tmp)))
+                    print(f"{name} {dtype} {rows[-1]['cpu_linear']}: RTFx {rows[-1]['rtfx']:.2f}", flush=True)
     return {
         "benchmark": "breakdown",
         "protocol": __doc__.split("\n\n")[2].replace("\n", " ") if __doc__ else "",
@@ -244,6 +262,7 @@ def print_report(result: dict[str, Any]) -> None:
     header = [
         "model",
         "dtype",
+        "linear",
         "RTFx",
         *(f"{s} ms" for s in STAGES),
         "tok",
@@ -255,7 +274,8 @@ def print_report(result: dict[str, Any]) -> None:
     for m in result["models"]:
         ms, per_tok = m["ms_per_clip"], m["ms_per_token"]
         rows.append([
-            m["model"], m["dtype"], f"{m['rtfx']:.2f}", *(f"{ms[s]:.1f}" for s in STAGES),
+            m["model"], m["dtype"], m.get("cpu_linear", "default"), f"{m['rtfx']:.2f}",
+            *(f"{ms[s]:.1f}" for s in STAGES),
             f"{m['tokens_per_clip']:.1f}",
             f"{per_tok['blocks']:.2f}/{per_tok['head']:.2f}/{per_tok['search_overhead']:.2f}",
             str(m["ops_per_step"]), f"{m['dispatch_ms_per_token']:.2f}",

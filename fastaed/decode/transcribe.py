@@ -33,6 +33,7 @@ from fastaed.data.whisper_tokenizer import WhisperTokenizer
 from fastaed.decode.search import Hypothesis, LoopGuard, beam_search, greedy_search, nemo_limits
 from fastaed.formats import TOKENIZER_DIR, load_model, read_checkpoint_meta, verify_tokenizer
 from fastaed.model import EncoderDecoderModel
+from fastaed.model.onednn import onednn_available, use_onednn
 from fastaed.model.quantize import is_quantized, quantize_int8
 from fastaed.util.devices import resolve_device, resolve_dtype, synchronize
 from fastaed.util.heap import reuse_freed_memory
@@ -55,6 +56,11 @@ class DecodeConfig:
     dtype: Literal["auto", "bf16", "fp32", "int8"] = field(
         default="auto", metadata={"help": "auto: bf16 on GPU; int8: CPU, int8 linear layers (dynamic)"}
     )
+    cpu_linear: Literal["onednn", "default"] = field(
+        default="onednn",
+        metadata={"help": "float32 on CPU: linear layers on oneDNN (faster decoding steps) or PyTorch's "
+                  "default BLAS"},
+    )  # fmt: skip
     num_workers: int = field(
         default=0, metadata={"help": "audio-reading worker processes (0: in the main process)"}
     )
@@ -81,6 +87,8 @@ class DecodeConfig:
             raise ValueError(f"dtype must be auto, bf16, fp32 or int8, got {self.dtype!r}")
         if self.whisper_input not in ("auto", "padded", "unpadded"):
             raise ValueError(f"whisper_input must be auto, padded or unpadded, got {self.whisper_input!r}")
+        if self.cpu_linear not in ("onednn", "default"):
+            raise ValueError(f"cpu_linear must be onednn or default, got {self.cpu_linear!r}")
         if self.loop_guard not in ("auto", "on", "off"):
             raise ValueError(f"loop_guard must be auto, on or off, got {self.loop_guard!r}")
         if self.whisper_padding not in ("auto", "openai", "faster-whisper"):
@@ -180,10 +188,13 @@ def load_for_inference(
     device: str = "auto",
     dtype: str = "auto",
     keep_freed_memory: bool = True,
+    cpu_linear: str = "onednn",
 ) -> tuple[EncoderDecoderModel, AnyTokenizer, torch.device, torch.dtype]:
     """Model (eval mode, on the device, in the inference dtype) and its tokenizer. ``int8``: float32 weights
     quantized for CPU (``fastaed.model.quantize``); the returned dtype is then the activations' (float32).
-    ``keep_freed_memory`` False: a process that goes on to train (pseudo-labels) keeps glibc's heap."""
+    ``cpu_linear`` "onednn": float32 on CPU runs its linear layers on oneDNN (``fastaed.model.onednn``;
+    "default": PyTorch's BLAS). ``keep_freed_memory`` False: a process that goes on to train (pseudo-labels)
+    keeps glibc's heap."""
     dev = resolve_device(device)
     if dev.type == "cpu" and keep_freed_memory:
         reuse_freed_memory()  # batched CPU decoding was mostly page faults (fastaed.util.heap)
@@ -194,7 +205,10 @@ def load_for_inference(
             raise ValueError(f"--dtype int8 runs on CPU; the device is {dev} (use bf16 on a GPU)")
         return quantize_int8(model), tokenizer, dev, torch.float32
     torch_dtype = resolve_dtype(dtype, dev)
-    return model.to(torch_dtype).eval(), tokenizer, dev, torch_dtype
+    model = model.to(torch_dtype).eval()
+    if dev.type == "cpu" and torch_dtype == torch.float32 and cpu_linear == "onednn" and onednn_available():
+        use_onednn(model)
+    return model, tokenizer, dev, torch_dtype
 
 
 def utterances_from_audio(
@@ -281,7 +295,12 @@ class Transcriber:
     ):
         self.config = config or DecodeConfig()
         self.model, self.tokenizer, self.device, self.dtype = load_for_inference(
-            checkpoint, tokenizer_dir, self.config.device, self.config.dtype, keep_freed_memory
+            checkpoint,
+            tokenizer_dir,
+            self.config.device,
+            self.config.dtype,
+            keep_freed_memory,
+            self.config.cpu_linear,
         )
         meta = read_checkpoint_meta(checkpoint)
         self.frontend = self._frontend(meta.get("frontend"))

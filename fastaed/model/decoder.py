@@ -107,8 +107,9 @@ class TransformerDecoder(nn.Module):
         # modules and checkpoints stay plain (safetensors refuses shared storage).
         self.output = None if cfg.tie_embeddings else nn.Linear(cfg.d_model, vocab_size, bias=False)
         self.output_bias = nn.Parameter(torch.zeros(vocab_size)) if cfg.output_bias else None
-        # int8 copy of the output matrix for decoding steps, set by ``fastaed.model.quantize`` (not saved).
-        self.quantized_head: nn.Module | None = None
+        # The output layer of decoding steps on a faster kernel, chosen at load for inference (not saved):
+        # an int8 copy (``fastaed.model.quantize``) or oneDNN on this matrix (``fastaed.model.onednn``).
+        self.step_head: nn.Module | None = None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -167,8 +168,8 @@ class TransformerDecoder(nn.Module):
         if torch.is_grad_enabled() and self.training:
             return self.logits(hidden[:, None])[:, 0]
         hidden = self.final_norm(hidden)
-        if self.quantized_head is not None:
-            return self.quantized_head(hidden)
+        if self.step_head is not None:
+            return self.step_head(hidden)
         weight = self.output_weight
         key = (weight.data_ptr(), weight._version, weight.dtype, weight.device)
         cached = self.__dict__.get("_output_t")

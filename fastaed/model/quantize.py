@@ -88,7 +88,7 @@ def quantize_int8(model: nn.Module) -> nn.Module:
 
     Fused attention projections whose key part has no bias (Whisper) get their full bias folded into the
     int8 layer. A decoder's output matrix (the tied embedding) gains an int8 copy for decoding steps
-    (``TransformerDecoder.quantized_head``); the float embedding stays for token lookup and teacher forcing.
+    (``TransformerDecoder.step_head``); the float embedding stays for token lookup and teacher forcing.
     """
     if not int8_available():
         raise RuntimeError(f"this PyTorch build ({torch.__version__}) has no int8 linear kernels")
@@ -104,7 +104,7 @@ def quantize_int8(model: nn.Module) -> nn.Module:
             module.kv = Int8Linear(module.kv.weight, module.memory_bias)  # type: ignore[assignment]
             module.v_bias = None
         elif isinstance(module, TransformerDecoder):
-            module.quantized_head = Int8Linear(module.output_weight, module.output_bias)
+            module.step_head = Int8Linear(module.output_weight, module.output_bias)
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             if type(child) is nn.Linear and not (isinstance(parent, TransformerDecoder) and name == "output"):

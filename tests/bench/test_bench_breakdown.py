@@ -57,3 +57,9 @@ def test_report_prints_each_model(capsys):
     bd.print_report(result)
     out = capsys.readouterr().out
     assert "tiny.en" in out and "int8" in out and "7.50" in out and "1.00/0.50/0.10" in out
+
+
+def test_linear_backends_are_checked_where_they_are_given():
+    assert bd.BreakdownBenchConfig(cpu_linears=("default", "onednn")).cpu_linears == ("default", "onednn")
+    with pytest.raises(ValueError, match="cpu_linears"):
+        bd.BreakdownBenchConfig(cpu_linears=("mkl",))

@@ -107,7 +107,7 @@ def test_quantizing_keeps_the_float_weights_for_lookup_and_state():
     _, model, _, _ = _models()[0]
     before = {k: v.clone() for k, v in model.state_dict().items() if "embedding" in k}
     quantized = quantize_int8(copy.deepcopy(model))
-    assert quantized.decoder.quantized_head is not None
+    assert quantized.decoder.step_head is not None
     for k, v in before.items():
         assert torch.equal(quantized.state_dict()[k], v)
 
