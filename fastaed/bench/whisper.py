@@ -84,7 +84,11 @@ class WhisperBenchConfig:
         default=("padded", "unpadded"), metadata={"help": "fastaed input modes: padded, unpadded"}
     )
     fastaed_dtypes: tuple[str, ...] = field(
-        default=("fp32", "int8"), metadata={"help": "fastaed precisions: fp32, int8 (CPU), bf16"}
+        default=("fp32", "int8"),
+        metadata={
+            "help": "fastaed precisions: fp32, int8 (CPU), bf16; fp32-default: fp32 with PyTorch's "
+            "default linear layers instead of oneDNN (the before/after of fastaed.model.onednn)"
+        },
     )
     repeats: int = field(
         default=3, metadata={"help": "timed passes per cell, engines alternating (the median is reported)"}
@@ -100,9 +104,11 @@ class WhisperBenchConfig:
     json: Path | None = field(default=None, metadata={"help": "write the results here"})
 
     def __post_init__(self) -> None:
-        unknown = set(self.fastaed_dtypes) - {"fp32", "bf16", "int8"}
+        unknown = set(self.fastaed_dtypes) - {"fp32", "fp32-default", "bf16", "int8"}
         if unknown or self.repeats < 1:
-            raise ValueError(f"fastaed_dtypes: fp32, bf16, int8 (got {sorted(unknown)}); repeats >= 1")
+            raise ValueError(
+                f"fastaed_dtypes: fp32, fp32-default, bf16, int8 (got {sorted(unknown)}); repeats >= 1"
+            )
 
 
 # ---- inputs ------------------------------------------------------------------------------------------------
@@ -258,12 +264,14 @@ def run_fastaed(
     loop_guard: Literal["auto", "on", "off"] = "auto",
 ) -> dict[str, Any]:
     """fastaed's transcriber on the clips (it sorts by duration and warms up on its first batch, untimed).
+    ``dtype`` "fp32-default": fp32 on PyTorch's default linear layers (``DecodeConfig.cpu_linear``).
     ``loops``: how many outputs each loop guard ended (``auto``: on for unpadded input only)."""
     from fastaed.data.manifest import Utterance
     from fastaed.decode.transcribe import DecodeConfig, Transcriber
 
     config = DecodeConfig(
-        batch_size=batch_size, device="cpu", dtype=dtype, progress=False,
+        batch_size=batch_size, device="cpu", dtype="fp32" if dtype == "fp32-default" else dtype,
+        cpu_linear="default" if dtype == "fp32-default" else "onednn", progress=False,
         whisper_input=mode, whisper_padding="faster-whisper", loop_guard=loop_guard,
     )  # fmt: skip
     transcriber = Transcriber(checkpoint, config)
@@ -450,7 +458,8 @@ def run(config: WhisperBenchConfig) -> dict[str, Any]:
     }
 
 
-PEER_PRECISION = {"fp32": "float32", "bf16": "float32", "int8": "int8"}  # the peer cell each is compared with
+# the peer cell each is compared with
+PEER_PRECISION = {"fp32": "float32", "fp32-default": "float32", "bf16": "float32", "int8": "int8"}
 
 
 def _add_ratios(runs: list[dict[str, Any]]) -> None:
@@ -492,6 +501,9 @@ def _identical(
         )
         if ours is not None and theirs is not None:
             out[f"batch_{bs}"] = identical(ours, theirs, clips)
+        default = texts.get(("fastaed", "fp32-default", "padded", bs))
+        if ours is not None and default is not None:  # oneDNN's summation order against PyTorch's default
+            out[f"onednn_vs_default_batch_{bs}"] = identical(ours, default, clips)
     return out
 
 
@@ -539,8 +551,9 @@ def print_report(result: dict[str, Any]) -> None:
         ])  # fmt: skip
     print(format_table(header, rows))
     for key, v in result["identical_transcripts"].items():
-        print(f"identical transcripts, fastaed fp32 padded vs faster-whisper float32, "
-              f"{key.replace('_', ' ')}: {v['identical']}/{v['of']}")  # fmt: skip
+        pair = ("fastaed fp32 on oneDNN vs on the default linear layers" if key.startswith("onednn")
+                else "fastaed fp32 padded vs faster-whisper float32")  # fmt: skip
+        print(f"identical transcripts, {pair}, batch {key.rsplit('_', 1)[1]}: {v['identical']}/{v['of']}")
         for d in v["differences"]:
             print(f"  {d['utt_id']}: fastaed {d['fastaed']!r} | faster-whisper {d['faster_whisper']!r}")
     for s in result.get("int8_vs_fp32", []):

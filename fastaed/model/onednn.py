@@ -1,4 +1,4 @@
-"""float32 inference on CPU with every linear layer on oneDNN's inner product instead of PyTorch's default.
+"""float32 inference on CPU with the large linear layers on oneDNN's inner product, not PyTorch's default.
 
 Why: PyTorch's CPU ``F.linear`` on float32 calls the BLAS (MKL in the PyPI wheel), whose matrix-vector
 product runs on one thread and, for the decoder's small matrices, at a third of what the memory can deliver.
@@ -8,6 +8,12 @@ linear layers) uses both threads and streams the same weights at 1.3-2.2x the ra
 (AMD EPYC, AVX-512), one row against Whisper base's 512 -> 1,536 matrix 10.5 -> 22 GB/s, its 51,864 x 512
 output layer 9.4 -> 4.2 ms, and at 16 rows or 1,500 (the encoder) it is level or faster. ``fastaed bench
 breakdown`` records the step times with and without.
+
+Only weights of at least ``MIN_WEIGHT_ELEMENTS`` (1 MiB of float32) move: a oneDNN call costs 15-20 us more
+to set up than the BLAS one (measured: 64 x 64 at one row, 5 vs 23 us), which pays only when the weight
+streams from memory for long enough. The small canary-style test models (192 wide, every matrix under
+1 MiB and the whole decoder inside the cache) ran 10-35% slower with every layer switched; Whisper tiny.en's
+384 x 384 projections stay on the BLAS too.
 
 Same weights, same arithmetic, another summation order: logits move in the last float bits (about 1e-6
 relative), as they do between batch sizes. Whether a transcript changes is checked on real clips by the
@@ -27,6 +33,8 @@ from torch import Tensor, nn
 
 from fastaed.model.attention import CrossAttention, SelfAttention
 from fastaed.model.decoder import TransformerDecoder
+
+MIN_WEIGHT_ELEMENTS = 1 << 18  # 1 MiB of float32: smaller layers keep the BLAS call (module docstring)
 
 
 def onednn_available() -> bool:
@@ -56,8 +64,9 @@ class OneDNNLinear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, onednn"
 
 
-def use_onednn(model: nn.Module) -> nn.Module:
-    """Run, in place, every linear layer of a float32 CPU ``model`` on oneDNN; returns the model.
+def use_onednn(model: nn.Module, min_weight_elements: int | None = None) -> nn.Module:
+    """Run, in place, every linear layer of a float32 CPU ``model`` whose weight holds at least
+    ``min_weight_elements`` (default :data:`MIN_WEIGHT_ELEMENTS`) on oneDNN; returns the model.
 
     Fused Whisper projections whose key part has no bias get their full bias folded in once (it was
     rebuilt at every call). A decoder's output layer gets a oneDNN step head on the embedding matrix itself
@@ -68,24 +77,30 @@ def use_onednn(model: nn.Module) -> nn.Module:
     param = next(model.parameters())
     if param.device.type != "cpu" or param.dtype != torch.float32:
         raise ValueError(f"oneDNN linears take float32 on CPU; the model is {param.dtype} on {param.device}")
+
+    least = MIN_WEIGHT_ELEMENTS if min_weight_elements is None else min_weight_elements
+
+    def big(weight: Tensor) -> bool:
+        return weight.numel() >= least
+
     with torch.no_grad():
         for module in list(model.modules()):
-            if isinstance(module, SelfAttention) and module.qv_bias is not None:
+            if isinstance(module, SelfAttention) and module.qv_bias is not None and big(module.qkv.weight):
                 module.qkv = OneDNNLinear(module.qkv.weight, module.bias.detach().clone())  # type: ignore[assignment]
                 module.qv_bias = None
-            elif isinstance(module, CrossAttention) and module.v_bias is not None:
+            elif isinstance(module, CrossAttention) and module.v_bias is not None and big(module.kv.weight):
                 folded = module.memory_bias.detach().clone()  # type: ignore[union-attr]
                 module.kv = OneDNNLinear(module.kv.weight, folded)  # type: ignore[assignment]
                 module.v_bias = None
-            elif isinstance(module, TransformerDecoder):
+            elif isinstance(module, TransformerDecoder) and big(module.output_weight):
                 module.step_head = OneDNNLinear(module.output_weight, module.output_bias)
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
-            if type(child) is nn.Linear:
+            if type(child) is nn.Linear and big(child.weight):
                 setattr(parent, name, OneDNNLinear(child.weight, child.bias))
     return model
 
 
 def uses_onednn(model: nn.Module) -> bool:
-    """Whether :func:`use_onednn` has been applied to ``model``."""
+    """Whether any linear layer of ``model`` runs on oneDNN (:func:`use_onednn`)."""
     return any(isinstance(m, OneDNNLinear) for m in model.modules())

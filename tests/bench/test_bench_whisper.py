@@ -140,6 +140,24 @@ def test_int8_is_compared_with_the_peers_int8_and_with_fastaed_fp32():
     assert change["wer_points"] == pytest.approx(0.2) and change["rtfx_ratio"] == 1.5
 
 
+def test_default_linear_fp32_is_a_cell_compared_with_the_peers_float32_and_with_onednn():
+    assert wb.WhisperBenchConfig(fastaed_dtypes=("fp32", "fp32-default")).fastaed_dtypes[1] == "fp32-default"
+    runs = [
+        _run("fastaed", "fp32-default", "padded", 1, 5.0),
+        _run("faster-whisper", "float32", "padded", 1, 4.0),
+    ]
+    wb._add_ratios(runs)
+    assert runs[0]["vs_fw_same_precision"] == 1.25 and runs[0]["vs_fw_fp32_same_batch"] == 1.25
+    clips = [_clip(0, "a"), _clip(1, "b")]
+    texts = {
+        ("fastaed", "fp32", "padded", 1): ["A", "B"],
+        ("fastaed", "fp32-default", "padded", 1): ["A", "C"],
+        ("faster-whisper", "float32", "padded", 1): ["A", "B"],
+    }
+    out = wb._identical(texts, clips, (1,))
+    assert out["batch_1"]["identical"] == 2 and out["onednn_vs_default_batch_1"]["identical"] == 1
+
+
 def test_engines_alternate_within_a_pass():
     assert wb.interleave(["a0", "a1", "a2"], ["b0"]) == ["a0", "b0", "a1", "a2"]
     assert wb.interleave([], ["b0", "b1"]) == ["b0", "b1"]

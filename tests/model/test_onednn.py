@@ -52,7 +52,7 @@ def _models() -> list[tuple[EncoderDecoderModel, torch.Tensor, torch.Tensor, tor
 @torch.no_grad()
 def test_switched_model_decodes_the_default_paths_tokens(index):
     model, feats, lens, prompts = _models()[index]
-    fast = use_onednn(copy.deepcopy(model))
+    fast = use_onednn(copy.deepcopy(model), min_weight_elements=0)
     assert uses_onednn(fast) and not uses_onednn(model)
     assert [n for n, m in fast.named_modules() if type(m) is nn.Linear] == []
     enc, enc_lens = model.encode(feats, lens)
@@ -73,7 +73,7 @@ def test_switched_steps_agree_with_their_own_teacher_forcing():
     """The step head (oneDNN on the tied embedding matrix) and teacher forcing (the same matrix through the
     decoder's classifier) give the same logits up to rounding, position by position."""
     model, feats, lens, _ = _models()[0]
-    fast = use_onednn(copy.deepcopy(model))
+    fast = use_onednn(copy.deepcopy(model), min_weight_elements=0)
     enc, enc_lens = fast.encode(feats, lens)
     tokens = torch.randint(0, model.config.vocab_size, (3, 6))
     full = fast.decode(enc, enc_lens, tokens)
@@ -87,7 +87,7 @@ def test_switched_steps_agree_with_their_own_teacher_forcing():
 def test_switching_shares_the_weights_and_keeps_them_unchanged():
     model, _, _, _ = _models()[0]
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    fast = use_onednn(model)  # in place
+    fast = use_onednn(model, min_weight_elements=0)  # in place
     params = {id(p) for p in fast.parameters()}
     assert id(fast.decoder.step_head.weight) in params  # the embedding itself, no transposed copy
     state = fast.state_dict()
@@ -102,6 +102,21 @@ def test_switching_shares_the_weights_and_keeps_them_unchanged():
     assert torch.equal(attn.qkv.bias[:d], before["decoder.layers.0.self_attn.qv_bias"][:d])
 
 
+def test_only_layers_of_at_least_the_threshold_switch():
+    """Small matrices keep the BLAS call (oneDNN's set-up cost does not pay there): a layer switches when its
+    weight holds at least the threshold, and the output layer gets a step head only when it does."""
+    model, _, _, _ = _models()[1]
+    sizes = sorted({m.weight.numel() for m in model.modules() if type(m) is nn.Linear})
+    cut = sizes[len(sizes) // 2]
+    fast = use_onednn(copy.deepcopy(model), min_weight_elements=cut)
+    switched = {m.weight.numel() for m in fast.modules() if isinstance(m, OneDNNLinear)}
+    kept = {m.weight.numel() for m in fast.modules() if type(m) is nn.Linear}
+    assert switched and kept
+    assert min(switched) >= cut > max(kept)
+    assert (fast.decoder.step_head is not None) == (fast.decoder.output_weight.numel() >= cut)
+    assert not uses_onednn(use_onednn(copy.deepcopy(model)))  # the test model: every matrix under 1 MiB
+
+
 def test_switching_refuses_a_model_that_is_not_float32_on_cpu():
     model, _, _, _ = _models()[1]
     with pytest.raises(ValueError, match="float32 on CPU"):
@@ -112,7 +127,10 @@ def test_switching_refuses_a_model_that_is_not_float32_on_cpu():
     ("dtype", "cpu_linear", "expect"),
     [("fp32", "onednn", True), ("fp32", "default", False), ("int8", "onednn", False)],
 )
-def test_loading_for_inference_switches_float32_cpu_models_only(tmp_path, dtype, cpu_linear, expect):
+def test_loading_for_inference_switches_float32_cpu_models_only(
+    tmp_path, monkeypatch, dtype, cpu_linear, expect
+):
+    monkeypatch.setattr("fastaed.model.onednn.MIN_WEIGHT_ELEMENTS", 0)  # the tiny checkpoint's layers too
     ckpt = wf.checkpoint(tmp_path, multilingual=False)
     loaded, _, _, _ = load_for_inference(ckpt, None, "cpu", dtype, cpu_linear=cpu_linear)
     assert uses_onednn(loaded) is expect
