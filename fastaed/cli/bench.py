@@ -42,6 +42,8 @@ BENCHMARKS = {
                          "Whisper on real speech: fastaed vs faster-whisper, padded and unpadded input"),
     "breakdown": Benchmark("fastaed.bench.breakdown", "BreakdownBenchConfig",
                            "batch-1 time: features, encoder, decoder blocks, output layer, search"),
+    "linear": Benchmark("fastaed.bench.linear", "LinearBenchConfig",
+                        "one fp32 linear layer: PyTorch's default BLAS vs oneDNN, per shape and rows"),
     "step-compile": Benchmark("fastaed.bench.step_compile", "StepCompileBenchConfig",
                               "batch-1 decoding step: eager vs torch.compile, speed and bit-identity"),
     "shards": Benchmark("fastaed.bench.shards", "ShardsBenchConfig",

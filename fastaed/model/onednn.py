@@ -4,15 +4,14 @@ Why: PyTorch's CPU ``F.linear`` on float32 calls the BLAS (MKL in the PyPI wheel
 product runs on one thread and, for the decoder's small matrices, at a third of what the memory can deliver.
 A decoding step at batch 1 is nothing but matrix-vector products, so that is where its time went. oneDNN's
 inner product (``torch.ops.mkldnn._linear_pointwise``, the kernel PyTorch's own compiler emits for CPU
-linear layers) uses both threads and streams the same weights at 1.3-2.2x the rate: measured on 2 cores
-(AMD EPYC, AVX-512), one row against Whisper base's 512 -> 1,536 matrix 10.5 -> 22 GB/s, its 51,864 x 512
-output layer 9.4 -> 4.2 ms, and at 16 rows or 1,500 (the encoder) it is level or faster. ``fastaed bench
-breakdown`` records the step times with and without.
+linear layers) uses both threads and streams the same weights faster (``fastaed bench linear``: per shape
+and row count); at 16 rows or 1,500 (the encoder) it is level or faster. ``fastaed bench breakdown``
+records the step times with and without.
 
-Only weights of at least ``MIN_WEIGHT_ELEMENTS`` (1 MiB of float32) move: a oneDNN call costs 15-20 us more
-to set up than the BLAS one (measured: 64 x 64 at one row, 5 vs 23 us), which pays only when the weight
-streams from memory for long enough. The small canary-style test models (192 wide, every matrix under
-1 MiB and the whole decoder inside the cache) ran 10-35% slower with every layer switched; Whisper tiny.en's
+Only weights of at least ``MIN_WEIGHT_ELEMENTS`` (1 MiB of float32) move: a oneDNN call costs tens of
+microseconds more to set up than the BLAS one, which pays only when the weight streams from memory for long
+enough (``fastaed bench linear`` times both per shape). The small 192-wide test models (every matrix under
+1 MiB, the whole decoder inside the cache) ran slower with every layer switched; Whisper tiny.en's
 384 x 384 projections stay on the BLAS too.
 
 Same weights, same arithmetic, another summation order: logits move in the last float bits (about 1e-6
