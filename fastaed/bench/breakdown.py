@@ -108,7 +108,7 @@ def model_transcriber(
 ) -> tuple[Any, bool, dict[str, Any]]:
     """(transcriber, whether output lengths are forced (random weights), model facts) for a model name.
     ``cpu_linear``: what fp32 linear layers run on (``DecodeConfig.cpu_linear``)."""
-    from fastaed.decode.transcribe import DecodeConfig, Transcriber
+    from fastaed.decode.transcribe import DecodeConfig, Transcriber, cpu_kernels
 
     config = DecodeConfig(
         batch_size=1, device="cpu", dtype=dtype, progress=False,  # type: ignore[arg-type]
@@ -124,15 +124,10 @@ def model_transcriber(
     if name in CANARY_MODELS:
         from fastaed.bench.fixtures import small_tokenizer
         from fastaed.model import build_model
-        from fastaed.model.onednn import use_onednn
-        from fastaed.model.quantize import quantize_int8
 
         torch.manual_seed(0)
         model = build_model(name, vocab_size=CANARY_MODELS[name]).eval()
-        if dtype == "int8":
-            model = quantize_int8(model)
-        elif cpu_linear == "onednn":
-            model = use_onednn(model)  # what loading a checkpoint for inference does
+        model = cpu_kernels(model, dtype, cpu_linear)  # what loading a checkpoint for inference does
         tokenizer = small_tokenizer(tmp / f"{name}-tokenizer", vocab_size=128)
         n_mels = model.config.encoder.n_mels
         frontend = {"kind": "nemo", "n_mels": n_mels, "dither": 0.0}

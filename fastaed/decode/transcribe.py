@@ -203,12 +203,23 @@ def load_for_inference(
     if dtype == "int8":
         if dev.type != "cpu":
             raise ValueError(f"--dtype int8 runs on CPU; the device is {dev} (use bf16 on a GPU)")
-        return quantize_int8(model), tokenizer, dev, torch.float32
+        return cpu_kernels(model, "int8", cpu_linear), tokenizer, dev, torch.float32
     torch_dtype = resolve_dtype(dtype, dev)
     model = model.to(torch_dtype).eval()
-    if dev.type == "cpu" and torch_dtype == torch.float32 and cpu_linear == "onednn" and onednn_available():
-        use_onednn(model)
+    if dev.type == "cpu" and torch_dtype == torch.float32:
+        model = cpu_kernels(model, "fp32", cpu_linear)
     return model, tokenizer, dev, torch_dtype
+
+
+def cpu_kernels(model: EncoderDecoderModel, dtype: str, cpu_linear: str) -> EncoderDecoderModel:
+    """A float32 CPU ``model`` put on the kernels CPU decoding runs, in place: int8 layers for ``dtype``
+    "int8" (``fastaed.model.quantize``); otherwise, with ``cpu_linear`` "onednn" and a build that has it, its
+    large linear layers on oneDNN (``fastaed.model.onednn``)."""
+    if dtype == "int8":
+        return quantize_int8(model)  # type: ignore[return-value]
+    if cpu_linear == "onednn" and onednn_available():
+        use_onednn(model)
+    return model
 
 
 def utterances_from_audio(

@@ -30,8 +30,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from fastaed.model.attention import CrossAttention, SelfAttention
-from fastaed.model.decoder import TransformerDecoder
+from fastaed.model.swap import swap_linear_layers
 
 MIN_WEIGHT_ELEMENTS = 1 << 18  # 1 MiB of float32: smaller layers keep the BLAS call (module docstring)
 
@@ -69,7 +68,8 @@ def use_onednn(model: nn.Module, min_weight_elements: int | None = None) -> nn.M
 
     Fused Whisper projections whose key part has no bias get their full bias folded in once (it was
     rebuilt at every call). A decoder's output layer gets a oneDNN step head on the embedding matrix itself
-    (``TransformerDecoder.step_head``), which also drops the transposed copy the default path keeps.
+    (``TransformerDecoder.step_head``), which also drops the transposed copy the default path keeps; the
+    matrix itself stays for teacher forcing (``fastaed.model.swap``).
     """
     if not onednn_available():
         raise RuntimeError(f"this PyTorch build ({torch.__version__}) has no oneDNN linear kernel")
@@ -78,26 +78,7 @@ def use_onednn(model: nn.Module, min_weight_elements: int | None = None) -> nn.M
         raise ValueError(f"oneDNN linears take float32 on CPU; the model is {param.dtype} on {param.device}")
 
     least = MIN_WEIGHT_ELEMENTS if min_weight_elements is None else min_weight_elements
-
-    def big(weight: Tensor) -> bool:
-        return weight.numel() >= least
-
-    with torch.no_grad():
-        for module in list(model.modules()):
-            if isinstance(module, SelfAttention) and module.qv_bias is not None and big(module.qkv.weight):
-                module.qkv = OneDNNLinear(module.qkv.weight, module.bias.detach().clone())  # type: ignore[assignment]
-                module.qv_bias = None
-            elif isinstance(module, CrossAttention) and module.v_bias is not None and big(module.kv.weight):
-                folded = module.memory_bias.detach().clone()  # type: ignore[union-attr]
-                module.kv = OneDNNLinear(module.kv.weight, folded)  # type: ignore[assignment]
-                module.v_bias = None
-            elif isinstance(module, TransformerDecoder) and big(module.output_weight):
-                module.step_head = OneDNNLinear(module.output_weight, module.output_bias)
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if type(child) is nn.Linear and big(child.weight):
-                setattr(parent, name, OneDNNLinear(child.weight, child.bias))
-    return model
+    return swap_linear_layers(model, OneDNNLinear, lambda weight: weight.numel() >= least)
 
 
 def uses_onednn(model: nn.Module) -> bool:

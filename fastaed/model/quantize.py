@@ -29,8 +29,7 @@ import warnings
 import torch
 from torch import Tensor, nn
 
-from fastaed.model.attention import CrossAttention, SelfAttention
-from fastaed.model.decoder import TransformerDecoder
+from fastaed.model.swap import swap_linear_layers
 
 # One-row products: 7-bit activations (PyTorch's default for x86 dynamic linears): without VNNI the int8
 # kernels add byte pairs into a saturating int16, which a full 8-bit range can overflow.
@@ -95,21 +94,7 @@ def quantize_int8(model: nn.Module) -> nn.Module:
     param = next(model.parameters())
     if param.device.type != "cpu":
         raise ValueError(f"int8 inference runs on CPU; the model is on {param.device}")
-    model.float().eval()
-    for module in list(model.modules()):
-        if isinstance(module, SelfAttention) and module.qv_bias is not None:
-            module.qkv = Int8Linear(module.qkv.weight, module.bias)  # type: ignore[assignment]
-            module.qv_bias = None
-        elif isinstance(module, CrossAttention) and module.v_bias is not None:
-            module.kv = Int8Linear(module.kv.weight, module.memory_bias)  # type: ignore[assignment]
-            module.v_bias = None
-        elif isinstance(module, TransformerDecoder):
-            module.step_head = Int8Linear(module.output_weight, module.output_bias)
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if type(child) is nn.Linear and not (isinstance(parent, TransformerDecoder) and name == "output"):
-                setattr(parent, name, Int8Linear(child.weight, child.bias))
-    return model
+    return swap_linear_layers(model.float().eval(), Int8Linear)
 
 
 def is_quantized(model: nn.Module) -> bool:

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from fastaed.model import HiddenStateCache, KVCache, build_model
+from tests import stepped_and_forced
 
 VOCAB, WIDTH = 40, 32
 
@@ -31,14 +32,12 @@ def _inputs(b: int = 3):
 @torch.no_grad()
 def test_stepping_gives_the_teacher_forced_logits(model, kind, cls):
     enc, enc_lens, tokens = _inputs()
-    cache = model.start_decoding(enc, enc_lens, tokens.shape[1], kind)
+    # the prompt pre-fill, then one token at a time
+    cache, pairs = stepped_and_forced(model, enc, enc_lens, tokens, prefill=5, kind=kind)
     assert isinstance(cache, cls) and cache.capacity == tokens.shape[1] and cache.batch_size == 3
-    steps = [model.decoder.step(tokens[:, :5], cache)]  # the prompt pre-fill, then one token at a time
-    steps += [model.decoder.step(tokens[:, t : t + 1], cache) for t in range(5, tokens.shape[1])]
-    full = model.decode(enc, enc_lens, tokens)  # (B, U, V), whole prefix recomputed
-    assert cache.length == tokens.shape[1]
-    for i, logits in enumerate(steps):
-        torch.testing.assert_close(logits, full[:, 4 + i], atol=1e-5, rtol=1e-5)
+    assert cache.length == tokens.shape[1] and len(pairs) == tokens.shape[1] - 4
+    for stepped, forced in pairs:
+        torch.testing.assert_close(stepped, forced, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("kind", ["kv", "hidden"])

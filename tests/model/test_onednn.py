@@ -17,6 +17,7 @@ from fastaed.decode.transcribe import DecodeConfig, load_for_inference
 from fastaed.model import EncoderDecoderModel, build_model
 from fastaed.model.onednn import OneDNNLinear, onednn_available, use_onednn, uses_onednn
 from fastaed.model.quantize import is_quantized
+from tests import stepped_and_forced
 from tests import whisper_fixtures as wf
 
 pytestmark = pytest.mark.skipif(not onednn_available(), reason="no oneDNN linear kernel in this torch build")
@@ -76,12 +77,10 @@ def test_switched_steps_agree_with_their_own_teacher_forcing():
     fast = use_onednn(copy.deepcopy(model), min_weight_elements=0)
     enc, enc_lens = fast.encode(feats, lens)
     tokens = torch.randint(0, model.config.vocab_size, (3, 6))
-    full = fast.decode(enc, enc_lens, tokens)
-    cache = fast.start_decoding(enc, enc_lens, tokens.shape[1])
-    steps = [fast.decoder.step(tokens[:, :2], cache)]
-    steps += [fast.decoder.step(tokens[:, t : t + 1], cache) for t in range(2, 6)]
-    for i, logits in enumerate(steps):
-        torch.testing.assert_close(logits, full[:, 1 + i], rtol=1e-4, atol=1e-4)
+    _, pairs = stepped_and_forced(fast, enc, enc_lens, tokens, prefill=2)
+    assert len(pairs) == 5
+    for stepped, forced in pairs:
+        torch.testing.assert_close(stepped, forced, rtol=1e-4, atol=1e-4)
 
 
 def test_switching_shares_the_weights_and_keeps_them_unchanged():

@@ -14,6 +14,7 @@ from fastaed.decode.search import greedy_search
 from fastaed.decode.transcribe import DecodeConfig
 from fastaed.model import EncoderDecoderModel, build_model
 from fastaed.model.quantize import Int8Linear, int8_available, is_quantized, quantize_int8
+from tests import stepped_and_forced
 from tests import whisper_fixtures as wf
 
 pytestmark = pytest.mark.skipif(not int8_available(), reason="no int8 linear kernels in this torch build")
@@ -93,12 +94,10 @@ def test_quantized_steps_agree_with_their_own_teacher_forcing():
     quantized = quantize_int8(copy.deepcopy(model))
     enc, enc_lens = quantized.encode(feats, lens)
     tokens = torch.randint(0, model.config.vocab_size, (2, 5))
-    full = quantized.decode(enc, enc_lens, tokens)
-    cache = quantized.start_decoding(enc, enc_lens, tokens.shape[1])
-    steps = [quantized.decoder.step(tokens[:, :2], cache)]
-    steps += [quantized.decoder.step(tokens[:, t : t + 1], cache) for t in range(2, 5)]
-    for i, logits in enumerate(steps):
-        assert _cosine(logits, full[:, 1 + i]) > 0.999
+    _, pairs = stepped_and_forced(quantized, enc, enc_lens, tokens, prefill=2)
+    assert len(pairs) == 4
+    for stepped, forced in pairs:
+        assert _cosine(stepped, forced) > 0.999
     out = greedy_search(quantized, enc, enc_lens, tokens[:, :2], eos_id=0)
     assert len(out) == 2
 
